@@ -1,0 +1,107 @@
+"""CLI: ``python -m vtab_lily.leaderboard --runs runs --out leaderboards [--metric best]``.
+
+Without ``--format`` it writes the leaderboard files; ``--format md|csv|json`` prints the
+tables instead, and ``--task NAME`` prints every run of one task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+from ..errors import run_cli, unknown_name
+from ..results import METRICS, scan_runs
+from ..tasks import ALIASES
+from . import collect, write_leaderboards
+from .render import table_markdown, tables_csv, tables_json, task_view
+
+FORMATS = ("md", "csv", "json")
+MAX_WARNINGS_SHOWN = 20
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs", help="runs directory to read (default: runs)")
+    parser.add_argument("--out", default="leaderboards", help="folder for the files (default: leaderboards)")
+    parser.add_argument("--metric", default="final", help="final (default): last-epoch accuracy; best: best epoch, selected on the evaluation split")
+    parser.add_argument("--format", default=None, help="md, csv or json: print to stdout instead of writing files")
+    parser.add_argument("--task", default=None, help="list every run of this task (config, seed, accuracies, params, time, run dir)")
+    parser.add_argument("--backbone", default=None, help="only this backbone's results")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the published reference rows")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return parser.parse_args(argv)
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for line in warnings[:MAX_WARNINGS_SHOWN]:
+        print(f"warning: {line}", file=sys.stderr)
+    if len(warnings) > MAX_WARNINGS_SHOWN:
+        print(f"warning: ... and {len(warnings) - MAX_WARNINGS_SHOWN} more (listed in index.md)", file=sys.stderr)
+
+
+def _show_task(args: argparse.Namespace, fmt: str) -> int:
+    statuses = scan_runs(args.runs)
+    task = ALIASES.get(args.task, args.task)
+
+    def task_of(status) -> str:
+        if status.result:
+            return status.result["task"]
+        return (status.config or {}).get("task") or status.run_dir.parent.name
+
+    known = {task_of(s) for s in statuses}
+    if task not in known:
+        raise unknown_name("task (no runs of it under " + str(args.runs) + ")", args.task, known)
+    chosen = [s for s in statuses if task_of(s) == task]
+    results = [s.result for s in chosen if s.result and (args.backbone is None or s.result["backbone"] == args.backbone)]
+    others = [s for s in chosen if not s.result and args.backbone in (None, (s.config or {}).get("backbone"))]
+    headers, body = task_view(results, task, others)
+    if fmt == "md":
+        print(f"## Every run of {task} under {args.runs}\n")
+        print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(body)
+    else:
+        import json
+
+        print(json.dumps([dict(zip(headers, line)) for line in body], indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.metric not in METRICS:
+        raise unknown_name("--metric", args.metric, METRICS)
+    if args.format is not None and args.format not in FORMATS:
+        raise unknown_name("--format", args.format, FORMATS)
+    if args.task is not None:
+        return _show_task(args, args.format or "md")
+    report = collect(args.runs, args.metric, args.backbone, with_reference=not args.no_reference)
+    if not report.results:
+        _print_warnings(report.warnings)
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(report.counts.items())) or "no run directories at all"
+        print(f"no complete results under {args.runs} ({counts}); nothing to tabulate", file=sys.stderr)
+        return 0
+    if args.format is None:
+        files = write_leaderboards(report, args.out, plots=not args.no_plots)
+        _print_warnings(report.warnings)  # after writing: plotting can add some
+        print(f"wrote {len(files)} files for {len(report.tables)} table(s) from {len(report.results)} results to {args.out}/")
+        return 0
+    _print_warnings(report.warnings)
+    if args.format == "md":
+        print("\n".join(table_markdown(t) for t in report.tables))
+    elif args.format == "csv":
+        print(tables_csv(report.tables), end="")
+    else:
+        print(tables_json(report.tables), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
