@@ -66,7 +66,10 @@ def register_suite(name: str, tasks: dict[str, Task]) -> None:
 
 def suite(name: str = "vtab") -> dict[str, Task]:
     if name == "demo" and "demo" not in _SUITES:
-        from .data import demo  # noqa: F401  (registers the demo suite)
+        from .data.demo import DEMO_TASKS  # importing it registers the demo suite
+
+        # ... in vtab_lily.tasks; under `python -m vtab_lily.tasks` this module is __main__
+        _SUITES.setdefault("demo", DEMO_TASKS)
     if name not in _SUITES:
         raise unknown_name("task suite", name, _SUITES)
     return _SUITES[name]

@@ -1,0 +1,152 @@
+"""``python -m vtab_lily.data verify``: check a data root before spending hours training.
+
+For every task: each split's size against the registry, the label range against the
+task's class count, list-file problems (malformed lines, bad paths, duplicates) and
+unreadable images (missing, empty, truncated, corrupt; fully decoded unless ``--quick``).
+Prints a table per task, then every problem, and returns 1 when anything is off.
+A test split of an unexpected size is a warning only (kitti releases differ).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from ..tasks import SPLITS, Task, suite
+from .images import check_image
+from .lists import check_root, parse_list, size_problem
+from .parallel import default_workers, map_with_progress
+
+MAX_LISTED = 20  # problems printed per task; the rest are counted
+
+
+@dataclass
+class TaskReport:
+    task: Task
+    rows: list[list] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    missing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.missing
+
+
+def _image_problems(paths: list[Path], quick: bool, workers: int | None, progress: bool) -> dict[Path, str]:
+    """Path -> why unreadable, for every unreadable one of ``paths``."""
+    check = functools.partial(check_image, quick=quick)
+    results = map_with_progress(check, paths, workers, "checking images", progress)
+    return {path: why for path, why in zip(paths, results) if why}
+
+
+def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None = None,
+                show_progress: bool = True) -> TaskReport:
+    """Check all four splits of one task; never raises for bad data, only reports it."""
+    report = TaskReport(task)
+    folder = root / task.name
+    if not folder.is_dir():
+        report.missing = True
+        report.problems.append(f"{folder}: task folder is missing")
+        return report
+    parsed, list_problems = {}, {}
+    for split in SPLITS:
+        file = folder / f"{split}.txt"
+        if not file.is_file():
+            report.problems.append(f"{file}: list file is missing")
+            report.rows.append([split, "-", task.expected_size(split), "-", "-", "-", "MISSING"])
+            continue
+        parsed[split], list_problems[split] = parse_list(file, folder, task.num_classes)
+        report.problems.extend(list_problems[split])
+    # Each image once, even when several splits list it (train800val200 repeats train800 + val200).
+    first_listed: dict[Path, str] = {}
+    for split_list in parsed.values():
+        for entry in split_list.entries:
+            first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
+    unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
+    for path, why in unreadable.items():
+        report.problems.append(f"{first_listed[path]}: {path.relative_to(folder)}: {why}")
+    for split, split_list in parsed.items():
+        labels = split_list.labels
+        n_bad = sum(split_list.image_path(e) in unreadable for e in split_list.entries)
+        flags = ["BAD LINES"] if list_problems[split] else []
+        mismatch = size_problem(task, split, len(split_list), split_list.file)
+        if mismatch and split == "test":
+            report.warnings.append(mismatch)
+            flags.append("size differs (warning)")
+        elif mismatch:
+            report.problems.append(mismatch)
+            flags.append("WRONG SIZE")
+        if n_bad:
+            flags.append("UNREADABLE")
+        status = ", ".join(flags) or "ok"
+        label_range = f"{min(labels)}..{max(labels)} of {task.num_classes}" if labels else "-"
+        report.rows.append([split, len(split_list), task.expected_size(split), label_range,
+                            len(set(labels)), n_bad, status])
+    order = {s: i for i, s in enumerate(SPLITS)}
+    report.rows.sort(key=lambda row: order[row[0]])
+    return report
+
+
+def format_report(report: TaskReport) -> str:
+    task = report.task
+    title = f"{task.name} ({task.group}, {task.num_classes} classes)"
+    if report.missing:
+        return f"{title}: MISSING"
+    table = tabulate(report.rows, headers=["split", "images", "expected", "labels", "classes seen",
+                                           "unreadable", "status"], tablefmt="github")
+    lines = [title, table]
+    lines += [f"  warning: {w}" for w in report.warnings]
+    lines += [f"  problem: {p}" for p in report.problems[:MAX_LISTED]]
+    if len(report.problems) > MAX_LISTED:
+        lines.append(f"  ... and {len(report.problems) - MAX_LISTED} more problems")
+    return "\n".join(lines)
+
+
+def detect_suite(root: Path) -> str:
+    """"demo" for a root written by the demo generator, else "vtab"."""
+    from .demo import MARKER
+
+    return "demo" if (root / MARKER).is_file() else "vtab"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vtab_lily.data verify",
+        description="Check a VTAB-1K data root (NOAH layout): split sizes, labels, images.")
+    parser.add_argument("--root", required=True, help="suite root, e.g. data/vtab-1k")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all of the suite)")
+    parser.add_argument("--suite", default=None, help="vtab or demo (default: demo if the root is a demo suite)")
+    parser.add_argument("--quick", action="store_true", help="only check that images exist and are non-empty")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    root = check_root(args.root)
+    suite_name = args.suite or detect_suite(root)
+    registry = suite(suite_name)
+    if args.tasks:
+        from ..tasks import get_task
+
+        tasks = [get_task(name.strip(), suite_name) for name in args.tasks.split(",") if name.strip()]
+    else:
+        tasks = list(registry.values())
+    reports = []
+    for task in tasks:
+        report = verify_task(root, task, quick=args.quick, workers=args.workers)
+        print(format_report(report) + "\n")
+        reports.append(report)
+    missing = [r.task.name for r in reports if r.missing]
+    bad = [r.task.name for r in reports if not r.ok and not r.missing]
+    if missing:
+        print(f"missing from {root}: {', '.join(missing)}")
+    if bad:
+        print(f"problems in: {', '.join(bad)}")
+    if missing or bad:
+        return 1
+    print(f"all {len(reports)} tasks ok in {root} ({suite_name} suite)")
+    return 0
