@@ -1,0 +1,146 @@
+"""Adapters on our Vision Mamba (the tiny test config at 16 px: 16 patches + class token)."""
+
+import pytest
+import torch
+
+from vtab_lily.adapters import apply_adapter, count_parameters, export_peft, load_peft, set_lily_naive
+from vtab_lily.backbones import create_backbone
+from vtab_lily.errors import UserError
+
+CLASSES = 5
+
+
+def tiny_vim() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("vim-tiny-test", CLASSES, img_size=16).eval()
+
+
+def randomize_trainable(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
+
+
+X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+ALL_VIM_TARGETS = ("in_proj", "x_proj", "dt_proj", "out_proj")
+
+
+def test_fresh_adapters_equal_the_backbone():
+    with torch.no_grad():
+        reference = tiny_vim()(X)
+        for name, config in [("lily", {"targets": ALL_VIM_TARGETS}), ("lora", {"targets": ALL_VIM_TARGETS}),
+                             ("adaptformer", {})]:
+            assert torch.equal(apply_adapter(tiny_vim(), name, **config)(X), reference), name
+
+
+def test_only_adapter_and_head_get_gradients():
+    model = apply_adapter(tiny_vim(), "lily", targets=ALL_VIM_TARGETS)
+    model(X[:2]).sum().backward()
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for name, p in model.named_parameters():
+        expected = ".lily_" in name or id(p) in head
+        assert p.requires_grad == expected, name
+        if not expected:
+            assert p.grad is None, name
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lily_B" in n)
+
+
+def test_vim_defaults_follow_the_official_setup():
+    model = apply_adapter(tiny_vim(), "lily")
+    cfg = model.adapter_config
+    assert cfg.targets == ("in_proj", "dt_proj") and cfg.router == "single" and cfg.routing == "sample"
+    depth = model.depth
+    assert cfg.per_target["in_proj"] == {"rank": 8, "ne_a": depth, "ne_b": 5}
+    assert cfg.per_target["dt_proj"] == {"rank": 4, "ne_a": depth, "ne_b": 1}
+    mixers = [layer.mixer for layer in model.layers]
+    in_proj = [m.in_proj.deltas["lily_in_proj"] for m in mixers]
+    assert len({id(d.lily_A) for d in in_proj}) == depth  # no A sharing
+    assert len({id(d.lily_B) for d in in_proj}) == 1
+    assert len({id(d.lily_router) for d in in_proj}) == 1  # one router bound to B
+    forward = [m.dt_proj.deltas["lily_dt_proj"] for m in mixers]
+    backward = [m.dt_proj_b.deltas["lily_dt_proj_b"] for m in mixers]
+    assert forward[0].lily_B is not backward[0].lily_B  # scan directions are separate kinds
+    assert all(d.lily_router is None for d in forward + backward)  # a single expert needs no router
+
+
+def test_official_vim_s_count():
+    with torch.device("meta"):
+        model = create_backbone("vim-s", 1000)
+    apply_adapter(model, "lily")
+    # in_proj: A 24*384*8, B 5*8*1536, router 8*5; dt_proj (2 directions): A 24*24*4, B 4*768.
+    expected = 24 * 384 * 8 + 5 * 8 * 1536 + 8 * 5 + 2 * (24 * 24 * 4 + 4 * 768)
+    assert count_parameters(model)["adapter"] == expected == 145_960
+
+
+def test_counts_match_closed_form_on_tiny_vim():
+    model = tiny_vim()
+    mixer = model.layers[0].mixer
+    d, e = mixer.in_proj.in_features, mixer.out_proj.in_features
+    xo, dt = mixer.x_proj.out_features, mixer.dt_proj.in_features
+    depth, r = model.depth, 2
+    apply_adapter(model, "lily", rank=r, ne_a=2, ne_b=3, router="per_site", targets=ALL_VIM_TARGETS, per_target={})
+    kinds = [(d, 2 * e, 1), (e, xo, 2), (dt, e, 2), (e, d, 1)]  # (in, out, directions)
+    expected = sum(n * (2 * c_in * r + 3 * r * c_out + depth * r * 3) for c_in, c_out, n in kinds)
+    assert count_parameters(model)["adapter"] == expected
+    lora = apply_adapter(tiny_vim(), "lora", rank=r, targets=ALL_VIM_TARGETS)
+    assert count_parameters(lora)["adapter"] == depth * sum(n * r * (c_in + c_out) for c_in, c_out, n in kinds)
+    adaptformer = apply_adapter(tiny_vim(), "adaptformer", rank=r)
+    assert count_parameters(adaptformer)["adapter"] == depth * (2 * d * r + r + d)
+
+
+def test_efficient_equals_naive_on_vim():
+    model = apply_adapter(tiny_vim(), "lily", rank=2, ne_b=3, targets=ALL_VIM_TARGETS, per_target={}).double()
+    randomize_trainable(model)
+    x = X[:2].double()
+    fast = model(x)
+    fast.square().sum().backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    set_lily_naive(model)
+    slow = model(x)
+    slow.square().sum().backward()
+    assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-10)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, fast_grads[n], rtol=1e-8, atol=1e-10), n
+    assert not torch.allclose(fast, tiny_vim().double()(x))
+
+
+def test_sample_routing_on_vim_is_independent_of_the_batch():
+    model = apply_adapter(tiny_vim(), "lily", rank=2, ne=2, targets=("in_proj", "x_proj"))
+    randomize_trainable(model)
+    with torch.no_grad():
+        together = model(X)
+        alone = torch.cat([model(X[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_adaptformer_wraps_the_mixer():
+    model = apply_adapter(tiny_vim(), "adaptformer", rank=3, dropout=0.0)
+    randomize_trainable(model)
+    wrapper = model.layers[1].mixer
+    h = torch.randn(2, 6, wrapper.delta.down.in_features)
+    expected = wrapper.base_layer(h) + 0.1 * wrapper.delta.up(torch.relu(wrapper.delta.down(h)))
+    assert torch.allclose(wrapper(h), expected, atol=1e-6)
+
+
+def test_vit_targets_are_rejected_on_vim():
+    with pytest.raises(UserError, match="unknown lily target for a vim backbone 'k'"):
+        apply_adapter(tiny_vim(), "lily", targets=("k",))
+    with pytest.raises(UserError, match="did you mean 'in_proj'"):
+        apply_adapter(tiny_vim(), "lora", targets=("inproj",))
+    with pytest.raises(UserError, match="exceed the model depth"):
+        apply_adapter(tiny_vim(), "lily", ne_a=99)
+
+
+def test_lora_on_vim_round_trips_through_peft(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = apply_adapter(tiny_vim(), "lora", rank=2, targets=("in_proj", "dt_proj"))
+    randomize_trainable(model)
+    with torch.no_grad():
+        ours = model(X)
+        export_peft(model, tmp_path)
+        assert torch.allclose(peft.PeftModel.from_pretrained(tiny_vim(), str(tmp_path))(X), ours, atol=1e-5)
+        assert torch.equal(load_peft(tiny_vim(), tmp_path)(X), ours)

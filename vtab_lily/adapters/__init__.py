@@ -1,0 +1,157 @@
+"""Parameter-efficient adapters for the backbones: Lily, LoRA, AdaptFormer, linear probe, full.
+
+``apply_adapter(model, name, **config)`` freezes the backbone, injects the adapter by target
+names and leaves the adapter and the classification head (``model.get_classifier()``)
+trainable. ``count_parameters`` counts trainable parameters (shared tensors once). See
+README.md beside this file for the parameter formulas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from vtab_lily.adapters.adaptformer import AdaptFormerConfig, inject_adaptformer
+from vtab_lily.adapters.lily import (
+    LilyConfig,
+    balanced_groups,
+    inject_lily,
+    lily_router_weights,
+    reset_router_weights,
+    set_lily_naive,
+)
+from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
+from vtab_lily.adapters.targets import TARGETS, model_family
+from vtab_lily.adapters.wrappers import AdapterModule
+from vtab_lily.errors import UserError, suggest, unknown_name
+
+
+@dataclass
+class LinearConfig:
+    """Linear probing: only the classification head trains."""
+
+    def resolve(self, model: nn.Module) -> "LinearConfig":
+        return self
+
+
+@dataclass
+class FullConfig:
+    """Full fine-tuning: every parameter trains."""
+
+    def resolve(self, model: nn.Module) -> "FullConfig":
+        return self
+
+
+ADAPTERS: dict[str, type] = {
+    "lily": LilyConfig,
+    "lora": LoraConfig,
+    "adaptformer": AdaptFormerConfig,
+    "linear": LinearConfig,
+    "full": FullConfig,
+}
+
+_INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
+    "lily": inject_lily,
+    "lora": inject_lora,
+    "adaptformer": inject_adaptformer,
+}
+
+
+def make_config(name: str, **config: Any) -> Any:
+    """The (unresolved) config dataclass for adapter ``name``; UserError on unknown names/options."""
+    if name not in ADAPTERS:
+        raise unknown_name("adapter", name, ADAPTERS)
+    cls = ADAPTERS[name]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in config:
+        if key not in fields:
+            options = ", ".join(fields) if fields else "none"
+            raise UserError(f"adapter {name!r} has no option {key!r}{suggest(key, fields)}; options: {options}")
+    if isinstance(config.get("targets"), str):
+        config["targets"] = tuple(t for t in config["targets"].replace(" ", "").split(",") if t)
+    return cls(**config)
+
+
+def apply_adapter(model: nn.Module, name: str, **config: Any) -> nn.Module:
+    """Freeze ``model``, inject adapter ``name`` with ``config``; adapter + head stay trainable.
+
+    The resolved config (every default filled in) is kept as ``model.adapter_config`` (a
+    dataclass) and the name as ``model.adapter_name``. Returns the same model object.
+    """
+    if getattr(model, "adapter_name", None) is not None:
+        raise UserError(f"model already has adapter {model.adapter_name!r}; build a fresh backbone")
+    cfg = make_config(name, **config).resolve(model)
+    if name in _INJECT:
+        _INJECT[name](model, cfg)
+        _match_backbone_placement(model)
+    model.requires_grad_(name == "full")
+    for module in adapter_modules(model):
+        module.requires_grad_(True)
+    classifier(model).requires_grad_(True)
+    model.adapter_name = name
+    model.adapter_config = cfg
+    return model
+
+
+def _match_backbone_placement(model: nn.Module) -> None:
+    """Put new adapter parameters on the backbone's device and floating dtype."""
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if reference is None:
+        return
+    for module in adapter_modules(model):
+        module.to(device=reference.device, dtype=reference.dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            setattr(module, name, buffer.float())  # router-weight records stay float32
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    if not hasattr(model, "get_classifier"):
+        raise UserError(f"{type(model).__name__} has no get_classifier(); cannot find the head")
+    return model.get_classifier()
+
+
+def adapter_modules(model: nn.Module) -> list[AdapterModule]:
+    """Top-level adapter modules (their parameters are the adapter parameters)."""
+    return [m for m in model.modules() if isinstance(m, AdapterModule)]
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts ``{"adapter", "head", "total"}`` plus ``"backbone"``.
+
+    Shared tensors count once (identity). ``backbone`` is every parameter, trainable or not,
+    that is neither adapter nor head (85,798,656 for ViT-B/16).
+    """
+    adapter_ids = {id(p) for m in adapter_modules(model) for p in m.parameters()}
+    head_ids = {id(p) for p in classifier(model).parameters()}
+    params = {id(p): p for p in model.parameters()}  # parameters() already dedupes
+    trainable = {i: p for i, p in params.items() if p.requires_grad}
+    return {
+        "adapter": sum(p.numel() for i, p in trainable.items() if i in adapter_ids),
+        "head": sum(p.numel() for i, p in trainable.items() if i in head_ids),
+        "total": sum(p.numel() for p in trainable.values()),
+        "backbone": sum(p.numel() for i, p in params.items() if i not in adapter_ids and i not in head_ids),
+    }
+
+
+def export_peft(model: nn.Module, out_dir: str) -> None:
+    """Write ``model``'s adapter in HF PEFT's format (see ``peft_interop.export_peft``)."""
+    from vtab_lily.adapters.peft_interop import export_peft as _export
+
+    _export(model, out_dir)
+
+
+def load_peft(model: nn.Module, adapter_dir: str) -> nn.Module:
+    """Apply and load an adapter saved in HF PEFT's format (see ``peft_interop.load_peft``)."""
+    from vtab_lily.adapters.peft_interop import load_peft as _load
+
+    return _load(model, adapter_dir)
+
+
+__all__ = [
+    "ADAPTERS", "TARGETS", "AdaptFormerConfig", "FullConfig", "LilyConfig", "LinearConfig", "LoraConfig",
+    "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
+    "make_config", "merge_lora", "model_family", "reset_router_weights", "set_lily_naive", "unmerge_lora",
+]

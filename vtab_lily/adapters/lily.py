@@ -1,0 +1,285 @@
+"""Lily: low-rank interconnected adaptation across layers (arXiv 2407.09946, Sec. 3 and App. A).
+
+For an adapted target ``y = x W0`` at block l::
+
+    x'    = x A_g(l)                      A: C_in x r, shared by a group of neighbouring blocks
+    S     = route(x' R^T)                 R: ne_b x r, a router (per site, single, or none)
+    x_d   = x' (sum_i S_i B_i)            B_i: r x C_out, ne_b experts shared by all blocks
+    y     = x W0 + s * x_d
+
+A and B are shared *per target kind* (``k`` layers share among themselves, never with ``v``).
+The ``mlp`` target is a parallel adapter around the whole MLP block with hidden size 2r and a
+ReLU after A (the router reads the post-ReLU features), as in the official ViT code.
+
+Efficient form (Eq. 3): the experts are combined first (one (r x C_out) matrix per example, or
+one per call for ``batch`` routing), then a single batched matmul. ``naive = True`` on a
+``LilyDelta`` selects the expert-by-expert mixture instead (for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vtab_lily.adapters.targets import TARGETS, check_targets, model_depth, model_family, resolve_sites, set_submodule
+from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter, adapted_linear_at
+from vtab_lily.errors import UserError, unknown_name
+
+ROUTERS = ("per_site", "single", "none")
+ROUTINGS = ("sample", "eq2", "batch")
+PER_TARGET_KEYS = ("rank", "ne_a", "ne_b")
+
+
+@dataclass
+class LilyConfig:
+    """Lily settings; ``None`` fields take the backbone family's default (see ``resolve``).
+
+    - ``rank`` r (the ``mlp`` target uses 2r).
+    - ``ne`` sets both ``ne_a`` and ``ne_b`` (as the paper and the official ``--ne``).
+    - ``ne_a``: number of A groups per target kind. Blocks are split into ``ne_a`` contiguous,
+      balanced groups, larger groups first when it does not divide the depth
+      (24 blocks, ne_a=5 -> 5,5,5,5,4; 12 blocks, ne_a=4 -> 3,3,3,3; 12, 5 -> 3,3,2,2,2).
+    - ``ne_b``: number of B experts per target kind, shared by all blocks.
+    - ``scale`` s multiplies the update directly (no alpha/r).
+    - ``targets``: ViT ``q, k, v, qkv, proj, fc1, fc2, mlp``; Vim ``in_proj, x_proj, dt_proj,
+      out_proj`` (x_proj/dt_proj adapt both scan directions, as separate kinds).
+    - ``router``: ``per_site`` (a Linear(r, ne_b) per block and kind), ``single`` (one per kind,
+      bound to B), ``none`` (uniform average of the experts: the no-selectivity ablation).
+    - ``routing``: ``sample`` (per example: mean over tokens of the token softmax; predictions do
+      not depend on the rest of the batch), ``eq2`` (paper Eq. 2: softmax of the token-summed
+      logits, per example), ``batch`` (official code and HF PEFT: averaged over batch and
+      tokens; batch-dependent, kept for reproduction).
+    - ``per_target``: overrides ``{"dt_proj": {"rank": 4, "ne_b": 1}}`` (keys rank, ne_a, ne_b).
+    A kind with a single expert has no router.
+
+    Family defaults: ViT ``k, v, mlp``, r=32, ne=4, per-site routers (the official VTAB setup).
+    Vim ``in_proj, dt_proj``, r=8, ne_b=5, ne_a=depth (no A sharing), single router, and
+    ``dt_proj`` with rank r//2 and one expert (the official Vim-S setup, 145,960 parameters).
+    The official Vim code routes per token; here routing is per example (``routing``).
+    """
+
+    rank: int | None = None
+    ne: int | None = None
+    ne_a: int | None = None
+    ne_b: int | None = None
+    scale: float = 1.0
+    targets: tuple[str, ...] | None = None
+    router: str | None = None
+    routing: str = "sample"
+    per_target: dict[str, dict[str, int]] | None = None
+
+    def resolve(self, model: nn.Module) -> "LilyConfig":
+        """A copy with every default filled in for ``model`` and ``per_target`` covering all targets."""
+        family = model_family(model)
+        depth = model_depth(model)
+        vim = family == "vim"
+        rank = self.rank if self.rank is not None else (8 if vim else 32)
+        ne_a = _first(self.ne_a, self.ne, depth if vim else 4)
+        ne_b = _first(self.ne_b, self.ne, 5 if vim else 4)
+        targets = check_targets(family, self.targets or (("in_proj", "dt_proj") if vim else ("k", "v", "mlp")), "lily")
+        router = self.router or ("single" if vim else "per_site")
+        if router not in ROUTERS:
+            raise unknown_name("lily router", router, ROUTERS)
+        if self.routing not in ROUTINGS:
+            raise unknown_name("lily routing", self.routing, ROUTINGS)
+        if not isinstance(self.scale, (int, float)) or self.scale < 0:
+            raise UserError(f"lily: scale must be a number >= 0, got {self.scale!r}")
+        overrides = self.per_target
+        if overrides is None:
+            overrides = {"dt_proj": {"rank": max(1, rank // 2), "ne_b": 1}} if vim else {}
+        for target in overrides:
+            if target not in TARGETS[family]:
+                raise unknown_name(f"lily per_target target for a {family} backbone", target, TARGETS[family])
+            for key in overrides[target]:
+                if key not in PER_TARGET_KEYS:
+                    raise unknown_name(f"lily per_target key (target {target!r})", key, PER_TARGET_KEYS)
+        per_target = {}
+        for target in targets:
+            plan = {"rank": rank, "ne_a": ne_a, "ne_b": ne_b, **overrides.get(target, {})}
+            _check_plan(target, plan, depth)
+            per_target[target] = plan
+        return replace(self, rank=rank, ne_a=ne_a, ne_b=ne_b, ne=None, targets=tuple(targets),
+                       router=router, per_target=per_target, scale=float(self.scale))
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _check_plan(target: str, plan: dict[str, int], depth: int) -> None:
+    for key in PER_TARGET_KEYS:
+        value = plan[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"lily ({target}): {key} must be an integer >= 1, got {value!r}")
+    if plan["ne_a"] > depth:
+        raise UserError(f"lily ({target}): ne_a={plan['ne_a']} A groups exceed the model depth {depth}")
+
+
+def balanced_groups(depth: int, groups: int) -> list[list[int]]:
+    """Contiguous block groups of sizes differing by at most one, larger ones first."""
+    if not 1 <= groups <= depth:
+        raise UserError(f"lily: number of A groups must be between 1 and the depth {depth}, got {groups}")
+    size, extra = divmod(depth, groups)
+    out, start = [], 0
+    for g in range(groups):
+        stop = start + size + (1 if g < extra else 0)
+        out.append(list(range(start, stop)))
+        start = stop
+    return out
+
+
+class LilyExperts(AdapterModule):
+    """The ne_b B experts of one target kind, stacked as ``weight`` (ne_b, r, C_out); zero-init."""
+
+    def __init__(self, experts: int, rank: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(experts, rank, out_features))
+
+    def extra_repr(self) -> str:
+        return "experts={}, rank={}, out_features={}".format(*self.weight.shape)
+
+
+class LilyDelta(AdapterModule):
+    """Lily's update at one site: ``s * x' (sum_i S_i B_i)`` with ``x' = act(A x)``.
+
+    ``lily_A`` (nn.Linear, shared by the block group), ``lily_B`` (LilyExperts, shared by all
+    blocks of the kind) and ``lily_router`` (own, shared, or None) are module references, so
+    sharing is by object identity. The mean expert weights of the forward passes since the
+    last ``reset_router_weights`` accumulate in two small non-persistent buffers.
+    """
+
+    def __init__(self, site_name: str, lily_A: nn.Linear, lily_B: LilyExperts, lily_router: nn.Linear | None,
+                 scale: float, routing: str, relu: bool, out_slice: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.site_name = site_name
+        self.lily_A = lily_A
+        self.lily_B = lily_B
+        self.lily_router = lily_router
+        self.scale = scale
+        self.routing = routing
+        self.relu = relu
+        self.out_slice = out_slice
+        self.naive = False  # True: expert-by-expert mixture (reference path)
+        experts = lily_B.weight.shape[0]
+        self.register_buffer("weight_sum", torch.zeros(experts), persistent=False)
+        self.register_buffer("weight_count", torch.zeros(()), persistent=False)
+
+    def expert_weights(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, ne_b) per-example weights, or (ne_b,) for ``batch`` routing / no router."""
+        experts = self.lily_B.weight.shape[0]
+        if self.lily_router is None:
+            return hidden.new_full((experts,), 1.0 / experts)
+        logits = self.lily_router(hidden)  # (batch, tokens, ne_b)
+        if self.routing == "sample":
+            return F.softmax(logits, dim=-1).mean(dim=1)
+        if self.routing == "eq2":
+            return F.softmax(logits.sum(dim=1), dim=-1)
+        return F.softmax(logits, dim=-1).mean(dim=(0, 1))  # "batch"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.lily_A(x)
+        if self.relu:
+            hidden = F.relu(hidden)
+        # (batch, tokens, r); a 2-D input is a batch of single-token examples.
+        hidden = hidden.unsqueeze(1) if x.dim() == 2 else hidden.reshape(x.shape[0], -1, hidden.shape[-1])
+        weights = self.expert_weights(hidden)
+        experts = self.lily_B.weight
+        if self.naive:
+            delta = self._mixture(hidden, weights, experts) * self.scale
+        else:
+            # Eq. 3: combine the experts (and the scale, on the small r x C matrix), then one matmul.
+            count, rank, width = experts.shape
+            combined = (weights * self.scale) @ experts.reshape(count, rank * width)
+            if weights.dim() == 1:
+                delta = hidden @ combined.reshape(rank, width)
+            else:
+                delta = torch.bmm(hidden, combined.reshape(-1, rank, width))
+        self._record(weights.detach(), hidden.shape[0])
+        return delta.reshape(*x.shape[:-1], experts.shape[-1])
+
+    @staticmethod
+    def _mixture(hidden: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Reference: every expert's output ``x' B_i``, then the weighted sum."""
+        delta = 0
+        for i in range(experts.shape[0]):
+            w = weights[i] if weights.dim() == 1 else weights[:, i, None, None]
+            delta = delta + w * (hidden @ experts[i])
+        return delta
+
+    @torch.no_grad()
+    def _record(self, weights: torch.Tensor, batch: int) -> None:
+        if weights.dim() == 1:
+            self.weight_sum += weights.float() * batch
+        else:
+            self.weight_sum += weights.float().sum(dim=0)
+        self.weight_count += batch
+
+    def extra_repr(self) -> str:
+        return f"site={self.site_name}, scale={self.scale}, routing={self.routing}, relu={self.relu}"
+
+
+def inject_lily(model: nn.Module, config: LilyConfig) -> None:
+    """Add Lily to ``model`` as described by the resolved ``config``."""
+    depth = model_depth(model)
+    family = model_family(model)
+    sites = resolve_sites(model, config.targets)
+    # Parallel adapters wrap a whole sub-module (mlp), which moves the Linears inside it: do them last.
+    order = sorted(config.targets, key=lambda t: any(p.style == "parallel" for p in TARGETS[family][t]))
+    for target in order:
+        plan = config.per_target[target]
+        for part in TARGETS[family][target]:
+            kind_sites = [s for s in sites if s.kind == part.kind]
+            hidden = plan["rank"] * (2 if part.style == "parallel" else 1)
+            first = kind_sites[0]
+            groups = balanced_groups(depth, plan["ne_a"])
+            a_modules = [nn.Linear(first.in_features, hidden, bias=False) for _ in groups]
+            group_of = {layer: g for g, layers in enumerate(groups) for layer in layers}
+            experts = LilyExperts(plan["ne_b"], hidden, first.out_features)
+            has_router = config.router != "none" and plan["ne_b"] > 1
+            shared_router = None
+            if has_router and config.router == "single":
+                shared_router = nn.Linear(hidden, plan["ne_b"], bias=False)
+            for site in kind_sites:
+                router = shared_router
+                if has_router and config.router == "per_site":
+                    router = nn.Linear(hidden, plan["ne_b"], bias=False)
+                delta = LilyDelta(site.name, a_modules[group_of[site.layer]], experts, router, config.scale,
+                                  config.routing, relu=part.style == "parallel", out_slice=site.out_slice)
+                if site.style == "parallel":
+                    set_submodule(model, site.path, ParallelAdapter(model.get_submodule(site.path), delta))
+                else:
+                    adapted_linear_at(model, site.path).add_delta(f"lily_{site.kind}", delta)
+
+
+def lily_deltas(model: nn.Module) -> list[LilyDelta]:
+    return [m for m in model.modules() if isinstance(m, LilyDelta)]
+
+
+def lily_router_weights(model: nn.Module) -> dict[str, list[float]]:
+    """``{site: mean expert weights}`` over the forward passes since the last reset.
+
+    Sites without a recorded pass are left out; reading synchronises with the device.
+    """
+    out = {}
+    for delta in lily_deltas(model):
+        count = float(delta.weight_count)
+        if count > 0:
+            out[delta.site_name] = (delta.weight_sum / count).tolist()
+    return out
+
+
+def reset_router_weights(model: nn.Module) -> None:
+    """Start a new recording window for ``lily_router_weights``."""
+    for delta in lily_deltas(model):
+        delta.weight_sum.zero_()
+        delta.weight_count.zero_()
+
+
+def set_lily_naive(model: nn.Module, naive: bool = True) -> None:
+    """Switch every Lily site between the efficient form and the expert-by-expert mixture."""
+    for delta in lily_deltas(model):
+        delta.naive = naive

@@ -1,0 +1,167 @@
+"""Where adapters go: per-backbone target names resolved to modules ("sites").
+
+A *target* is what the user names (``k``, ``mlp``, ``dt_proj``...). It expands, in every
+block, to one or more *kinds* (``dt_proj`` -> ``dt_proj`` and ``dt_proj_b``, the forward and
+backward scan), and each (block, kind) pair is one *site*. Lily shares A and B per kind.
+
+Site styles:
+- ``linear``: adapt an ``nn.Linear`` (optionally only a slice of its outputs, e.g. ``k`` of the
+  fused ``qkv``): ``y = W0 x + delta(x)``.
+- ``parallel``: put a module beside a whole sub-module (``mlp``): ``y = module(x) + delta(x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from vtab_lily.errors import UserError, unknown_name
+
+
+@dataclass(frozen=True)
+class TargetPart:
+    """One kind a target expands to, relative to a block."""
+
+    kind: str
+    path: str  # module path inside the block
+    style: str = "linear"  # "linear" | "parallel"
+    slice_index: int | None = None  # which third of a fused qkv (0 q, 1 k, 2 v)
+
+
+# Target names per backbone family. Vim's x_proj and dt_proj cover both scan directions as
+# separate kinds (own A, B, router), as the official Lily Vim code keeps them separate.
+TARGETS: dict[str, dict[str, tuple[TargetPart, ...]]] = {
+    "vit": {
+        "q": (TargetPart("q", "attn.qkv", slice_index=0),),
+        "k": (TargetPart("k", "attn.qkv", slice_index=1),),
+        "v": (TargetPart("v", "attn.qkv", slice_index=2),),
+        "qkv": (TargetPart("qkv", "attn.qkv"),),
+        "proj": (TargetPart("proj", "attn.proj"),),
+        "fc1": (TargetPart("fc1", "mlp.fc1"),),
+        "fc2": (TargetPart("fc2", "mlp.fc2"),),
+        "mlp": (TargetPart("mlp", "mlp", style="parallel"),),
+    },
+    "vim": {
+        "in_proj": (TargetPart("in_proj", "mixer.in_proj"),),
+        "x_proj": (TargetPart("x_proj", "mixer.x_proj"), TargetPart("x_proj_b", "mixer.x_proj_b")),
+        "dt_proj": (TargetPart("dt_proj", "mixer.dt_proj"), TargetPart("dt_proj_b", "mixer.dt_proj_b")),
+        "out_proj": (TargetPart("out_proj", "mixer.out_proj"),),
+    },
+}
+
+BLOCKS_ATTR = {"vit": "blocks", "vim": "layers"}
+
+
+@dataclass(frozen=True)
+class Site:
+    """One adapted place: block ``layer``, target ``target``, kind ``kind``."""
+
+    layer: int
+    target: str
+    kind: str
+    path: str  # full module path, e.g. "blocks.3.attn.qkv"
+    style: str
+    out_slice: tuple[int, int] | None
+    in_features: int
+    out_features: int  # of the adapted output (the slice width for sliced targets)
+
+    @property
+    def name(self) -> str:
+        """Stable display name, e.g. ``blocks.3.k`` (used for router-weight records)."""
+        return f"{self.path.split('.', 1)[0]}.{self.layer}.{self.kind}"
+
+
+def model_family(model: nn.Module) -> str:
+    """``"vit"`` or ``"vim"``: ``model.family`` when set, else recognise timm's ViT."""
+    family = getattr(model, "family", None)
+    if family is None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        if isinstance(model, VisionTransformer):
+            family = "vit"
+    if family not in TARGETS:
+        raise UserError(
+            f"cannot adapt a {type(model).__name__}: expected a timm VisionTransformer or a model "
+            f"with .family in {sorted(TARGETS)} (got family={family!r})"
+        )
+    return family
+
+
+def model_blocks(model: nn.Module) -> nn.ModuleList:
+    return getattr(model, BLOCKS_ATTR[model_family(model)])
+
+
+def model_depth(model: nn.Module) -> int:
+    return len(model_blocks(model))
+
+
+def check_targets(family: str, targets: tuple[str, ...] | list[str], method: str,
+                  allowed_styles: tuple[str, ...] = ("linear", "parallel")) -> tuple[str, ...]:
+    """Validate target names for ``family``; UserError with a did-you-mean otherwise."""
+    if isinstance(targets, str):
+        targets = tuple(t for t in targets.replace(" ", "").split(",") if t)
+    targets = tuple(targets)
+    if not targets:
+        raise UserError(f"{method}: targets must name at least one of: {', '.join(TARGETS[family])}")
+    choices = [t for t, parts in TARGETS[family].items() if all(p.style in allowed_styles for p in parts)]
+    seen: set[str] = set()
+    for target in targets:
+        if target not in choices:
+            raise unknown_name(f"{method} target for a {family} backbone", target, choices)
+        if target in seen:
+            raise UserError(f"{method}: target {target!r} given twice")
+        seen.add(target)
+    if "qkv" in seen and seen & {"q", "k", "v"}:
+        raise UserError(f"{method}: target 'qkv' overlaps {sorted(seen & {'q', 'k', 'v'})}; use one or the other")
+    return targets
+
+
+def resolve_sites(model: nn.Module, targets: tuple[str, ...]) -> list[Site]:
+    """All sites for ``targets`` (already checked), ordered by target, kind, then block."""
+    family = model_family(model)
+    prefix = BLOCKS_ATTR[family]
+    sites: list[Site] = []
+    for target in targets:
+        for part in TARGETS[family][target]:
+            for layer in range(model_depth(model)):
+                path = f"{prefix}.{layer}.{part.path}"
+                module = original_module(model.get_submodule(path))
+                sites.append(_site(layer, target, part, path, module))
+    return sites
+
+
+def _site(layer: int, target: str, part: TargetPart, path: str, module: nn.Module) -> Site:
+    if part.style == "parallel":
+        width = _parallel_width(module, path)
+        return Site(layer, target, part.kind, path, "parallel", None, width, width)
+    if not isinstance(module, nn.Linear):
+        raise UserError(f"{path} is a {type(module).__name__}, expected nn.Linear; is this the right backbone?")
+    out_slice = None
+    out_features = module.out_features
+    if part.slice_index is not None:
+        width = module.out_features // 3
+        out_slice = (part.slice_index * width, (part.slice_index + 1) * width)
+        out_features = width
+    return Site(layer, target, part.kind, path, "linear", out_slice, module.in_features, out_features)
+
+
+def _parallel_width(module: nn.Module, path: str) -> int:
+    """Input (= output) width of a residual sub-module such as timm's Mlp."""
+    for child in module.modules():
+        if isinstance(child, nn.Linear):
+            return child.in_features
+    raise UserError(f"{path}: cannot infer the feature width (no nn.Linear inside)")
+
+
+def original_module(module: nn.Module) -> nn.Module:
+    """The backbone module behind an adapter wrapper (wrappers expose it as ``base_layer``)."""
+    while hasattr(module, "base_layer") and isinstance(module.base_layer, nn.Module):
+        module = module.base_layer
+    return module
+
+
+def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, new)

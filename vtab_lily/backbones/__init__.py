@@ -1,0 +1,100 @@
+"""Backbones: ``create_backbone(name, num_classes, ...)`` over a registry of named configs.
+
+``vit-*``: timm's VisionTransformer (``vit.py``); ``vim-*``: our Vision Mamba (``vim.py``),
+whose selective scan lives in ``scan.py``. Every model returned has ``model.family``
+("vit" / "vim"), ``model.depth`` (number of blocks) and ``model.get_classifier()``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from ..errors import UserError, unknown_name
+from .registry import BackboneSpec
+from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
+from .vit import VIT_SPECS, build_vit, load_vit_checkpoint
+
+__all__ = [
+    "ALIASES",
+    "BACKBONES",
+    "BackboneSpec",
+    "VimConfig",
+    "VisionMamba",
+    "backbone_family",
+    "create_backbone",
+    "get_spec",
+    "resolve_backbone_name",
+]
+
+BACKBONES: dict[str, BackboneSpec] = {**VIT_SPECS, **VIM_SPECS}
+
+# Short names the runner accepts: alias -> (full-size backbone, demo backbone).
+ALIASES: dict[str, tuple[str, str]] = {
+    "vit": ("vit-b16-in21k", "vit-tiny-test"),
+    "vim": ("vim-s", "vim-tiny-test"),
+}
+
+
+def resolve_backbone_name(name: str, demo: bool = False) -> str:
+    """Full registry name for ``name``: aliases ``vit``/``vim`` map to the paper's backbones
+    (``vit-b16-in21k``, ``vim-s``) or, with ``demo``, to the tiny test configs."""
+    if name in ALIASES:
+        return ALIASES[name][1 if demo else 0]
+    if name not in BACKBONES:
+        raise unknown_name("backbone", name, [*BACKBONES, *ALIASES])
+    return name
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name`` (aliases resolved as non-demo)."""
+    return BACKBONES[resolve_backbone_name(name)]
+
+
+def backbone_family(name: str) -> str:
+    """'vit' or 'vim'."""
+    return get_spec(name).family
+
+
+def create_backbone(
+    name: str,
+    num_classes: int,
+    checkpoint: str | os.PathLike | None = None,
+    img_size: int | None = 224,
+    drop_path: float | None = None,
+) -> nn.Module:
+    """Build backbone ``name`` with a fresh ``num_classes`` head, optionally from weights.
+
+    ``checkpoint``: a local file (Google .npz for ViT; PyTorch .pth or .safetensors for
+    either family; the official Vim ``{'model': ..., 'args': Namespace}`` file); its head is
+    never used, and position embeddings are interpolated when ``img_size`` differs from the
+    checkpoint's. ``img_size=None`` means the config's native size (224, or 32 for the test
+    configs). ``drop_path=None`` means the recipe's rate for the family (ViT 0.1, Vim 0.05,
+    test configs 0). Bad names, files or shapes raise ``UserError``.
+    """
+    spec = get_spec(name)
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    size = spec.img_size if img_size is None else int(img_size)
+    patch = spec.arch.get("patch_size") or spec.arch.get("overrides", {}).get("patch_size", 16)
+    if size < patch or size % patch:
+        raise UserError(f"img_size {size} must be a positive multiple of {spec.name}'s patch size {patch}")
+    rate = spec.drop_path if drop_path is None else float(drop_path)
+    if not 0.0 <= rate < 1.0:
+        raise UserError(f"drop_path must be in [0, 1), got {rate}")
+
+    if spec.family == "vit":
+        model = build_vit(spec, num_classes, size, rate)
+        if checkpoint is not None:
+            load_vit_checkpoint(model, checkpoint, spec.name)
+            model.reset_classifier(num_classes)
+    else:
+        model = build_vim(spec, num_classes, size, rate)
+        if checkpoint is not None:
+            load_vim_checkpoint(model, checkpoint, spec.name)
+            model.reset_classifier(num_classes)
+    model.family = spec.family
+    model.depth = len(model.blocks) if spec.family == "vit" else len(model.layers)
+    model.backbone_name = spec.name
+    return model
