@@ -1,0 +1,190 @@
+"""One run end to end (python -m vtab_lily.run): every file of the run directory, skipping a
+finished run, --dry-run, --force, and bad input refused before any work."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from vtab_lily import run
+from vtab_lily.data import ensure_demo
+from vtab_lily.errors import UserError, run_cli
+from vtab_lily.rundir import config_hash
+
+# A tiny Lily run: 1000 demo images at 16 px, 10 steps per epoch, two epochs.
+TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--task", "colours",
+        "--img-size", "16", "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
+RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
+               "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
+               "versions", "git_commit", "finished_at"}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "vtab-demo"
+    ensure_demo(root)  # idempotent and lock-protected: shared by the test modules
+    return root
+
+
+def args(demo_root: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, "--data-root", str(demo_root), "--out", str(out), *extra]
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return [p.parent for p in out.rglob("config.json")]
+
+
+@pytest.fixture(scope="module")
+def finished(demo_root, tmp_path_factory):
+    """One complete run (with TensorBoard); returns (out, run_dir, stdout)."""
+    out = tmp_path_factory.mktemp("runs")
+    assert run.main(args(demo_root, out)) == 0
+    (run_dir,) = run_dirs(out)
+    return out, run_dir
+
+
+def test_end_to_end_run_writes_every_file(finished):
+    out, run_dir = finished
+    config = json.loads((run_dir / "config.json").read_text())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert set(result) == RESULT_KEYS
+    assert result["status"] == "complete" and result["schema"] == 1
+    assert run_dir == out / "vit-tiny-test" / "lily" / "colours" / config_hash(config)
+    assert result["config"] == config and result["config_hash"] == run_dir.name
+    assert (result["backbone"], result["adapter"], result["task"], result["suite"]) == (
+        "vit-tiny-test", "lily", "colours", "demo")
+    assert re.fullmatch(r"[0-9a-f]{8}", result["method_hash"]) and result["method"].startswith("lily r=4")
+
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and [m["step"] for m in metrics] == [10, 20]
+    assert all({"loss", "lr", "images_per_s", "eval_acc"} <= set(m) for m in metrics)
+    assert metrics[1]["loss"] < metrics[0]["loss"]  # it learns
+    acc = result["accuracy"]
+    assert acc["final"] == metrics[-1]["eval_acc"] and 0 <= acc["final"] <= 100
+    assert acc["best"] == max(m["eval_acc"] for m in metrics) and acc["best_epoch"] in (1, 2)
+    assert acc["eval_split"] == "test" and acc["best_is_test_selected"] is True
+
+    params = result["params"]
+    assert params["head"] == 48 * 8 + 8  # embed 48, 8 classes
+    assert params["total"] == params["adapter"] + params["head"] and params["adapter"] > 0
+    assert params["backbone"] > params["adapter"]
+    assert result["time"]["train_s"] > 0 and result["time"]["train_images_per_s"] > 0
+    assert result["memory"]["kind"] == "cpu_peak_rss" and result["memory"]["peak_mb"] > 10
+    assert result["device"] == "cpu" and result["versions"]["torch"] == torch.__version__
+    assert result["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", result["git_commit"])
+
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["progress"]["epoch"] == 2 and ckpt["config_hash"] == run_dir.name
+    assert ckpt["model"] and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+    routers = json.loads((run_dir / "router_weights.json").read_text())
+    assert routers["experts"] == 4 and len(routers["sites"]) == 4 * 3  # 4 blocks x k, v, mlp
+    for weights in routers["weights"]:
+        assert len(weights) == 4 and sum(weights) == pytest.approx(1.0, abs=1e-4)
+
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert not (run_dir / "failed.json").exists()
+    assert not list(run_dir.glob(".*.tmp-*"))
+
+
+def test_finished_run_is_skipped_and_force_redoes_it(finished, demo_root, capsys):
+    out, run_dir = finished
+    before = {p.name: p.read_bytes() for p in (run_dir / "result.json", run_dir / "metrics.jsonl")}
+    assert run.main(args(demo_root, out)) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert {p: (run_dir / p).read_bytes() for p in before} == before
+
+    assert run.main(args(demo_root, out, "--force", "--no-tensorboard")) == 0
+    again = json.loads((run_dir / "result.json").read_text())
+    first = json.loads(before["result.json"])
+    assert again["accuracy"] == first["accuracy"]  # same seed, same result (CPU)
+    assert again["finished_at"] >= first["finished_at"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2  # not appended to the old lines
+
+
+def test_dry_run_prints_parameter_counts(demo_root, tmp_path, capsys):
+    assert run.main(args(demo_root, tmp_path / "runs", "--dry-run")) == 0
+    printed = capsys.readouterr().out
+    counts = re.search(r"parameters: adapter ([\d,]+), head ([\d,]+), trainable total ([\d,]+), backbone ([\d,]+)",
+                       printed)
+    adapter, head, total, backbone = (int(g.replace(",", "")) for g in counts.groups())
+    assert head == 48 * 8 + 8 and total == adapter + head and adapter > 0 and backbone > 0
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    plain = json.loads(printed.split("\nparameters:")[0])
+    assert run.main(args(demo_root, tmp_path / "runs", "--dry-run", "--method-name", "lily (tuned)")) == 0
+    named = json.loads(capsys.readouterr().out.split("\nparameters:")[0])
+    assert named["config"]["method_name"] == "lily (tuned)" and named["config_hash"] != plain["config_hash"]
+    assert run.main(args(demo_root, tmp_path / "runs", "--dry-run", "--rank", "4", "--threads", "2",
+                         "--device", "cpu")) == 0  # explicit defaults and local options: the same run
+    assert json.loads(capsys.readouterr().out.split("\nparameters:")[0])["config_hash"] == plain["config_hash"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "colour"], "did you mean 'colours'"),
+    (["--backbone", "vit-tiny-tset"], "did you mean 'vit-tiny-test'"),
+    (["--adapter", "lilly"], "did you mean 'lily'"),
+    (["--ne-a", "9"], "exceed the model depth"),
+    (["--rank", "0"], "rank must be"),
+    (["--scale", "-1"], "scale must be"),
+    (["--targets", "k,vv"], "did you mean 'v'"),
+    (["--batch-size", "1001"], "larger than the training split"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--checkpoint", "/nonexistent/vit.npz"], "backbones/README.md"),
+])
+def test_bad_arguments_are_refused_before_any_work(demo_root, tmp_path, extra, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        run.main(args(demo_root, tmp_path / "runs", *extra))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_and_weights_say_where_and_how(tmp_path):
+    base = ["--backbone", "vit-tiny-test", "--task", "dtd", "--out", str(tmp_path / "runs")]
+    with pytest.raises(UserError, match=r"data root .*nothing.* does not exist .*data/README.md"):
+        run.main([*base, "--checkpoint", "none", "--data-root", str(tmp_path / "nothing")])
+    with pytest.raises(UserError, match=r"backbones/ViT-B_16.npz not found .*backbones/README.md"):
+        run.main(["--backbone", "vit", "--task", "dtd", "--out", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_data_prints_file_and_line_without_traceback(demo_root, tmp_path, capsys):
+    root = tmp_path / "demo-copy"
+    (root / "colours").mkdir(parents=True)
+    for split in ("train800", "val200", "train800val200", "test"):
+        (root / "colours" / f"{split}.txt").write_text((demo_root / "colours" / f"{split}.txt").read_text())
+    (root / "colours" / "images").symlink_to(demo_root / "colours" / "images")
+    lines = (root / "colours" / "train800val200.txt").read_text().splitlines()
+    lines[6] = lines[6].split()[0] + " not-a-label"
+    (root / "colours" / "train800val200.txt").write_text("\n".join(lines) + "\n")
+    argv = args(root, tmp_path / "runs")  # an existing --data-root is used as it is, never regenerated
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert f"{root / 'colours' / 'train800val200.txt'}:7" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(UserError):  # --debug: the exception (and its traceback) comes through
+        run_cli(run.main, argv + ["--debug"])
+
+
+def test_method_hash_groups_seeds_and_tasks_and_named_methods():
+    from vtab_lily.rundir import config_hash, method_hash
+
+    base = {"backbone": "vit-tiny-test", "adapter": "lily", "protocol": "test", "suite": "demo", "task": "count",
+            "seed": 0, "num_classes": 5, "adapter_config": {"scale": 1.0}, "lr": 0.01, "method_name": None,
+            "out": "runs"}
+    other_seed = dict(base, seed=1, task="cells", num_classes=2, out="elsewhere")
+    assert method_hash(base) == method_hash(other_seed)
+    assert config_hash(base) != config_hash(other_seed)
+    assert method_hash(base) != method_hash(dict(base, adapter_config={"scale": 10.0}))
+    # A named method (a sweep's per-task tuned settings) is one leaderboard row.
+    named = dict(base, method_name="lily (val-selected: scale x ne)")
+    tuned = dict(named, task="cells", adapter_config={"scale": 10.0})
+    assert method_hash(named) == method_hash(tuned)
+    assert method_hash(named) != method_hash(dict(named, protocol="val"))
+    assert method_hash(named) != method_hash(dict(named, method_name="another"))

@@ -1,0 +1,85 @@
+"""./run_all.sh: keeps going past a failing task, reports a locked task as running elsewhere,
+exports the leaderboard, exits non-zero listing the failures; bad arguments stop it at once."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vtab_lily import run
+from vtab_lily.data import ensure_demo
+from vtab_lily.fsutil import dir_lock
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--img-size", "16", "--epochs", "1", "--batch-size", "100", "--rank", "4", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "vtab-demo"
+    ensure_demo(root)
+    return root
+
+
+def run_all(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "run_all.sh"), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
+
+
+def data_with_broken_task(demo_root: Path, folder: Path, broken: str) -> Path:
+    """The demo tasks (symlinked), with one list file of ``broken`` corrupted at line 3."""
+    folder.mkdir(parents=True)
+    for task in demo_root.iterdir():
+        if task.is_dir() and task.name not in (".cache", broken):
+            (folder / task.name).symlink_to(task)
+    (folder / broken).mkdir(parents=True)
+    for lst in (demo_root / broken).glob("*.txt"):
+        (folder / broken / lst.name).write_text(lst.read_text())
+    (folder / broken / "images").symlink_to(demo_root / broken / "images")
+    lines = (folder / broken / "train800val200.txt").read_text().splitlines()
+    lines[2] = "images/missing.jpg 0"
+    (folder / broken / "train800val200.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def run_dir_of(argv: list[str]) -> Path:
+    """Where ``python -m vtab_lily.run argv`` runs (from its --dry-run output)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run.main([*argv, "--dry-run"]) == 0
+    return Path(json.loads(out.getvalue().split("\nparameters:")[0])["run_dir"])
+
+
+def test_run_all_continues_past_failures_and_reports_locked_tasks(demo_root, tmp_path):
+    data = data_with_broken_task(demo_root, tmp_path / "data", broken="cells")
+    out, boards = tmp_path / "runs", tmp_path / "boards"
+    common = ["--data-root", str(data), "--out", str(out), *TINY]
+    locked = run_dir_of(["--demo", "--backbone", "vit", "--adapter", "lily", "--task", "count", *common])
+    with dir_lock(locked):  # another process "is running" count
+        proc = run_all("vit", "lily", "--demo", "--tasks", "cells,colours,count", *common,
+                       env={"LEADERBOARD_DIR": str(boards)})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert "FAILED: cells (exit 2)" in text
+    assert "train800val200.txt:3" in text  # the failing task's own one-line error
+    assert "running elsewhere (locked by another process, not failed): count" in text
+    assert "1 done, 1 running elsewhere, 1 failed" in text
+    results = list(out.rglob("result.json"))
+    assert [p.relative_to(out).parts[:3] for p in results] == [("vit-tiny-test", "lily", "colours")]
+    assert any(boards.iterdir())  # leaderboard exported after the loop
+
+
+
+def test_run_all_refuses_bad_arguments_before_running(tmp_path):
+    proc = run_all("vit", "lilly", "--demo", "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "did you mean 'lily'" in proc.stderr
+    proc = run_all("vit", "lily", "--demo", "--tasks", "colours,nope", "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    assert run_all().returncode == 2

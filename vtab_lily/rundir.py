@@ -1,0 +1,214 @@
+"""One run's directory: layout, config hashing, checkpoints, metrics, result and failure files.
+
+Layout (see ARCHITECTURE.md): ``<out>/<backbone>/<adapter>/<task>/<config hash>/`` holding
+``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json``, and
+either ``result.json`` (success, written last) or ``failed.json``. Every file except the
+append-only ``metrics.jsonl`` is written atomically (``vtab_lily.fsutil``), so a process killed
+at any point leaves the previous version or the new one, never a torn file.
+
+Crash-test hooks: ``VTAB_LILY_FAULT=<point>:<n>[:<SIGNAL>]`` makes the process SIGKILL itself
+(or send SIGNAL, e.g. INT) the n-th time it reaches the named point (``train_step``,
+``checkpoint_write``, ``result_write``), and
+``VTAB_LILY_FAULT=nan_loss:<n>`` turns the n-th training loss into NaN. Tests use them to
+inject faults at exact places; they cost one dictionary lookup when unset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
+
+# Options that say where things are or how to run, not what is computed: they never change a
+# run's identity, so moving the data or resuming on another device finds the same directory.
+# ``adapter_options`` (what the user typed) is hashed through ``adapter_config`` (resolved), so
+# ``--rank 32`` and the default rank 32 are the same run.
+LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options")
+# method_hash also drops what varies inside one method's group of runs.
+PER_RUN_KEYS = ("task", "seed", "num_classes")
+
+CONFIG, METRICS, TB, CHECKPOINT = "config.json", "metrics.jsonl", "tb", "checkpoint.pt"
+RESULT, FAILED, ROUTER = "result.json", "failed.json", "router_weights.json"
+
+
+def _short_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def config_hash(config: dict) -> str:
+    """8 hex digits naming the run directory: the config without machine-local options."""
+    return _short_hash({k: v for k, v in config.items() if k not in LOCAL_KEYS})
+
+
+def method_hash(config: dict) -> str:
+    """8 hex digits shared by all tasks and seeds of one method (backbone, adapter, recipe).
+
+    A named method (``--method-name``, e.g. a sweep's per-task tuned settings) is one group
+    whatever its per-task hyperparameters: only the name, backbone, adapter, protocol and suite count.
+    """
+    if config.get("method_name"):
+        return _short_hash({k: config.get(k) for k in ("method_name", "backbone", "adapter", "protocol", "suite")})
+    return _short_hash({k: v for k, v in config.items() if k not in LOCAL_KEYS + PER_RUN_KEYS})
+
+
+_fault_counts: Counter[str] = Counter()
+
+
+def fault_point(name: str) -> bool:
+    """Crash-test hook, set by ``VTAB_LILY_FAULT=<name>:<n>[:<SIGNAL>]``: the n-th time ``name``
+    is reached, this process sends itself SIGNAL (default KILL; e.g. INT to test Ctrl-C).
+    For ``nan_loss`` it returns True instead (the caller poisons the loss)."""
+    spec = os.environ.get("VTAB_LILY_FAULT")
+    if not spec:
+        return False
+    point, _, rest = spec.partition(":")
+    if point != name:
+        return False
+    count, _, sig = rest.partition(":")
+    _fault_counts[name] += 1
+    if _fault_counts[name] != int(count or 1):
+        return False
+    if name == "nan_loss":
+        return True
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
+    return True
+
+
+class RunDir:
+    """Paths and file operations of one run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, out: str | os.PathLike, config: dict) -> "RunDir":
+        return cls(Path(out) / config["backbone"] / config["adapter"] / config["task"] / config_hash(config))
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # --- state queries -------------------------------------------------------------------
+    def read_result(self) -> dict | None:
+        """The complete result, or None (missing, unreadable or not complete)."""
+        try:
+            result = read_json(self / RESULT)
+        except (OSError, ValueError):
+            return None
+        return result if isinstance(result, dict) and result.get("status") == "complete" else None
+
+    def read_failed(self) -> dict | None:
+        try:
+            return read_json(self / FAILED)
+        except (OSError, ValueError):
+            return None
+
+    def lock(self) -> Any:
+        """Exclusive flock on the directory (raises fsutil.LockBusy while another process runs it)."""
+        return dir_lock(self.path)
+
+    # --- writing -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget everything of a previous attempt (``--force``); keeps the lock file."""
+        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, CONFIG):
+            (self / name).unlink(missing_ok=True)
+        shutil.rmtree(self / TB, ignore_errors=True)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete ``.<name>.tmp-*`` files of writers killed mid-write (call under the lock)."""
+        stale = list(self.path.glob(".*.tmp-*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_json(self / CONFIG, config)
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Atomic ``torch.save``; a kill mid-write leaves the previous checkpoint in place."""
+
+        def write(f: Any) -> None:
+            import torch
+
+            torch.save(state, f)
+            fault_point("checkpoint_write")  # killed here: temp file written, not renamed
+
+        atomic_write(self / CHECKPOINT, write)
+
+    def load_checkpoint(self) -> dict | None:
+        """The last checkpoint (tensors and plain containers only: ``weights_only=True``), or
+        None when there is none. An unreadable one is moved aside with a warning, not loaded."""
+        import torch
+
+        path = self / CHECKPOINT
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file: set aside, start over
+            aside = path.with_name(CHECKPOINT + ".unreadable")
+            os.replace(path, aside)
+            print(f"warning: {path} is unreadable ({err.__class__.__name__}); moved to {aside.name}, "
+                  "starting this run from scratch", file=sys.stderr)
+            return None
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """Parsed metric lines; a torn last line (killed mid-append) is skipped."""
+        return list(_parse_lines(self / METRICS))
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from (and torn lines)."""
+        if not (self / METRICS).exists():
+            return
+        kept = [r for r in _parse_lines(self / METRICS) if r.get("step", 0) <= last_step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write(self / METRICS, lambda f: f.write(text), mode="w")
+
+    def write_failed(self, reason: str, epoch: int | None) -> None:
+        atomic_write_json(self / FAILED, {"reason": reason, "epoch": epoch})
+
+    def clear_failed(self) -> None:
+        (self / FAILED).unlink(missing_ok=True)
+
+    def write_router_weights(self, weights: dict) -> None:
+        atomic_write_json(self / ROUTER, weights)
+
+    def write_result(self, result: dict) -> None:
+        """Atomic, and always the last file a successful run writes."""
+        text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
+
+        def write(f: Any) -> None:
+            f.write(text)
+            fault_point("result_write")
+
+        atomic_write(self / RESULT, write, mode="w")
+
+
+def _parse_lines(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
