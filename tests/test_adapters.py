@@ -6,23 +6,10 @@ import torch
 
 from vtab_lily.adapters import ADAPTERS, apply_adapter, count_parameters, merge_lora, unmerge_lora
 from vtab_lily.adapters.wrappers import AdaptedLinear
-from vtab_lily.backbones import create_backbone
 from vtab_lily.errors import UserError
+from adapter_helpers import randomize_trainable, tiny_vit  # noqa: E402
 
 C, DEPTH, CLASSES = 48, 4, 10
-
-
-def tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_backbone("vit-tiny-test", CLASSES, img_size=None).eval()
-
-
-def randomize_trainable(model, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
 def images(n=3):

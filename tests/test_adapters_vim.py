@@ -6,6 +6,7 @@ import torch
 from vtab_lily.adapters import apply_adapter, count_parameters, export_peft, load_peft, set_lily_naive
 from vtab_lily.backbones import create_backbone
 from vtab_lily.errors import UserError
+import adapter_helpers as helpers  # noqa: E402
 
 CLASSES = 5
 
@@ -16,11 +17,7 @@ def tiny_vim() -> torch.nn.Module:
 
 
 def randomize_trainable(model, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
+    helpers.randomize_trainable(model, seed, std=0.2)
 
 
 X = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))

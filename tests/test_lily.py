@@ -15,29 +15,10 @@ from vtab_lily.adapters import (
     set_lily_naive,
 )
 from vtab_lily.adapters.lily import LilyDelta
-from vtab_lily.backbones import create_backbone
 from vtab_lily.errors import UserError
+from adapter_helpers import randomize_trainable, tiny_vit  # noqa: E402
 
 ALL_VIT_TARGETS = ("q", "k", "v", "proj", "fc1", "fc2", "mlp")
-
-
-def tiny_vit(depth: int = 4) -> torch.nn.Module:
-    """The project's tiny test ViT; other depths as a bare timm model (no ``.family``)."""
-    torch.manual_seed(0)
-    if depth == 4:
-        return create_backbone("vit-tiny-test", 10, img_size=None).eval()
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=4,
-                              embed_dim=48, depth=depth, num_heads=3, num_classes=10)
-    return model.eval()
-
-
-def randomize_trainable(model: torch.nn.Module, seed: int = 1) -> None:
-    """B starts at zero; give every trainable tensor random values so the tests see real updates."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
 def images(n: int = 3, seed: int = 2) -> torch.Tensor:

@@ -8,21 +8,8 @@ import torch
 peft = pytest.importorskip("peft")  # a test extra (pyproject [test]); installed on this machine
 
 from vtab_lily.adapters import apply_adapter, export_peft, load_peft  # noqa: E402
-from vtab_lily.backbones import create_backbone
 from vtab_lily.errors import UserError  # noqa: E402
-
-
-def tiny_vit(classes: int = 10) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return create_backbone("vit-tiny-test", classes, img_size=None).eval()
-
-
-def randomize_trainable(model, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+from adapter_helpers import randomize_trainable, tiny_vit  # noqa: E402
 
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))

@@ -120,7 +120,12 @@ def parse_list(file: Path, task_dir: Path, num_classes: int) -> tuple[SplitList,
 
 
 def format_problems(problems: list[str], what: str) -> str:
-    """One message for many problems: a count, then the first few, one per line."""
+    """One message for many problems: a count, then the first few, one per line.
+
+    A single problem is one line already naming file and line, so it is given as is.
+    """
+    if len(problems) == 1:
+        return problems[0]
     shown = "\n  ".join(problems[:MAX_SHOWN])
     more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
     return f"{len(problems)} problem(s) in {what}:\n  {shown}{more}"
