@@ -180,7 +180,13 @@ class LilyDelta(AdapterModule):
             return F.softmax(logits.sum(dim=1), dim=-1)
         return F.softmax(logits, dim=-1).mean(dim=(0, 1))  # "batch"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def add_to(self, base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # baddbmm/addmm add the update to the layer's output inside the matmul: one pass fewer
+        # over a (batch, tokens, C_out) tensor, forward and backward.
+        return self(x, base)
+
+    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``s * x' (sum_i S_i B_i)``, plus ``base`` when given."""
         hidden = self.lily_A(x)
         if self.relu:
             hidden = F.relu(hidden)
@@ -188,18 +194,22 @@ class LilyDelta(AdapterModule):
         hidden = hidden.unsqueeze(1) if x.dim() == 2 else hidden.reshape(x.shape[0], -1, hidden.shape[-1])
         weights = self.expert_weights(hidden)
         experts = self.lily_B.weight
-        if self.naive:
-            delta = self._mixture(hidden, weights, experts) * self.scale
-        else:
-            # Eq. 3: combine the experts (and the scale, on the small r x C matrix), then one matmul.
-            count, rank, width = experts.shape
-            combined = (weights * self.scale) @ experts.reshape(count, rank * width)
-            if weights.dim() == 1:
-                delta = hidden @ combined.reshape(rank, width)
-            else:
-                delta = torch.bmm(hidden, combined.reshape(-1, rank, width))
+        count, rank, width = experts.shape
         self._record(weights.detach(), hidden.shape[0])
-        return delta.reshape(*x.shape[:-1], experts.shape[-1])
+        if self.naive:
+            delta = (self._mixture(hidden, weights, experts) * self.scale).reshape(*x.shape[:-1], width)
+            return delta if base is None else base + delta
+        # Eq. 3: combine the experts (and the scale, on the small r x C matrix), then one matmul.
+        combined = (weights * self.scale) @ experts.reshape(count, rank * width)
+        if weights.dim() == 1:  # one matrix for the whole call ("batch" routing, no router)
+            flat = hidden.reshape(-1, rank)
+            combined = combined.reshape(rank, width)
+            out = flat @ combined if base is None else torch.addmm(base.reshape(-1, width), flat, combined)
+        else:
+            combined = combined.reshape(-1, rank, width)
+            out = (torch.bmm(hidden, combined) if base is None
+                   else torch.baddbmm(base.reshape(hidden.shape[0], -1, width), hidden, combined))
+        return out.reshape(*x.shape[:-1], width)
 
     @staticmethod
     def _mixture(hidden: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,10 @@ class AdapterModule(nn.Module):
 
     out_slice: tuple[int, int] | None = None
 
+    def add_to(self, base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``base + self(x)``; subclasses fuse the add into their last matmul when they can."""
+        return base + self(x)
+
 
 class AdaptedLinear(nn.Module):
     """``y = base_layer(x) + sum of deltas(x)`` (each on its output slice); supports merging."""
@@ -66,7 +70,7 @@ class AdaptedLinear(nn.Module):
         sliced = []
         for delta in self.deltas.values():
             if delta.out_slice is None:
-                y = y + delta(x)
+                y = delta.add_to(y, x)
             else:
                 sliced.append(delta)
         if not sliced:
@@ -77,7 +81,7 @@ class AdaptedLinear(nn.Module):
             start, stop = delta.out_slice
             if start > position:
                 pieces.append(y[..., position:start])
-            pieces.append(y[..., start:stop] + delta(x))
+            pieces.append(delta.add_to(y[..., start:stop], x))
             position = stop
         if position < y.shape[-1]:
             pieces.append(y[..., position:])
@@ -117,7 +121,7 @@ class ParallelAdapter(nn.Module):
         self.delta = delta
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.base_layer(x, *args, **kwargs) + self.delta(x)
+        return self.delta.add_to(self.base_layer(x, *args, **kwargs), x)
 
 
 def adapted_linear_at(model: nn.Module, path: str) -> AdaptedLinear:

@@ -23,8 +23,8 @@ from .timing import Stats, measure, paired_ratio, peak_memory_during
 
 NUM_CLASSES = 100
 LILY_VS_LORA = 1.10  # Lily's step time may be at most this multiple of LoRA's (equal rank and targets)
-# "No slower than PEFT": the median PEFT/ours ratio may fall short of 1 by at most the run-to-run noise of
-# a CPU step (the paired rounds of two identical configurations spread by about +-2..4 %).
+# Paired rounds of two identical configurations spread by about +-2..4 % on a CPU step: a difference
+# below this is reported as a tie (the target itself stays strict: median PEFT/ours >= 1).
 NOISE = 0.02
 
 # Item 2: the paper's settings (published parameter counts: LoRA 0.29M, AdaptFormer 0.16M, Lily 0.79M)
@@ -174,8 +174,7 @@ def run_peft(ctx: Context) -> Section:
         verdict += f", a tie within the {NOISE:.0%} noise"
     mem_ours, mem_peft = memory["ours (vtab_lily)"][0], memory["HF PEFT"][0]
     section.verdicts.append(Verdict(
-        f"ours no slower than HF PEFT (median PEFT time / ours >= {1 - NOISE:.2f}, i.e. >= 1 up to the "
-        f"{NOISE:.0%} run-to-run noise)", fmt_ratio(ratio), ratio.median >= 1.0 - NOISE,
+        "ours no slower than HF PEFT (median PEFT time / ours >= 1)", fmt_ratio(ratio), ratio.median >= 1.0,
         f"Ours is {verdict} (median of paired rounds); peak memory {mem_ours:.0f} vs {mem_peft:.0f} MiB."))
     if trainable_count(ours) != trainable_count(theirs):
         section.notes.append("The trainable parameter counts differ: the two configurations are not identical.")
