@@ -29,7 +29,7 @@ class Sizes:
     step_batch: int = 8
     step_warmup: int = 1
     step_reps: int = 3
-    peft_reps: int = 6  # item 3 compares two near-equal implementations: more rounds against noise
+    peft_reps: int = 12  # item 3 compares two near-equal implementations: more rounds against noise
     # 4. Vim-S and the selective scan
     vim: str = "vim-s"
     vim_batch: int = 8
