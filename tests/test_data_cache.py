@@ -61,6 +61,31 @@ def test_second_load_hits_the_cache_without_decoding(root, decodes):
     assert torch.equal(third.images, first.images) and third.normalize is False
 
 
+def _mapped_files(tensor: torch.Tensor) -> set[str]:
+    """Files whose mapping in this process holds ``tensor``'s first byte (Linux /proc)."""
+    address = tensor.data_ptr()
+    found = set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, stop = (int(v, 16) for v in fields[0].split("-"))
+        if start <= address < stop and len(fields) == 6:
+            found.add(fields[5].strip())
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see mappings")
+def test_cached_split_is_memory_mapped_not_read(root):
+    load_split(root, TINY, "test", img_size=16)  # builds the cache
+    [file] = cache_files(root)
+    cached = load_split(root, TINY, "test", img_size=16)
+    assert str(file.resolve()) in _mapped_files(cached.images)
+    before = file.read_bytes()
+    cached.images[0].zero_()  # copy-on-write: writable, and the file never changes
+    assert file.read_bytes() == before
+    batch, _ = cached.batch(torch.tensor([1, 2]))
+    assert batch.shape == (2, 3, 16, 16)
+
+
 def test_cache_is_plain_npy_that_loads_without_pickle(root):
     data = load_split(root, TINY, "test", img_size=16)
     [file] = cache_files(root)

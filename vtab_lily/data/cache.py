@@ -7,7 +7,8 @@ cache. Labels are not cached: they come from the list file, which is parsed anyw
 Crash safety: files are written to a temp file and renamed into place
 (:func:`vtab_lily.fsutil.atomic_write`), so a killed writer never leaves a file under the
 final name; on load the ``.npy`` header (dtype, shape) and the exact file length are
-checked before any data is read, and a file that fails is ignored (and later replaced).
+checked before any data is read, and a file that fails is ignored (and later replaced). A valid
+file is memory-mapped rather than read, so a split costs page cache, not process memory.
 Two processes building the same cache serialise on a lock file; even without it each would
 only rename its own complete file over the other's identical one. Nothing is ever unpickled.
 """
@@ -56,16 +57,6 @@ def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
     return shape, dtype, fortran
 
 
-def _read_exactly(f, buffer: memoryview, chunk: int = 1 << 28) -> None:
-    """Fill ``buffer`` from ``f`` in chunks (one read call may return at most ~2 GB)."""
-    done = 0
-    while done < len(buffer):
-        got = f.readinto(buffer[done : done + chunk])
-        if not got:
-            raise ValueError("ended early while reading")
-        done += got
-
-
 def load_cache(path: Path, n: int, size: int) -> torch.Tensor | None:
     """The cached ``(n, 3, size, size)`` uint8 tensor, or None when absent or invalid.
 
@@ -84,9 +75,11 @@ def load_cache(path: Path, n: int, size: int) -> torch.Tensor | None:
             file_bytes = os.fstat(f.fileno()).st_size
             if file_bytes != f.tell() + data_bytes:
                 raise ValueError(f"is {file_bytes} bytes, expected {f.tell() + data_bytes} (truncated?)")
-            images = torch.empty(expected_shape, dtype=torch.uint8)
-            _read_exactly(f, memoryview(images.numpy()).cast("B"))
-            return images
+            offset = f.tell()
+        # Mapped, not read: pages load as batches touch them, so a large split (a dsprites test
+        # split is ~11 GB at 224 px) lives in the page cache, not in process memory. Copy-on-write
+        # ("c") never changes the file and gives torch a writable array.
+        return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=expected_shape))
     except (OSError, ValueError, SyntaxError) as err:
         warnings.warn(f"ignoring invalid cache file {path}: {err}; decoding again", CacheWarning, stacklevel=2)
         return None

@@ -19,7 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SplitData(Dataset):
-    """One split held in memory as uint8; items and batches come out as float32.
+    """One split as uint8 (in memory, or memory-mapped from the cache); items and batches come out as float32.
 
     ``images`` is ``(n, 3, H, W)`` uint8 and ``labels`` ``(n,)`` int64. Items are scaled to
     0..1 and, when ``normalize``, standardised with the ImageNet mean/std.
