@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, provenance
 from .errors import UserError, run_cli, unknown_name
 from .fsutil import LockBusy
-from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, config_hash, method_hash
+from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, config_hash, json_normal, method_hash
 from .tasks import PROTOCOLS, get_task, task_names
 
 EXIT_FAILED, EXIT_LOCKED = 1, 75  # 2: UserError and 130: interrupted come from errors.run_cli
@@ -179,13 +177,8 @@ def build_model(config: dict, weights: Path | None) -> tuple[Any, dict, dict]:
     model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=weights,
                             img_size=config["img_size"], drop_path=config["drop_path"])
     model = apply_adapter(model, config["adapter"], **config["adapter_options"])  # validates the options
-    adapter_config = json_roundtrip(dataclasses.asdict(model.adapter_config))
+    adapter_config = json_normal(dataclasses.asdict(model.adapter_config))
     return model, adapter_config, count_parameters(model)
-
-
-def json_roundtrip(obj: Any) -> Any:
-    """Tuples -> lists etc., so the config hashes the same before and after config.json."""
-    return json.loads(json.dumps(obj))
 
 
 def seed_everything(seed: int) -> None:
@@ -247,21 +240,8 @@ def load_data(config: dict) -> tuple[Any, Any]:
     return train_set, eval_set
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=10,
-                             capture_output=True, text=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
 def versions() -> dict:
-    import timm
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "vtab_lily": __version__}
+    return {**provenance.versions(("torch", "timm")), "vtab_lily": __version__}
 
 
 def router_weights_json(model: Any) -> dict | None:
@@ -411,7 +391,7 @@ def build_result(config: dict, params: dict, outcome: Any, device: Any) -> dict:
                  "train_images_per_s": round(outcome.train_images_per_s, 2)},
         "memory": {"peak_mb": round(peak_memory_mb(device), 1),
                    "kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"},
-        "device": str(device), "versions": versions(), "git_commit": git_commit(),
+        "device": str(device), "versions": versions(), "git_commit": provenance.git_commit(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

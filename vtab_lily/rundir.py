@@ -44,6 +44,12 @@ def _short_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def json_normal(obj: Any) -> Any:
+    """``obj`` as config.json stores it (tuples -> lists, non-JSON values -> str), so a config
+    hashes and compares the same before and after a round trip through the file."""
+    return json.loads(json.dumps(obj, default=str))  # key order kept: method labels follow it
+
+
 def config_hash(config: dict) -> str:
     """8 hex digits naming the run directory: the config without machine-local options."""
     return _short_hash({k: v for k, v in config.items() if k not in LOCAL_KEYS})

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
+from .. import provenance
 from ..fsutil import atomic_write_bytes
 from .timing import Stats
 
@@ -108,34 +107,14 @@ def busy_note(*loads: str) -> str | None:
     return None
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5)
-        return result.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def machine_lines(device: torch.device) -> list[str]:
     """The machine and software the figures were measured on."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
     lines = [
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch threads: {torch.get_num_threads()}",
         f"- GPU: {gpu}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-        f"- vtab_lily git commit: {git_commit()}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in provenance.versions(VERSIONED).items()),
+        f"- vtab_lily git commit: {provenance.git_commit(short=True) or 'unknown'}",
     ]
     return lines
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
 
 from ..errors import UserError
-from ..rundir import CONFIG, LOCAL_KEYS, RESULT
+from ..rundir import CONFIG, LOCAL_KEYS, RESULT, json_normal
 
 
 # Options that do not change what a run computes (the runner leaves them out of its hash).
@@ -24,11 +23,6 @@ from ..rundir import CONFIG, LOCAL_KEYS, RESULT
 # hashes carries them; we cannot resolve that without building the model, so we compare the
 # options themselves. The weights file is compared by name, as the runner records it.
 IGNORED = (set(LOCAL_KEYS) | {"out", "data_root", "device", "tensorboard", "threads", "checkpoint"}) - {"adapter_options"}
-
-
-def _normal(value: Any) -> Any:
-    """JSON round trip, so tuples compare equal to the lists a config.json holds."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 class RunLocator:
@@ -55,7 +49,7 @@ class RunLocator:
     def find(self, argv: list[str]) -> Path | None:
         """The run directory for ``argv``: one with a result first (the newest), else any match."""
         config = self.config(argv)
-        wanted = {k: _normal(v) for k, v in config.items() if k not in IGNORED}
+        wanted = {k: json_normal(v) for k, v in config.items() if k not in IGNORED}
         if config.get("checkpoint"):  # the runner records the weights file's name
             wanted["pretrained"] = None if str(config["checkpoint"]).lower() == "none" else Path(config["checkpoint"]).name
         folder = Path(config["out"]) / config["backbone"] / config["adapter"] / str(config["task"])
@@ -67,7 +61,7 @@ class RunLocator:
                 saved = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(saved, dict) and all(_normal(saved.get(k)) == v for k, v in wanted.items()):
+            if isinstance(saved, dict) and all(json_normal(saved.get(k)) == v for k, v in wanted.items()):
                 matches.append(run_dir)
         finished = [d for d in matches if (d / RESULT).exists()]
         if finished:
