@@ -1,0 +1,165 @@
+"""python -m vtab_lily.analyze: dW composition and spectra on adapters whose answer is known,
+then the reports of real (tiny) demo runs of Lily and LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vtab_lily import run
+from vtab_lily.adapters import apply_adapter
+from vtab_lily.adapters.lily import lily_deltas
+from vtab_lily.adapters.lora import LoraDelta
+from vtab_lily.analyze import __main__ as analyze_cli
+from vtab_lily.analyze.compose import lily_update, probe_update, weight_updates
+from vtab_lily.analyze.spectra import (
+    effective_rank,
+    expert_similarity,
+    expert_wins,
+    rank_above,
+    router_entropy,
+    singular_values,
+    weight_stats,
+)
+from vtab_lily.backbones import create_backbone
+from vtab_lily.data import ensure_demo
+from vtab_lily.errors import UserError
+
+
+def tiny_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("vit-tiny-test", num_classes=3, img_size=32)
+
+
+def test_effective_rank_and_counts_on_known_spectra():
+    assert effective_rank(torch.tensor([2.0, 2.0, 2.0, 0.0])) == pytest.approx(3.0)
+    assert effective_rank(torch.zeros(4)) == 0.0
+    assert 1.0 < effective_rank(torch.tensor([1.0, 0.1])) < 2.0
+    assert rank_above(torch.tensor([1.0, 0.5, 0.009, 0.0]), 0.01) == 2
+    assert rank_above(torch.zeros(3)) == 0
+    stats = weight_stats(torch.diag(torch.tensor([3.0, 4.0])), torch.eye(2) * 5)
+    assert stats["norm"] == pytest.approx(5.0) and stats["relative_norm"] == pytest.approx(5.0 / (50 ** 0.5))
+    assert router_entropy([0.5, 0.5]) == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    assert router_entropy([1.0, 0.0]) == pytest.approx(0.0)
+    assert expert_wins({"a": [0.2, 0.8], "b": [0.9, 0.1], "c": [0.1, 0.9], "d": [1.0]}) == [1, 2]
+
+
+def test_lora_rank_two_update_has_rank_two():
+    model = apply_adapter(tiny_vit(), "lora", variant="custom", rank=2, targets=("q", "v")) \
+        if "variant" in _fields("lora") else apply_adapter(tiny_vit(), "lora", rank=2, targets=("q", "v"))
+    for module in model.modules():
+        if isinstance(module, LoraDelta):
+            torch.nn.init.normal_(module.lora_B.weight)
+    updates, skipped = weight_updates(model)
+    assert updates and not skipped
+    for u in updates:
+        values = singular_values(u.delta)
+        assert rank_above(values, 1e-6) == 2
+        assert 1.0 < effective_rank(values) <= 2.0 + 1e-9
+        assert u.kind in ("q", "v") and u.base.shape == u.delta.shape
+
+
+def _fields(name: str) -> set[str]:
+    import dataclasses
+
+    from vtab_lily.adapters import ADAPTERS
+
+    return {f.name for f in dataclasses.fields(ADAPTERS[name])}
+
+
+def lily_model(rank: int = 3, ne: int = 4) -> torch.nn.Module:
+    return apply_adapter(tiny_vit(), "lily", rank=rank, ne=ne, targets=("k", "v"), scale=0.5)
+
+
+def test_lily_identical_experts_have_the_rank_of_one_expert():
+    model = lily_model()
+    for delta in lily_deltas(model):
+        experts = delta.lily_B.weight
+        rank_one = torch.randn(experts.shape[1], 1) @ torch.randn(1, experts.shape[2])  # one expert of rank 1
+        with torch.no_grad():
+            experts.copy_(rank_one.expand_as(experts))
+    routed = {d.site_name: torch.softmax(torch.randn(4), 0).tolist() for d in lily_deltas(model)}
+    updates, _ = weight_updates(model, routed)
+    assert len(updates) == len(lily_deltas(model))
+    for u in updates:
+        assert rank_above(singular_values(u.delta), 1e-6) == 1  # not rank 3: the experts add nothing
+
+
+def test_one_hot_routing_reduces_lily_to_lora_with_that_expert():
+    model = lily_model()
+    delta = lily_deltas(model)[0]
+    torch.nn.init.normal_(delta.lily_B.weight)
+    for j in range(delta.lily_B.weight.shape[0]):
+        one_hot = [1.0 if i == j else 0.0 for i in range(delta.lily_B.weight.shape[0])]
+        rank, width = delta.lily_B.weight.shape[1:]
+        lora = LoraDelta(delta.lily_A.in_features, width, rank, alpha=rank * delta.scale, dropout=0.0,
+                         out_slice=None)
+        with torch.no_grad():
+            lora.lora_A.weight.copy_(delta.lily_A.weight)
+            lora.lora_B.weight.copy_(delta.lily_B.weight[j].T)
+        torch.testing.assert_close(lily_update(delta, one_hot), lora.delta_weight())
+    # and the composed update is what the layer adds under those weights (uniform: router-free check)
+    x = torch.randn(5, delta.lily_A.in_features)
+    delta.lily_router = None
+    torch.testing.assert_close(delta(x), x @ lily_update(delta, None).T, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_recovers_a_linear_delta_and_refuses_a_nonlinear_one():
+    linear = torch.nn.Linear(6, 4, bias=False)
+    torch.testing.assert_close(probe_update(linear, 6), linear.weight.detach())
+    assert probe_update(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU()), 6) is None
+
+
+def test_expert_similarity():
+    experts = torch.randn(3, 2, 5)
+    experts[1] = experts[0] * 2
+    experts[2] = 0
+    sim = expert_similarity(experts)
+    assert sim[0, 1] == pytest.approx(1.0) and sim[0, 2] == 0 and sim[2, 2] == 0
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "vtab-demo"
+    ensure_demo(root)
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--demo", "--backbone", "vit", "--task", "colours", "--img-size", "16", "--epochs", "2",
+              "--eval-every", "1", "--batch-size", "100", "--data-root", str(root), "--out", str(out),
+              "--no-tensorboard"]
+    assert run.main([*common, "--adapter", "lily", "--rank", "4"]) == 0
+    assert run.main([*common, "--adapter", "lora", "--rank", "4"]) == 0
+    return out
+
+
+def test_report_from_demo_runs(demo_runs, tmp_path):
+    out = tmp_path / "analysis"
+    assert analyze_cli.main([str(demo_runs), "--out", str(out)]) == 0
+    index = (out / "README.md").read_text()
+    (page,) = (out / "vit-tiny-test").glob("*.md")
+    assert page.name in index
+    text = page.read_text()
+    assert "lily r=4" in text and "lora" in text and "mean eff. rank" in text and "sites won per expert" in text
+    images = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(images) >= 4  # methods side by side, two rank heat maps, Lily's experts
+    for name in images:
+        with Image.open(page.parent / name) as image:
+            image.verify()
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(UserError, match="no such run folder"):
+        analyze_cli.main([str(tmp_path / "nope")])
+    with pytest.raises(UserError, match="no complete runs"):
+        analyze_cli.main([str(tmp_path)])
+    with pytest.raises(UserError, match="--fraction"):
+        analyze_cli.main([str(tmp_path), "--fraction", "nan"])
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "result.json").write_bytes(b"\xff\xfe not json")
+    with pytest.warns(UserWarning, match="skipped"):
+        from vtab_lily.analyze.load import find_runs
+        assert find_runs([tmp_path]) == []
