@@ -1,0 +1,142 @@
+"""The added baselines (BitFit, LN-tune, SSF, VPT, DoRA): published parameter counts on
+ViT-B/16, what each computes at initialisation, gradients, and merging where defined."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vtab_lily.adapters import apply_adapter, count_parameters, merge_lora
+from vtab_lily.adapters.dora import DoraDelta
+from vtab_lily.adapters.ssf import merge_ssf
+from vtab_lily.adapters.vpt import PromptedBlock
+from vtab_lily.backbones import create_backbone
+from vtab_lily.errors import UserError
+
+
+def vit_b16_meta() -> torch.nn.Module:
+    with torch.device("meta"):
+        return create_backbone("vit-b16-in21k", num_classes=100)
+
+
+# (method, options, adapter parameters without head, published millions as printed or None)
+PUBLISHED = [
+    ("bitfit", {}, 102_912, 0.10),  # 12 x 8,448 block biases + patch embedding + final norm
+    ("ln-tune", {}, 38_400, None),
+    ("ssf", {}, 205_824, (0.20, 0.24)),  # sources print 0.20 to 0.24
+    ("vpt-deep", {"length": 50}, 460_800, None),
+    ("vpt-shallow", {"length": 50}, 38_400, None),
+    ("dora", {"rank": 8, "targets": ("q", "v")}, 313_344, None),  # LoRA's 294,912 + 24 x 768 magnitudes
+]
+
+
+@pytest.mark.parametrize("name, options, expected, published", PUBLISHED, ids=[p[0] for p in PUBLISHED])
+def test_parameters_on_vit_b16(name, options, expected, published):
+    params = count_parameters(apply_adapter(vit_b16_meta(), name, **_dora_custom(name, options)))
+    assert params["adapter"] == expected
+    assert params["head"] == 768 * 100 + 100 and params["total"] == expected + params["head"]
+    if isinstance(published, float):
+        assert round(expected / 1e6, 2) == published
+    elif published:
+        assert published[0] <= round(expected / 1e6, 2) <= published[1]
+
+
+def _dora_custom(name: str, options: dict) -> dict:
+    """DoRA takes LoRA's options; a LoRA `variant` field (when present) must allow explicit targets."""
+    import dataclasses
+
+    from vtab_lily.adapters import ADAPTERS
+
+    fields = {f.name for f in dataclasses.fields(ADAPTERS[name])}
+    return dict(options, variant="custom") if "variant" in fields and "targets" in options else dict(options)
+
+
+def tiny(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_backbone("vit-tiny-test", num_classes=5, img_size=32).eval()
+
+
+def images(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "dora"])
+def test_exactly_the_backbone_at_initialisation(name):
+    x = images()
+    expected = tiny()(x)
+    model = apply_adapter(tiny(), name).eval()
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ssf_is_the_backbone_only_with_identity_scale_shift():
+    x = images()
+    expected = tiny()(x)
+    torch.testing.assert_close(apply_adapter(tiny(), "ssf", init_std=0.0).eval()(x), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(apply_adapter(tiny(), "ssf").eval()(x), expected, atol=1e-4)  # N(1, .02) init
+
+
+def test_vpt_deep_replaces_prompts_in_every_block_and_shallow_inserts_once():
+    model = apply_adapter(tiny(), "vpt-deep", length=3, dropout=0.0).eval()
+    seen = []
+    blocks = [m for m in model.modules() if isinstance(m, PromptedBlock)]
+    assert len(blocks) == len(model.blocks)
+    for wrapped in blocks:
+        wrapped.block.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    x = images(2)
+    model(x)
+    patches = (32 // model.patch_embed.patch_size[0]) ** 2
+    for wrapped, tokens in zip(blocks, seen):
+        assert tokens.shape[1] == 1 + 3 + patches  # cls, prompts, patches: the length never grows
+        torch.testing.assert_close(tokens[:, 1:4], wrapped.prompts.tokens.expand(2, -1, -1))
+    shallow = apply_adapter(tiny(), "vpt-shallow", length=3)
+    assert sum(isinstance(m, PromptedBlock) for m in shallow.modules()) == 1
+    assert not torch.allclose(model(x), tiny()(x), atol=1e-5)  # prompts change attention
+    with pytest.raises(UserError, match="length"):
+        apply_adapter(tiny(), "vpt-deep", length=0)
+
+
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "ssf", "vpt-deep", "vpt-shallow", "dora"])
+def test_only_the_methods_tensors_and_the_head_learn(name):
+    model = apply_adapter(tiny(), name).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(not n.startswith("head") for n in trainable)
+    torch.nn.functional.cross_entropy(model(images(4)), torch.tensor([0, 1, 2, 3])).backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == (n in trainable), n
+    if name == "bitfit":
+        assert all(n.endswith("bias") or n.startswith("head") for n in trainable)
+    if name == "ln-tune":
+        assert all("norm" in n or n.startswith("head") for n in trainable)
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and not n.startswith("head"):
+                p.add_(0.05 * torch.randn_like(p))
+
+
+def test_dora_merge_agrees_and_magnitude_rescales_rows():
+    model = apply_adapter(tiny(), "dora").eval()
+    _randomise(model)
+    x = images()
+    before = model(x)
+    assert merge_lora(model) > 0
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    delta = next(m for m in model.modules() if isinstance(m, DoraDelta))
+    weight, _ = delta._frozen()
+    assert delta.delta_weight().shape == weight.shape
+
+
+def test_ssf_merge_agrees():
+    model = apply_adapter(tiny(), "ssf").eval()
+    x = images()
+    before = model(x)
+    assert merge_ssf(model) == 2 + 6 * len(model.blocks)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_only_methods_refuse_vim():
+    for name in ("ssf", "vpt-deep"):
+        with pytest.raises(UserError, match="ViT"):
+            apply_adapter(create_backbone("vim-tiny-test", num_classes=3), name)
