@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from vtab_lily.adapters import apply_adapter, count_parameters, merge_lora
+from vtab_lily.adapters.bottleneck import ConvBypass
 from vtab_lily.adapters.dora import DoraDelta
+from vtab_lily.adapters.repadapter import PreAdapted, merge_repadapter
 from vtab_lily.adapters.ssf import merge_ssf
 from vtab_lily.adapters.vpt import PromptedBlock
 from vtab_lily.backbones import create_backbone
@@ -27,6 +29,10 @@ PUBLISHED = [
     ("vpt-deep", {"length": 50}, 460_800, None),
     ("vpt-shallow", {"length": 50}, 38_400, None),
     ("dora", {"rank": 8, "targets": ("q", "v")}, 313_344, None),  # LoRA's 294,912 + 24 x 768 magnitudes
+    ("repadapter", {}, 239_808, None),
+    ("houlsby", {}, 313_536, None),
+    ("pfeiffer", {}, 156_768, 0.16),  # the "Adapter" row of NOAH's table
+    ("convpass", {}, 327_552, 0.33),
 ]
 
 
@@ -60,7 +66,7 @@ def images(n: int = 3) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "dora"])
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "dora", "repadapter", "houlsby", "pfeiffer", "convpass"])
 def test_exactly_the_backbone_at_initialisation(name):
     x = images()
     expected = tiny()(x)
@@ -95,7 +101,8 @@ def test_vpt_deep_replaces_prompts_in_every_block_and_shallow_inserts_once():
         apply_adapter(tiny(), "vpt-deep", length=0)
 
 
-@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "ssf", "vpt-deep", "vpt-shallow", "dora"])
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "ssf", "vpt-deep", "vpt-shallow", "dora", "repadapter",
+                                  "houlsby", "pfeiffer", "convpass"])
 def test_only_the_methods_tensors_and_the_head_learn(name):
     model = apply_adapter(tiny(), name).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -128,6 +135,29 @@ def test_dora_merge_agrees_and_magnitude_rescales_rows():
     assert delta.delta_weight().shape == weight.shape
 
 
+def test_repadapter_merge_agrees_and_removes_the_adapters():
+    model = apply_adapter(tiny(), "repadapter").eval()
+    _randomise(model)
+    x = images()
+    before = model(x)
+    assert merge_repadapter(model) == 2 * len(model.blocks)
+    assert not any(isinstance(m, PreAdapted) for m in model.modules())
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_convpass_sees_the_patch_grid():
+    model = apply_adapter(tiny(), "convpass", dropout=0.0).eval()
+    _randomise(model)
+    bypass = next(m for m in model.modules() if isinstance(m, ConvBypass))
+    tokens = torch.randn(2, 1 + 16, bypass.down.in_features)
+    shifted = tokens.clone()
+    shifted[:, 1:] = tokens[:, 1:].reshape(2, 4, 4, -1).roll(1, dims=2).reshape(2, 16, -1)  # move the grid
+    out, out_shifted = bypass(tokens), bypass(shifted)
+    # a 3x3 convolution is shift-equivariant away from the borders: interior columns move with the grid
+    grid, grid_shifted = out[:, 1:].reshape(2, 4, 4, -1), out_shifted[:, 1:].reshape(2, 4, 4, -1)
+    torch.testing.assert_close(grid_shifted[:, 1:3, 2], grid[:, 1:3, 1], rtol=1e-4, atol=1e-5)
+
+
 def test_ssf_merge_agrees():
     model = apply_adapter(tiny(), "ssf").eval()
     x = images()
@@ -137,6 +167,6 @@ def test_ssf_merge_agrees():
 
 
 def test_vit_only_methods_refuse_vim():
-    for name in ("ssf", "vpt-deep"):
+    for name in ("ssf", "vpt-deep", "repadapter", "houlsby", "convpass"):
         with pytest.raises(UserError, match="ViT"):
             apply_adapter(create_backbone("vim-tiny-test", num_classes=3), name)

@@ -23,9 +23,17 @@ from vtab_lily.adapters.lily import (
     reset_router_weights,
     set_lily_naive,
 )
+from vtab_lily.adapters.bottleneck import (
+    ConvpassConfig,
+    HoulsbyConfig,
+    PfeifferConfig,
+    inject_convpass,
+    inject_serial,
+)
 from vtab_lily.adapters.dora import DoraConfig, inject_dora
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
 from vtab_lily.adapters.partial import BitFitConfig, LNTuneConfig, unfreeze_biases, unfreeze_norms
+from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf, merge_ssf
 from vtab_lily.adapters.vpt import VPTConfig, VPTShallowConfig, inject_vpt
 from vtab_lily.adapters.targets import TARGETS, model_family
@@ -61,6 +69,10 @@ ADAPTERS: dict[str, type] = {
     "vpt-deep": VPTConfig,
     "vpt-shallow": VPTShallowConfig,
     "dora": DoraConfig,
+    "repadapter": RepAdapterConfig,
+    "houlsby": HoulsbyConfig,
+    "pfeiffer": PfeifferConfig,
+    "convpass": ConvpassConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -71,6 +83,10 @@ _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "vpt-deep": inject_vpt,
     "vpt-shallow": inject_vpt,
     "dora": inject_dora,
+    "repadapter": inject_repadapter,
+    "houlsby": inject_serial,
+    "pfeiffer": inject_serial,
+    "convpass": inject_convpass,
 }
 
 # Methods that train some of the backbone's own tensors (after everything else is frozen).
