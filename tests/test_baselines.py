@@ -33,6 +33,9 @@ PUBLISHED = [
     ("houlsby", {}, 313_536, None),
     ("pfeiffer", {}, 156_768, 0.16),  # the "Adapter" row of NOAH's table
     ("convpass", {}, 327_552, 0.33),
+    ("fact-tt", {"rank": 8}, 21_504, None),  # 2 x 768 x 8 + 144 x 8^2; published 0.037M is a per-task mean
+    ("fact-tt", {"rank": 16}, 61_440, None),
+    ("fact-tk", {"rank": 32}, 86_528, None),  # 2 x 768 x 32 + 32^3 + 144 x 32; published 0.069M per-task mean
 ]
 
 
@@ -66,7 +69,8 @@ def images(n: int = 3) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "dora", "repadapter", "houlsby", "pfeiffer", "convpass"])
+@pytest.mark.parametrize("name", ["bitfit", "ln-tune", "dora", "repadapter", "houlsby", "pfeiffer", "convpass",
+                                  "fact-tt", "fact-tk"])
 def test_exactly_the_backbone_at_initialisation(name):
     x = images()
     expected = tiny()(x)
@@ -102,7 +106,7 @@ def test_vpt_deep_replaces_prompts_in_every_block_and_shallow_inserts_once():
 
 
 @pytest.mark.parametrize("name", ["bitfit", "ln-tune", "ssf", "vpt-deep", "vpt-shallow", "dora", "repadapter",
-                                  "houlsby", "pfeiffer", "convpass"])
+                                  "houlsby", "pfeiffer", "convpass", "fact-tt", "fact-tk"])
 def test_only_the_methods_tensors_and_the_head_learn(name):
     model = apply_adapter(tiny(), name).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -133,6 +137,22 @@ def test_dora_merge_agrees_and_magnitude_rescales_rows():
     delta = next(m for m in model.modules() if isinstance(m, DoraDelta))
     weight, _ = delta._frozen()
     assert delta.delta_weight().shape == weight.shape
+
+
+@pytest.mark.parametrize("name", ["fact-tt", "fact-tk"])
+def test_fact_update_is_the_factorised_tensor_and_merges(name):
+    model = apply_adapter(tiny(), name, dropout=0.0).eval()
+    _randomise(model)
+    delta = model.blocks[1].mlp.fc2.deltas["fact_fc2"]
+    f = delta.factors
+    # dW of fc2 = [V C_j U for its four input chunks] side by side, slot numbers 12*1 + 8..11
+    expected = torch.cat([f.v.weight @ f.core_of(12 + 8 + c) @ f.u.weight for c in range(4)], dim=1)
+    torch.testing.assert_close(delta.delta_weight(), expected * delta.scale)
+    x = torch.randn(5, 4 * f.u.in_features)
+    torch.testing.assert_close(delta(x), x @ delta.delta_weight().T, rtol=1e-5, atol=1e-6)
+    before = model(images())
+    assert merge_lora(model) > 0
+    torch.testing.assert_close(model(images()), before, rtol=1e-5, atol=1e-5)
 
 
 def test_repadapter_merge_agrees_and_removes_the_adapters():
@@ -167,6 +187,6 @@ def test_ssf_merge_agrees():
 
 
 def test_vit_only_methods_refuse_vim():
-    for name in ("ssf", "vpt-deep", "repadapter", "houlsby", "convpass"):
+    for name in ("ssf", "vpt-deep", "repadapter", "houlsby", "convpass", "fact-tt"):
         with pytest.raises(UserError, match="ViT"):
             apply_adapter(create_backbone("vim-tiny-test", num_classes=3), name)

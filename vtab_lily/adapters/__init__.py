@@ -31,6 +31,7 @@ from vtab_lily.adapters.bottleneck import (
     inject_serial,
 )
 from vtab_lily.adapters.dora import DoraConfig, inject_dora
+from vtab_lily.adapters.fact import FactTKConfig, FactTTConfig, inject_fact
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
 from vtab_lily.adapters.partial import BitFitConfig, LNTuneConfig, unfreeze_biases, unfreeze_norms
 from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
@@ -73,6 +74,8 @@ ADAPTERS: dict[str, type] = {
     "houlsby": HoulsbyConfig,
     "pfeiffer": PfeifferConfig,
     "convpass": ConvpassConfig,
+    "fact-tt": FactTTConfig,
+    "fact-tk": FactTKConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -87,6 +90,8 @@ _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "houlsby": inject_serial,
     "pfeiffer": inject_serial,
     "convpass": inject_convpass,
+    "fact-tt": inject_fact,
+    "fact-tk": inject_fact,
 }
 
 # Methods that train some of the backbone's own tensors (after everything else is frozen).
