@@ -34,6 +34,7 @@ from vtab_lily.adapters.dora import DoraConfig, inject_dora
 from vtab_lily.adapters.fact import FactTKConfig, FactTTConfig, inject_fact
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
 from vtab_lily.adapters.partial import BitFitConfig, LNTuneConfig, unfreeze_biases, unfreeze_norms
+from vtab_lily.adapters.peft_tuner import PeftTunerConfig, inject_peft, unfreeze_peft
 from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf, merge_ssf
 from vtab_lily.adapters.vpt import VPTConfig, VPTShallowConfig, inject_vpt
@@ -76,6 +77,7 @@ ADAPTERS: dict[str, type] = {
     "convpass": ConvpassConfig,
     "fact-tt": FactTTConfig,
     "fact-tk": FactTKConfig,
+    "peft": PeftTunerConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -92,12 +94,14 @@ _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "convpass": inject_convpass,
     "fact-tt": inject_fact,
     "fact-tk": inject_fact,
+    "peft": inject_peft,
 }
 
 # Methods that train some of the backbone's own tensors (after everything else is frozen).
 _UNFREEZE: dict[str, Callable[[nn.Module, Any], None]] = {
     "bitfit": unfreeze_biases,
     "ln-tune": unfreeze_norms,
+    "peft": unfreeze_peft,
 }
 
 
