@@ -190,3 +190,19 @@ def test_vit_only_methods_refuse_vim():
     for name in ("ssf", "vpt-deep", "repadapter", "houlsby", "convpass", "fact-tt"):
         with pytest.raises(UserError, match="ViT"):
             apply_adapter(create_backbone("vim-tiny-test", num_classes=3), name)
+
+
+def test_vim_partial_tunes_the_ssm_tensors():
+    with torch.device("meta"):
+        vim_s = create_backbone("vim-s", num_classes=100)
+    counts = count_parameters(apply_adapter(vim_s, "vim-partial"))
+    layers, inner = 24, 768
+    per_layer = 2 * (inner * 16 + inner + inner * 4 + inner + inner)  # A_log, D, conv w+b, dt bias; both directions
+    assert counts["adapter"] == layers * per_layer + 384  # + the patch embedding's bias
+    model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("A_log", "D"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")}
+    assert trainable and all(n.rsplit(".", 1)[-1] in ("A_log", "A_b_log", "D", "D_b") for n in trainable)
+    with pytest.raises(UserError, match="vim-partial part"):
+        apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("x",))
+    with pytest.raises(UserError, match="Mamba"):
+        apply_adapter(tiny(), "vim-partial")

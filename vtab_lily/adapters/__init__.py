@@ -33,7 +33,14 @@ from vtab_lily.adapters.bottleneck import (
 from vtab_lily.adapters.dora import DoraConfig, inject_dora
 from vtab_lily.adapters.fact import FactTKConfig, FactTTConfig, inject_fact
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
-from vtab_lily.adapters.partial import BitFitConfig, LNTuneConfig, unfreeze_biases, unfreeze_norms
+from vtab_lily.adapters.partial import (
+    BitFitConfig,
+    LNTuneConfig,
+    VimPartialConfig,
+    unfreeze_biases,
+    unfreeze_norms,
+    unfreeze_vim_parts,
+)
 from vtab_lily.adapters.peft_tuner import PeftTunerConfig, inject_peft, unfreeze_peft
 from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf, merge_ssf
@@ -78,6 +85,7 @@ ADAPTERS: dict[str, type] = {
     "fact-tt": FactTTConfig,
     "fact-tk": FactTKConfig,
     "peft": PeftTunerConfig,
+    "vim-partial": VimPartialConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -102,6 +110,7 @@ _UNFREEZE: dict[str, Callable[[nn.Module, Any], None]] = {
     "bitfit": unfreeze_biases,
     "ln-tune": unfreeze_norms,
     "peft": unfreeze_peft,
+    "vim-partial": unfreeze_vim_parts,
 }
 
 
