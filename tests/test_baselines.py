@@ -206,3 +206,25 @@ def test_vim_partial_tunes_the_ssm_tensors():
         apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("x",))
     with pytest.raises(UserError, match="Mamba"):
         apply_adapter(tiny(), "vim-partial")
+
+
+def test_affix_tokens_surround_every_mixer_and_leave_shapes_alone():
+    with torch.device("meta"):
+        vim_s = create_backbone("vim-s", num_classes=100)
+    assert count_parameters(apply_adapter(vim_s, "affix"))["adapter"] == 24 * 2 * 3 * 384
+    torch.manual_seed(0)
+    base = create_backbone("vim-tiny-test", num_classes=3, img_size=32).eval()
+    torch.manual_seed(0)
+    model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3, img_size=32), "affix", length=2).eval()
+    seen = []
+    model.layers[0].mixer.mixer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == base(x).shape and not torch.allclose(out, base(x), atol=1e-5)
+    tokens = model.layers[0].mixer.tokens
+    torch.testing.assert_close(seen[0][:, :2], tokens.prefix.expand(2, -1, -1))
+    torch.testing.assert_close(seen[0][:, -2:], tokens.suffix.expand(2, -1, -1))
+    out.sum().backward()
+    assert tokens.prefix.grad is not None and tokens.suffix.grad is not None
+    with pytest.raises(UserError, match="Mamba"):
+        apply_adapter(tiny(), "affix")

@@ -23,6 +23,7 @@ from vtab_lily.adapters.lily import (
     reset_router_weights,
     set_lily_naive,
 )
+from vtab_lily.adapters.affix import AffixConfig, inject_affix
 from vtab_lily.adapters.bottleneck import (
     ConvpassConfig,
     HoulsbyConfig,
@@ -86,6 +87,7 @@ ADAPTERS: dict[str, type] = {
     "fact-tk": FactTKConfig,
     "peft": PeftTunerConfig,
     "vim-partial": VimPartialConfig,
+    "affix": AffixConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -103,6 +105,7 @@ _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "fact-tt": inject_fact,
     "fact-tk": inject_fact,
     "peft": inject_peft,
+    "affix": inject_affix,
 }
 
 # Methods that train some of the backbone's own tensors (after everything else is frozen).
