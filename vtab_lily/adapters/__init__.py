@@ -23,7 +23,29 @@ from vtab_lily.adapters.lily import (
     reset_router_weights,
     set_lily_naive,
 )
+from vtab_lily.adapters.affix import AffixConfig, inject_affix
+from vtab_lily.adapters.bottleneck import (
+    ConvpassConfig,
+    HoulsbyConfig,
+    PfeifferConfig,
+    inject_convpass,
+    inject_serial,
+)
+from vtab_lily.adapters.dora import DoraConfig, inject_dora
+from vtab_lily.adapters.fact import FactTKConfig, FactTTConfig, inject_fact
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
+from vtab_lily.adapters.partial import (
+    BitFitConfig,
+    LNTuneConfig,
+    VimPartialConfig,
+    unfreeze_biases,
+    unfreeze_norms,
+    unfreeze_vim_parts,
+)
+from vtab_lily.adapters.peft_tuner import PeftTunerConfig, inject_peft, unfreeze_peft
+from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
+from vtab_lily.adapters.ssf import SSFConfig, inject_ssf, merge_ssf
+from vtab_lily.adapters.vpt import VPTConfig, VPTShallowConfig, inject_vpt
 from vtab_lily.adapters.targets import TARGETS, model_family
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError, suggest, unknown_name
@@ -51,12 +73,47 @@ ADAPTERS: dict[str, type] = {
     "adaptformer": AdaptFormerConfig,
     "linear": LinearConfig,
     "full": FullConfig,
+    "bitfit": BitFitConfig,
+    "ln-tune": LNTuneConfig,
+    "ssf": SSFConfig,
+    "vpt-deep": VPTConfig,
+    "vpt-shallow": VPTShallowConfig,
+    "dora": DoraConfig,
+    "repadapter": RepAdapterConfig,
+    "houlsby": HoulsbyConfig,
+    "pfeiffer": PfeifferConfig,
+    "convpass": ConvpassConfig,
+    "fact-tt": FactTTConfig,
+    "fact-tk": FactTKConfig,
+    "peft": PeftTunerConfig,
+    "vim-partial": VimPartialConfig,
+    "affix": AffixConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "lily": inject_lily,
     "lora": inject_lora,
     "adaptformer": inject_adaptformer,
+    "ssf": inject_ssf,
+    "vpt-deep": inject_vpt,
+    "vpt-shallow": inject_vpt,
+    "dora": inject_dora,
+    "repadapter": inject_repadapter,
+    "houlsby": inject_serial,
+    "pfeiffer": inject_serial,
+    "convpass": inject_convpass,
+    "fact-tt": inject_fact,
+    "fact-tk": inject_fact,
+    "peft": inject_peft,
+    "affix": inject_affix,
+}
+
+# Methods that train some of the backbone's own tensors (after everything else is frozen).
+_UNFREEZE: dict[str, Callable[[nn.Module, Any], None]] = {
+    "bitfit": unfreeze_biases,
+    "ln-tune": unfreeze_norms,
+    "peft": unfreeze_peft,
+    "vim-partial": unfreeze_vim_parts,
 }
 
 
@@ -90,6 +147,8 @@ def apply_adapter(model: nn.Module, name: str, **config: Any) -> nn.Module:
     model.requires_grad_(name == "full")
     for module in adapter_modules(model):
         module.requires_grad_(True)
+    if name in _UNFREEZE:
+        _UNFREEZE[name](model, cfg)
     classifier(model).requires_grad_(True)
     model.adapter_name = name
     model.adapter_config = cfg
@@ -121,15 +180,17 @@ def adapter_modules(model: nn.Module) -> list[AdapterModule]:
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Trainable parameter counts ``{"adapter", "head", "total"}`` plus ``"backbone"``.
 
+    ``adapter`` is every trainable parameter outside the head, as papers print it: the added
+    modules, and the backbone tensors a method trains itself (BitFit's biases, full fine-tuning).
     Shared tensors count once (identity). ``backbone`` is every parameter, trainable or not,
-    that is neither adapter nor head (85,798,656 for ViT-B/16).
+    that is not in an added module nor the head (85,798,656 for ViT-B/16).
     """
     adapter_ids = {id(p) for m in adapter_modules(model) for p in m.parameters()}
     head_ids = {id(p) for p in classifier(model).parameters()}
     params = {id(p): p for p in model.parameters()}  # parameters() already dedupes
     trainable = {i: p for i, p in params.items() if p.requires_grad}
     return {
-        "adapter": sum(p.numel() for i, p in trainable.items() if i in adapter_ids),
+        "adapter": sum(p.numel() for i, p in trainable.items() if i not in head_ids),
         "head": sum(p.numel() for i, p in trainable.items() if i in head_ids),
         "total": sum(p.numel() for p in trainable.values()),
         "backbone": sum(p.numel() for i, p in params.items() if i not in adapter_ids and i not in head_ids),

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from . import data_speed, eval_speed, lily_forms, train_steps, vim_scan
+from . import data_speed, eval_speed, lily_forms, methods, train_steps, vim_scan
 from .context import Context
 from .report import Section, load_average, render, write_report
 from .sizes import sizes_for
@@ -22,6 +22,7 @@ ITEMS: dict[int, tuple[str, Callable[[Context], Section]]] = {
     4: ("Vim-S step and selective scan", vim_scan.run),
     5: ("data: cache vs JPEG decoding", data_speed.run),
     6: ("evaluation throughput", eval_speed.run),
+    7: ("baselines: step time vs LoRA", methods.run),
 }
 
 

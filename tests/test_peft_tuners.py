@@ -1,0 +1,84 @@
+"""``--adapter peft``: any HF PEFT tuner injected into our ViT (q, k, v split out of the fused
+qkv), counted and trained like our own methods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vtab_lily.adapters import apply_adapter, count_parameters
+from vtab_lily.adapters.peft_tuner import SplitQKV
+from vtab_lily.backbones import create_backbone
+from vtab_lily.errors import UserError
+
+pytest.importorskip("peft")  # a test extra; the adapter itself says how to install it
+
+
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("vit-tiny-test", num_classes=4, img_size=32).eval()
+
+
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def test_split_qkv_is_exact():
+    model = tiny()
+    fused = model.blocks[0].attn.qkv
+    x = torch.randn(2, 5, fused.in_features)
+    torch.testing.assert_close(SplitQKV(fused)(x), fused(x))
+
+
+CONFIGS = {
+    "LORA": {"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q", "v"]},
+    "LOHA": {"peft_type": "LOHA", "r": 4, "alpha": 4, "target_modules": ["q", "v"]},
+    "LOKR": {"peft_type": "LOKR", "r": 4, "alpha": 4, "target_modules": ["q", "v"]},
+    "IA3": {"peft_type": "IA3", "target_modules": ["k", "v", "fc2"], "feedforward_modules": ["fc2"]},
+    "VERA": {"peft_type": "VERA", "r": 8, "target_modules": ["q", "v"]},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_peft_tuners_start_as_the_backbone_count_and_train(kind, tmp_path):
+    path = tmp_path / "peft.json"
+    path.write_text(json.dumps(CONFIGS[kind]))
+    x = images()
+    expected = tiny()(x)
+    model = apply_adapter(tiny(), "peft", config=str(path))
+    assert model.adapter_config.settings == CONFIGS[kind] and model.adapter_config.config is None
+    model.eval()
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)  # every tuner starts as the backbone
+    counts = count_parameters(model)
+    added = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head"))
+    assert counts["adapter"] == added > 0
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    grads = [n for n, p in model.named_parameters() if p.grad is not None]
+    assert any(not n.startswith("head") for n in grads)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in grads)
+
+
+def test_lora_through_peft_counts_like_ours(tmp_path):
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps(CONFIGS["LORA"]))
+    model = apply_adapter(tiny(), "peft", config=str(path))
+    width = model.blocks[0].attn.qkv.in_features
+    assert count_parameters(model)["adapter"] == len(model.blocks) * 2 * (2 * 4 * width)
+
+
+def test_bad_peft_configs(tmp_path):
+    with pytest.raises(UserError, match="cannot read"):
+        apply_adapter(tiny(), "peft", config=str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        apply_adapter(tiny(), "peft", config=str(bad))
+    bad.write_text(json.dumps({"r": 4}))
+    with pytest.raises(UserError, match="peft_type"):
+        apply_adapter(tiny(), "peft", config=str(bad))
+    bad.write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["nothing_here"]}))
+    with pytest.raises(UserError, match="LORA"):
+        apply_adapter(tiny(), "peft", config=str(bad))

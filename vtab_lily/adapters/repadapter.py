@@ -1,0 +1,119 @@
+"""RepAdapter (Luo et al. 2023): a linear adapter before attention and before the MLP, merged
+into the following weights for inference.
+
+``a(x) = x + s * up(dropout(down(x)))`` with ``down`` Linear(C, h) and ``up`` a grouped Linear
+(h -> C, ``groups`` block-diagonal pieces, as the official grouped 1x1 conv), both with bias;
+down Xavier-uniform, up and both biases zero, so a fresh model computes exactly the backbone.
+It reads the block's normalised input (``attn(a(norm1(x)))``, ``mlp(a(norm2(x)))``). With no
+non-linearity the adapter is an affine map, so ``merge_repadapter`` folds it into ``attn.qkv``
+and ``mlp.fc1`` and removes it (structural re-parameterisation).
+ViT-B/16 at h=8, groups 2: 2 x 12 x (6,152 + 3,840) = 239,808 parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
+from vtab_lily.adapters.wrappers import AdapterModule
+from vtab_lily.errors import UserError
+
+# sub-module of a ViT block that the adapter runs before, and the Linear it merges into
+PLACES = {"attn": "qkv", "mlp": "fc1"}
+
+
+@dataclass
+class RepAdapterConfig:
+    """``rank`` h (bottleneck), ``groups`` of the up projection, ``scale`` s, ``dropout`` after down."""
+
+    rank: int = 8
+    groups: int = 2
+    scale: float = 1.0
+    dropout: float = 0.1
+
+    def resolve(self, model: nn.Module) -> "RepAdapterConfig":
+        if model_family(model) != "vit":
+            raise UserError("repadapter is defined for ViT blocks (before attn and mlp)")
+        for key in ("rank", "groups"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"repadapter: {key} must be an integer >= 1, got {value!r}")
+        if self.rank % self.groups:
+            raise UserError(f"repadapter: rank {self.rank} must be divisible by groups {self.groups}")
+        if not (self.scale >= 0 and self.scale != float("inf")):
+            raise UserError(f"repadapter: scale must be a finite number >= 0, got {self.scale}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"repadapter: dropout must be in [0, 1), got {self.dropout}")
+        return self
+
+
+class RepAdapter(AdapterModule):
+    def __init__(self, width: int, rank: int, groups: int, scale: float, dropout: float) -> None:
+        super().__init__()
+        if width % groups:
+            raise UserError(f"repadapter: width {width} must be divisible by groups {groups}")
+        self.down = nn.Linear(width, rank)
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        self.up_weight = nn.Parameter(torch.zeros(groups, width // groups, rank // groups))
+        self.up_bias = nn.Parameter(torch.zeros(width))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scale = scale
+
+    def up_matrix(self) -> torch.Tensor:
+        """The grouped up projection as a dense (C, h) block-diagonal matrix."""
+        return torch.block_diag(*self.up_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.down(x))
+        return x + self.scale * (hidden @ self.up_matrix().T + self.up_bias)
+
+    @torch.no_grad()
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M, c)`` with ``a(x) = x M^T + c`` in eval mode."""
+        up = self.up_matrix()
+        eye = torch.eye(up.shape[0], dtype=up.dtype, device=up.device)
+        return eye + self.scale * up @ self.down.weight, self.scale * (up @ self.down.bias + self.up_bias)
+
+
+class PreAdapted(nn.Module):
+    """``base_layer(adapter(x), ...)``."""
+
+    def __init__(self, base_layer: nn.Module, adapter: RepAdapter) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.base_layer(self.adapter(x), *args, **kwargs)
+
+
+def inject_repadapter(model: nn.Module, config: RepAdapterConfig) -> None:
+    for i, block in enumerate(model_blocks(model)):
+        for place in PLACES:
+            inner = block.get_submodule(place)
+            width = getattr(inner, PLACES[place]).in_features
+            adapter = RepAdapter(width, config.rank, config.groups, config.scale, config.dropout)
+            set_submodule(model, f"blocks.{i}.{place}", PreAdapted(inner, adapter))
+
+
+@torch.no_grad()
+def merge_repadapter(model: nn.Module) -> int:
+    """Fold every RepAdapter into the Linear after it (``W M``, ``W c + b``); returns how many."""
+    paths = [name for name, m in model.named_modules() if isinstance(m, PreAdapted)]
+    for path in paths:
+        wrapped = model.get_submodule(path)
+        linear = getattr(wrapped.base_layer, PLACES[path.rsplit(".", 1)[-1]])
+        matrix, shift = wrapped.adapter.affine()
+        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        new_bias = bias + linear.weight @ shift.to(linear.weight.dtype)
+        linear.weight.copy_(linear.weight @ matrix.to(linear.weight.dtype))
+        if linear.bias is None:
+            linear.bias = nn.Parameter(new_bias, requires_grad=False)
+        else:
+            linear.bias.copy_(new_bias)
+        set_submodule(model, path, wrapped.base_layer)
+    return len(paths)

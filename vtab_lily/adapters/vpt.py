@@ -1,0 +1,84 @@
+"""Visual Prompt Tuning (Jia et al. 2022): learned tokens inserted after the class token.
+
+``vpt-shallow`` inserts ``length`` prompts before the first block only; ``vpt-deep`` gives
+every block its own prompts, which replace the previous block's prompt outputs. The head
+reads the class token, so prompts change the prediction only through attention. Prompts are
+Xavier-uniform initialised over the patch-embedding fan (as the VPT code), with dropout 0.1.
+A fresh VPT model is therefore *not* the backbone (tested as such: shapes, replacement, and
+gradients). Parameters: ``length x width`` per prompted block (ViT-B/16, deep, length 50:
+460,800). The VPT paper tunes the length per task; its per-task table is not shipped here, so
+the default length is one value (see README) and the length is in the method label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
+from vtab_lily.adapters.wrappers import AdapterModule
+from vtab_lily.errors import UserError
+
+
+@dataclass
+class VPTConfig:
+    """``length`` prompt tokens, ``deep`` (every block) or shallow (first block), ``dropout`` on prompts."""
+
+    length: int = 50
+    deep: bool = True
+    dropout: float = 0.1
+
+    def resolve(self, model: nn.Module) -> "VPTConfig":
+        if model_family(model) != "vit":
+            raise UserError("vpt is defined for ViT backbones (prompts after the class token)")
+        if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 1:
+            raise UserError(f"vpt: length must be an integer >= 1, got {self.length!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"vpt: dropout must be in [0, 1), got {self.dropout}")
+        return self
+
+
+@dataclass
+class VPTShallowConfig(VPTConfig):
+    deep: bool = False
+
+
+class Prompts(AdapterModule):
+    def __init__(self, length: int, width: int, fan_in: int) -> None:
+        super().__init__()
+        bound = math.sqrt(6.0 / (fan_in + width))
+        self.tokens = nn.Parameter(torch.empty(length, width).uniform_(-bound, bound))
+
+
+class PromptedBlock(nn.Module):
+    """Runs ``block`` on ``[cls, prompts, rest]``: inserts them (first block) or replaces the
+    previous prompts' outputs (deep)."""
+
+    def __init__(self, block: nn.Module, prompts: Prompts, insert: bool, dropout: float, prefix: int) -> None:
+        super().__init__()
+        self.block = block
+        self.prompts = prompts
+        self.insert = insert
+        self.prefix = prefix  # class (and register) tokens before the prompts
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        p = self.dropout(self.prompts.tokens).to(x.dtype).expand(x.shape[0], -1, -1)
+        skip = 0 if self.insert else p.shape[1]
+        x = torch.cat([x[:, :self.prefix], p, x[:, self.prefix + skip:]], dim=1)
+        return self.block(x, *args, **kwargs)
+
+
+def inject_vpt(model: nn.Module, config: VPTConfig) -> None:
+    blocks = model_blocks(model)
+    width = model.embed_dim
+    patch = model.patch_embed.proj
+    fan_in = patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1]
+    prefix = getattr(model, "num_prefix_tokens", 1)
+    for i in range(len(blocks) if config.deep else 1):
+        wrapped = PromptedBlock(blocks[i], Prompts(config.length, width, fan_in), insert=i == 0,
+                                dropout=config.dropout, prefix=prefix)
+        set_submodule(model, f"blocks.{i}", wrapped)
