@@ -60,10 +60,8 @@ def parse_split(spec: str) -> list[Slice]:
         parsed = [_BOUND.match(b) for b in bounds]
         if not all(parsed):
             raise UserError(f"bad split {spec!r}: bounds must be integers, N% or Nshard")
-        units = {p.group("unit") for p in parsed if p.group("unit")}
-        if len(units) > 1:
-            raise UserError(f"bad split {spec!r}: both bounds must use the same unit")
-        unit = units.pop() if units else "abs"
+        # As TFDS: the unit of the first bound that has one applies to both (train[1%:5]).
+        unit = parsed[0].group("unit") or parsed[1].group("unit") or "abs"
         values = []
         for p in parsed:
             val = p.group("val")
