@@ -80,7 +80,8 @@ class BuiltDataset:
                 raise UserError(f"{self.root / others[0]}: shard count disagrees with "
                                 f"{INFO_FILE}, which lists {n} shard(s) for split {split!r} "
                                 f"({len(others)} file(s) of another build are in the folder)")
-        missing = [p for p in paths if not p.is_file()]
+        lengths = self.split(split).shard_lengths
+        missing = [p for p, n in zip(paths, lengths) if n and not p.is_file()]  # empty: not read
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
             raise UserError(f"{missing[0]}: shard file is missing{more} ({INFO_FILE} lists {n} "

@@ -89,18 +89,37 @@ def _shift(crc: int, n: int) -> int:
     return crc
 
 
+_WORD_TABLES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _word_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Four zero bytes applied to the low / high 16 bits of a register (2 x 65536 entries)."""
+    global _WORD_TABLES
+    if _WORD_TABLES is None:
+        t = _shift_pow2(2).np_tables  # 4 zero bytes, per byte of the register
+        low = (t[1][:, None] ^ t[0][None, :]).ravel()  # index = hi << 8 | lo
+        high = (t[3][:, None] ^ t[2][None, :]).ravel()
+        _WORD_TABLES = (low, high)
+    return _WORD_TABLES
+
+
 def _raw_numpy(data: bytes | memoryview) -> int:
-    """Register after ``data`` starting from zero, chunks advanced in parallel."""
+    """Register after ``data`` starting from zero, chunks advanced in parallel.
+
+    Each step feeds 4 bytes to every lane: ``reg = shift4(reg ^ word)``, shift4 being linear.
+    """
     n = len(data)
-    chunk = max(16, 1 << max(0, (-(-n // 1024) - 1).bit_length()))  # power of two >= n/1024
+    chunk = max(16, 1 << max(0, (-(-n // 2048) - 1).bit_length()))  # power of two >= n/2048
     lanes = 1 << max(0, (-(-n // chunk) - 1).bit_length())
     padded = np.zeros(lanes * chunk, dtype=np.uint8)
     # Leading zero bytes leave a zero register unchanged, so pad on the left.
     padded[lanes * chunk - n:] = np.frombuffer(data, dtype=np.uint8)
-    columns = np.ascontiguousarray(padded.reshape(lanes, chunk).T)
+    words = np.ascontiguousarray(padded.view("<u4").reshape(lanes, chunk // 4).T)
+    low, high = _word_tables()
     reg = np.zeros(lanes, dtype=np.uint32)
-    for col in columns:
-        reg = _TABLE_NP[(reg ^ col) & 0xFF] ^ (reg >> 8)
+    for word in words:
+        reg ^= word
+        reg = low[reg & 0xFFFF] ^ high[reg >> 16]
     level = chunk.bit_length() - 1
     while len(reg) > 1:
         reg = _shift_pow2(level).apply_np(reg[0::2]) ^ reg[1::2]
