@@ -161,3 +161,36 @@ def test_find_builders_wrong_folder(tmp_path, good):
     assert "data_dir that holds" in one_line_error(lambda: scan_builders(good / "cifar100" / "3.0.2"))
     assert "does not exist" in one_line_error(lambda: scan_builders(tmp_path / "nope"))
     assert find_builders(tmp_path) == {}
+
+
+def test_hostile_dataset_info(broken):
+    root, folder = broken
+    info = json.loads((folder / "dataset_info.json").read_text())
+    info["splits"][0]["filepathTemplate"] = "../../{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    assert "leaves the dataset folder" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
+    info["splits"][0]["filepathTemplate"] = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+    info["splits"][0]["shardLengths"] = ["700", "-5", "150"]
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    assert "splits[0].shardLengths: negative count -5" in one_line_error(
+        lambda: vtab_task_splits(root, "cifar"))
+    info["splits"][0]["shardLengths"] = ["700", "1e3", "150"]
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    assert "expected an integer, got '1e3'" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
+
+
+def test_custom_template_and_empty_shard_without_file(tmp_path):
+    folder = cifar(tmp_path)
+    info = json.loads((folder / "dataset_info.json").read_text())
+    for split in info["splits"]:  # TFDS >= 4.9 may store shards as <split>/data-NNNNN
+        split["filepathTemplate"] = "{SPLIT}/data.{FILEFORMAT}-{SHARD_INDEX}"
+        (folder / split["name"]).mkdir()
+        n = len(split["shardLengths"])
+        for i in range(n):
+            (folder / f"cifar100-{split['name']}.tfrecord-{i:05d}-of-{n:05d}").rename(
+                folder / split["name"] / f"data.tfrecord-{i:05d}")
+    info["splits"][1]["shardLengths"].insert(1, "0")  # an empty shard whose file was never written
+    (folder / "test" / "data.tfrecord-00001").rename(folder / "test" / "data.tfrecord-00002")
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    splits = vtab_task_splits(tmp_path, "cifar")
+    assert len(splits["test"]) == 55 and len(list(splits["test"])) == 55

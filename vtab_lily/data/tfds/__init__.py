@@ -7,9 +7,9 @@ Modules: crc32c, tfrecord (framing), example (tf.train.Example), builders
 (dataset_info.json, shards), slicing (split strings, read order), vtab (tasks), source.
 """
 
-from .source import (BuilderChoice, Source, TfdsVersionWarning, find_builders, scan_builders,
-                     vtab_task_splits)
+from .source import (BuilderChoice, Source, TfdsVersionWarning, find_builders, jpeg_decoder,
+                     scan_builders, vtab_task_splits)
 from .vtab import TASKS, TfdsTask
 
 __all__ = ["BuilderChoice", "Source", "TASKS", "TfdsTask", "TfdsVersionWarning",
-           "find_builders", "scan_builders", "vtab_task_splits"]
+           "find_builders", "jpeg_decoder", "scan_builders", "vtab_task_splits"]

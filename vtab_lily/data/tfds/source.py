@@ -173,14 +173,19 @@ def _choose(task: TfdsTask, data_dir: Path) -> BuilderChoice | None:
                          [v for v in versions if v != chosen])
 
 
-def scan_builders(data_dir: str | Path) -> dict[str, BuilderChoice]:
-    """Which VTAB tasks have a built TFDS folder under ``data_dir``, and which version is used."""
+def _data_dir(data_dir: str | Path) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: TFDS data directory does not exist")
     if (data_dir / INFO_FILE).is_file():
         raise UserError(f"{data_dir}: this is one dataset's version folder; give the TFDS "
                         "data_dir that holds cifar100/, clevr/, ... (e.g. ~/tensorflow_datasets)")
+    return data_dir
+
+
+def scan_builders(data_dir: str | Path) -> dict[str, BuilderChoice]:
+    """Which VTAB tasks have a built TFDS folder under ``data_dir``, and which version is used."""
+    data_dir = _data_dir(data_dir)
     found = {}
     for name, task in TASKS.items():
         choice = _choose(task, data_dir)
@@ -209,9 +214,10 @@ def tfds_task(task: str) -> TfdsTask:
 def vtab_task_splits(data_dir: str | Path, task: str) -> dict[str, Source]:
     """``{"train800", "val200", "test"}`` Sources of one task, checked down to the shard files."""
     spec = tfds_task(task)
-    choice = _choose(spec, Path(data_dir))
+    data_dir = _data_dir(data_dir)
+    choice = _choose(spec, data_dir)
     if choice is None:
-        raise UserError(f"{Path(data_dir) / spec.folder}: no built TFDS dataset for task "
+        raise UserError(f"{data_dir / spec.folder}: no built TFDS dataset for task "
                         f"{spec.task!r} (expected <version>/{INFO_FILE}, pinned {spec.version})")
     if choice.version != choice.pinned:
         warnings.warn(choice.note, TfdsVersionWarning, stacklevel=2)
