@@ -105,7 +105,7 @@ def test_bad_dataset_info(broken):
     (folder / "dataset_info.json").write_text(json.dumps({"splits": [], "fileFormat": "array_record"}))
     assert "array_record" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
     (folder / "dataset_info.json").write_text(json.dumps({"splits": [{"name": "test"}]}))
-    assert "no shardLengths for split 'test'" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
+    assert "neither shardLengths nor numShards" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
     info = {"splits": [{"name": "test", "shardLengths": ["30", "25"]}]}
     (folder / "dataset_info.json").write_text(json.dumps(info))
     assert "no split 'train' (it has: test)" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
@@ -194,3 +194,17 @@ def test_custom_template_and_empty_shard_without_file(tmp_path):
     (folder / "dataset_info.json").write_text(json.dumps(info))
     splits = vtab_task_splits(tmp_path, "cifar")
     assert len(splits["test"]) == 55 and len(list(splits["test"])) == 55
+
+
+def test_old_dataset_info_without_shard_lengths_counts_records(broken):
+    root, folder = broken
+    info = json.loads((folder / "dataset_info.json").read_text())
+    for split in info["splits"]:  # as TFDS 1.0 wrote it
+        split["numShards"] = str(len(split.pop("shardLengths")))
+        del split["filepathTemplate"]
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    splits = vtab_task_splits(root, "cifar")
+    assert [len(s) for s in splits.values()] == [800, 200, 55]
+    shard = folder / "cifar100-test.tfrecord-00001-of-00002"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    assert f"{shard}: record 24" in one_line_error(lambda: vtab_task_splits(root, "cifar"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import UserError
+from .tfrecord import count_records
 
 INFO_FILE = "dataset_info.json"
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -125,19 +126,18 @@ def read_dataset(root: str | Path) -> BuiltDataset:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise UserError(f"{where}: a split without a name")
         split = entry["name"]
+        template = str(entry.get("filepathTemplate") or DEFAULT_TEMPLATE)
         lengths = entry.get("shardLengths")
-        if lengths is None:  # very old TFDS: one shard and a total, or nothing usable
-            shards = _int(entry.get("numShards", 1), f"{where}.numShards")
-            total = (entry.get("statistics") or {}).get("numExamples")
-            if shards != 1 or total is None:
-                raise UserError(f"{where}: no shardLengths for split {split!r}; rebuild the "
-                                "dataset with a TFDS version >= 1.3")
-            lengths = [total]
+        if lengths is None:  # TFDS before ~1.1 wrote only numShards: count the records
+            if "numShards" not in entry:
+                raise UserError(f"{where}: neither shardLengths nor numShards for split {split!r}")
+            shards = _int(entry["numShards"], f"{where}.numShards")
+            ds.splits[split] = SplitInfo(split, (0,) * shards, template)
+            lengths = [count_records(p) for p in ds.shard_paths(split)]
         if not isinstance(lengths, list):
             raise UserError(f"{where}.shardLengths: expected a list")
-        template = entry.get("filepathTemplate") or DEFAULT_TEMPLATE
         ds.splits[split] = SplitInfo(split, tuple(_int(v, f"{where}.shardLengths") for v in lengths),
-                                     str(template))
+                                     template)
     return ds
 
 
