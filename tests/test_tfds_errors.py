@@ -208,3 +208,26 @@ def test_old_dataset_info_without_shard_lengths_counts_records(broken):
     shard = folder / "cifar100-test.tfrecord-00001-of-00002"
     shard.write_bytes(shard.read_bytes()[:-3])
     assert f"{shard}: record 24" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
+
+
+def test_decode_image_refuses_bombs_and_garbage():
+    import io
+
+    from PIL import Image
+
+    from vtab_lily.data.tfds.source import decode_image
+    from vtab_lily.data.tfds.vtab import LabelError
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = bytes([0xEA, 0x60, 0xEA, 0x60])  # claims 60000 x 60000 pixels
+    with pytest.raises(LabelError, match="too large|decompression bomb"):
+        decode_image(bytes(data), "rgb")
+    with pytest.raises(LabelError, match="cannot be decoded"):
+        decode_image(b"\xff\xd8\xffgarbage", "rgb")
+    with pytest.raises(LabelError, match="0/1 image"):
+        decode_image(png(np.full((2, 2), 3, np.uint8)), "binary")
+    with pytest.raises(LabelError, match="one-channel"):
+        decode_image(png(np.zeros((2, 2, 3), np.uint8)), "gray")

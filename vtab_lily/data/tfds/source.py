@@ -45,6 +45,14 @@ def jpeg_decoder() -> str:
 def _decode_jpeg_like_tf(data: bytes) -> np.ndarray | None:
     if _simplejpeg is None or data[:3] != b"\xff\xd8\xff":
         return None
+    from PIL import Image
+
+    try:
+        height, width, _, _ = _simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None  # PIL says what is wrong with it
+    if height * width > 2 * (Image.MAX_IMAGE_PIXELS or 1 << 62):
+        raise LabelError(f"JPEG of {width}x{height} pixels is too large to decode")
     try:
         return _simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
     except (ValueError, RuntimeError):  # e.g. CMYK: PIL converts those
@@ -174,7 +182,7 @@ def _choose(task: TfdsTask, data_dir: Path) -> BuilderChoice | None:
 
 
 def _data_dir(data_dir: str | Path) -> Path:
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: TFDS data directory does not exist")
     if (data_dir / INFO_FILE).is_file():
