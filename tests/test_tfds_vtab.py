@@ -2,11 +2,16 @@
 of train800 / val200 / test for cifar, clevr (count, dist), kitti, dsprites (loc, ori),
 smallnorb (azi, ele) and eurosat (a config folder); slices cross shard boundaries."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from tfds_helpers import id_pixels, png, write_builder
-from vtab_lily.data.tfds import vtab_task_splits
+from vtab_lily.data.tfds import vtab, vtab_task_splits
+from vtab_lily.data.tfds.builders import BuiltDataset, SplitInfo
+from vtab_lily.data.tfds.slicing import absolute_range, parse_split
+from vtab_lily.tasks import get_task
 
 BLOCK = 16  # tf.data interleave block; fewer than 16 shards are visited round-robin
 
@@ -181,3 +186,45 @@ def test_eurosat_config_folder(data_dir):
     assert got == [(1, i) for i in range(800, 1000)]
     assert labels == [i % 10 for _, i in got]
     assert sorted(ids(splits["val200"])[0]) == [(1, i) for i in range(600, 800)]
+
+
+# Split sizes of the pinned TFDS versions (TFDS catalog); the val200 / test boundaries they give
+# are REFERENCE.md section 8's, and the test sizes are the task registry's.
+SIZES = {"cifar": {"train": 50000, "test": 10000}, "caltech101": {"train": 3060, "test": 6084},
+         "dtd": {"train": 1880, "validation": 1880, "test": 1880},
+         "oxford_flowers102": {"train": 1020, "validation": 1020, "test": 6149},
+         "oxford_iiit_pet": {"train": 3680, "test": 3669},
+         "svhn": {"train": 73257, "test": 26032, "extra": 531131},
+         "sun397": {"train": 76128, "validation": 10875, "test": 21750},
+         "patch_camelyon": {"train": 262144, "validation": 32768, "test": 32768},
+         "eurosat": {"train": 27000}, "resisc45": {"train": 31500},
+         "diabetic_retinopathy": {"train": 35126, "validation": 10906, "test": 42670},
+         "clevr_count": {"train": 70000, "validation": 15000, "test": 15000},
+         "dmlab": {"train": 65550, "validation": 22628, "test": 22735},
+         "kitti": {"train": 6347, "validation": 423, "test": 711},
+         "dsprites_loc": {"train": 737280}, "smallnorb_azi": {"train": 24300, "test": 24300}}
+VAL200 = {"cifar": "train[45000:45200]", "caltech101": "train[2754:2954]",
+          "oxford_iiit_pet": "train[2944:3144]", "svhn": "train[65931:66131]",
+          "eurosat": "train[16200:16400]", "resisc45": "train[18900:19100]",
+          "clevr_count": "train[63000:63200]", "dsprites_loc": "train[589824:590024]",
+          "smallnorb_azi": "test[:200]"}
+TEST = {"eurosat": "train[21600:]", "resisc45": "train[25200:]", "clevr_count": "validation",
+        "dsprites_loc": "train[663552:]", "smallnorb_azi": "test[50%:]"}
+
+
+@pytest.mark.parametrize("task", sorted(vtab.TASKS))
+def test_split_rules_with_real_split_sizes(task):
+    key = {"clevr_dist": "clevr_count", "dsprites_ori": "dsprites_loc",
+           "smallnorb_ele": "smallnorb_azi"}.get(task, task)
+    ds = BuiltDataset(root=Path("/x"), name="x", version="0", file_format="tfrecord",
+                      splits={s: SplitInfo(s, (n // 3, n - n // 3)) for s, n in SIZES[key].items()})
+    specs = vtab.TASKS[task].splits(ds)
+    assert specs["train800"] == "train[:800]"
+    assert specs["val200"] == VAL200.get(key, "validation[:200]")
+    assert specs["test"] == TEST.get(key, "test")
+    sizes = {}
+    for name, spec in specs.items():
+        (sl,) = parse_split(spec)
+        start, stop = absolute_range(sl, ds.split(sl.split).shard_lengths)
+        sizes[name] = stop - start
+    assert sizes == {"train800": 800, "val200": 200, "test": get_task(task).test_size}
