@@ -119,6 +119,8 @@ def test_cifar_splits_membership_order_labels(data_dir):
     got, _ = ids(splits["test"])
     assert got == round_robin([(3, i) for i in range(30)], [(3, i) for i in range(30, 55)])
     assert splits["val200"].describe() == "tfds:cifar100/3.0.2 train[1800:2000]"
+    assert [p.name for p in splits["val200"].shard_files()] == [
+        "cifar100-train.tfrecord-00001-of-00003", "cifar100-train.tfrecord-00002-of-00003"]
 
 
 def test_cifar_pixels_exact(data_dir):

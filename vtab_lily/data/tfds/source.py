@@ -39,7 +39,9 @@ def jpeg_decoder() -> str:
     """How JPEG-stored records decode here. TF (and so VTAB) decodes JPEG with libjpeg's fast
     integer DCT; PIL only offers the accurate one, which differs by a few levels on ~1/6 of the
     pixels. simplejpeg(fastdct=True) reproduces TF's pixels exactly (checked on TF 2.21)."""
-    return "tf-identical (simplejpeg, fast DCT)" if _simplejpeg else "pil (accurate DCT, not TF-identical)"
+    if _simplejpeg is not None:
+        return "tf-identical (simplejpeg, fast DCT)"
+    return "pil (accurate DCT, not TF-identical)"
 
 
 def _decode_jpeg_like_tf(data: bytes) -> np.ndarray | None:
@@ -116,6 +118,10 @@ class Source:
         """e.g. ``tfds:cifar100/3.0.2 train[45000:45200]`` (for manifests and reports)."""
         return f"tfds:{self.task.folder}/{self.dataset.version} {self.spec}"
 
+    def shard_files(self) -> list[Path]:
+        """The shard files this split reads, in file-instruction order (for progress, sizes)."""
+        return list(dict.fromkeys(path for path, _, _, _ in self._reads))
+
     def records(self) -> Iterator[tuple[Path, int, bytes]]:
         """(shard path, record index in the shard, serialized Example) in reading order."""
         def read(item):
@@ -128,9 +134,10 @@ class Source:
     def examples(self) -> Iterator[tuple[Path, int, dict]]:
         for path, index, data in self.records():
             try:
-                yield path, index, parse_example(data)
+                example = parse_example(data)
             except ExampleError as err:
                 raise UserError(f"{path}: record {index}: not a tf.train.Example ({err})") from None
+            yield path, index, example
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         for path, index, ex in self.examples():
