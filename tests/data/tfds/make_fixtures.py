@@ -13,6 +13,9 @@ Writes (tensorflow-datasets 4.9.10, tensorflow-cpu 2.21.0 when last run):
   kitti, clevr, dsprites, smallnorb, cifar100, dmlab; TF's TFRecordWriter; DatasetInfo's
   dataset_info.json), and built/expected.json: what TFDS + TF read back (image sha256 of the
   VTAB-preprocessed pixels, label by VTAB's rule written with TF ops, file/record order).
+
+A rerun rewrites the shard bytes (protobuf does not fix the order of a map's entries when
+serializing) but produces identical JSON; either copy passes tests/test_tfds_fixtures.py.
 """
 
 from __future__ import annotations
