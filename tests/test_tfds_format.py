@@ -159,3 +159,13 @@ def test_interleave_documented_example():
     """tf.data's documented interleave example (cycle_length=2, block_length=4)."""
     out = list(interleave(range(1, 6), lambda x: iter([x] * 6), 2, 4))
     assert out == [1] * 4 + [2] * 4 + [1, 1, 2, 2] + [3] * 4 + [4] * 4 + [3, 3, 4, 4] + [5] * 6
+
+
+def test_no_tensorflow_or_torch_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, vtab_lily.data.tfds as t; t.TASKS['kitti']; "
+            "print(sorted(m for m in ('tensorflow', 'torch', 'google.protobuf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
