@@ -134,6 +134,11 @@ def test_example_unpacked_lists_and_unknown_fields():
     example = _ld(1, entry(b"f", floats) + entry(b"i", ints)) + bytes([5 << 3 | 5]) + b"\0" * 4
     got = parse_example(example)
     assert got["f"].tolist() == [0.5, 3.0] and got["i"].tolist() == [5, 9]
+    # protobuf merges a repeated message field; a different oneof member replaces it
+    twice = _ld(3, bytes([8, 1])) + _ld(3, bytes([8, 2]))
+    assert parse_example(_ld(1, entry(b"i", twice)))["i"].tolist() == [1, 2]
+    replaced = _ld(3, bytes([8, 1])) + _ld(1, _ld(1, b"x"))
+    assert parse_example(_ld(1, entry(b"i", replaced)))["i"] == [b"x"]
 
 
 @pytest.mark.parametrize("bad", [b"\x0a\x05abc", b"\x0a", b"\x0b\x00", b"\x0a\x03\x0a\x01\xff"])

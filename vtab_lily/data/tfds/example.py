@@ -71,7 +71,8 @@ def _feature(buf: memoryview, start: int, end: int):
     for field, wire, span in _fields(buf, start, end):
         if field not in (1, 2, 3) or wire != 2:
             continue
-        kind, out = field, []  # oneof: the last one wins
+        if field != kind:  # oneof: another member replaces; the same one repeated merges
+            kind, out = field, []
         for vfield, vwire, value in _fields(buf, *span):
             if vfield != 1:
                 continue
