@@ -138,8 +138,14 @@ def test_router_weights(tmp_path: Path) -> None:
     path = tmp_path / "router_weights.json"
     path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9, 0.1]]}))
     assert read_router_weights(tmp_path)["weights"][1] == [0.9, 0.1]
-    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9]]}))
-    with pytest.raises(UserError, match=r"weights\[1\] must be 2 numbers"):
+    # Vim Lily: dt_proj sites have one expert, fewer than the in_proj sites
+    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [1.0]]}))
+    assert read_router_weights(tmp_path)["weights"] == [[0.5, 0.5], [1.0]]
+    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9, 0.1, 0.0]]}))
+    with pytest.raises(UserError, match=r"weights\[1\] must be 1 to 2 numbers"):
+        read_router_weights(tmp_path)
+    path.write_text(json.dumps({"sites": ["a"], "experts": 2, "weights": [[]]}))
+    with pytest.raises(UserError, match=r"weights\[0\]"):
         read_router_weights(tmp_path)
     path.write_text('{"sites": ["a"')
     with pytest.raises(UserError, match="truncated"):
