@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_bytes
 from ..results import read_router_weights, scan_runs
 from .render import table_markdown, tables_csv
-from .table import Table, build_tables
+from .table import Table, build_tables, known_results
 from .text import inside, md_escape, safe_component
 
 __all__ = ["Report", "build_tables", "collect", "generate", "write_leaderboards"]
@@ -49,6 +49,7 @@ def collect(runs_dir: str | os.PathLike, metric: str = "final", backbone: str | 
                 report.results.append(status.result)
         else:
             report.warnings.append(f"skipped {status.run_dir} ({status.state}): {status.detail}")
+    report.results = known_results(report.results, report.warnings)  # tasks/suites outside the registry: never shown
     if backbone is not None and not report.results and report.counts.get("complete"):
         raise UserError(f"--backbone {backbone}: no complete results for this backbone under {runs_dir}")
     report.tables = build_tables(report.results, metric, with_reference, report.warnings, data_fingerprints)

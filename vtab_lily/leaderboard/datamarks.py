@@ -9,7 +9,8 @@ pixels), so a row carries one fingerprint per task. Rules:
   short hash over its (task, fingerprint) pairs; ``?`` when no run recorded one (older
   results), ``mixed`` when only some did;
 - a cell whose fingerprint differs from the one most rows of the table use for that task is
-  marked (``DIFFERS_MARK``), and so is its row's digest;
+  marked (``DIFFERS_MARK``), and so is its row's digest; when rows disagree with no majority,
+  all of them are marked on that task;
 - ``--data-fingerprint FP`` keeps the cells built on data with that fingerprint (a hex prefix)
   and whole rows whose digest matches.
 """
@@ -112,9 +113,10 @@ def select(row, wanted: list[str], resummarise: Callable) -> object:
 
 
 def mark_against_majority(rows: list, wanted: list[str] | None = None) -> None:
-    """Mark each row's tasks whose fingerprint differs from the one given, or else from the
-    one most rows of the table use on that task (no mark on a tie or an unknown fingerprint)."""
-    usual: dict[str, str] = {}
+    """Mark each row's tasks whose fingerprint differs from the ones given, or else from the
+    one most rows of the table use on that task; on a tie (no single most used fingerprint)
+    every row with a known fingerprint on that task is marked. Unknown fingerprints never are."""
+    usual: dict[str, str | None] = {}
     if not wanted:
         counts: dict[str, Counter] = {}
         for row in rows:
@@ -122,9 +124,8 @@ def mark_against_majority(rows: list, wanted: list[str] | None = None) -> None:
                 if fp:
                     counts.setdefault(task, Counter())[fp] += 1
         for task, counter in counts.items():
-            (top, n), *rest = counter.most_common() + [(None, 0)]
-            if not rest or rest[0][1] < n:
-                usual[task] = top
+            ranked = counter.most_common()
+            usual[task] = ranked[0][0] if len(ranked) == 1 or ranked[0][1] > ranked[1][1] else None
     for row in rows:
         row.data.differs = {t for t, fp in row.data.fingerprints.items()
                             if fp and ((wanted and not _matches(fp, wanted)) or (t in usual and fp != usual[t]))}

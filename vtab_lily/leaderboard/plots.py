@@ -153,8 +153,7 @@ def plot_router_heatmap(weights: dict, title: str, path: str | os.PathLike) -> N
         matrix[i, : len(row)] = row
     height = min(2 + 0.28 * len(sites), 30)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * experts), height))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, interpolation="nearest")
     ax.set_xticks(range(experts), [f"B{e}" for e in range(experts)])
     ax.set_yticks(range(len(sites)), [plain(s) for s in sites], fontsize=7 if len(sites) > 24 else 8)

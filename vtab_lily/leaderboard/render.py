@@ -216,7 +216,8 @@ def footnotes(table: Table) -> list[str]:
         "differences (result.json `deviations`); `official`: none; `?`: not recorded (older result).",
         f"Data: image encoding (png lossless / jpeg / mixed) and a digest of the per-task data fingerprints "
         f"(`?` not recorded, `mixed` recorded for some tasks only); `{DIFFERS_MARK}`: built on data other than what "
-        "most rows of this table use for that task (cell marked too). Select with `--data-fingerprint`.",
+        "most rows of this table use for that task, or, when no one copy is the most used, made on a copy other "
+        "rows disagree with (cell marked too): such numbers are not comparable. Select with `--data-fingerprint`.",
         "Params (M, no head): trainable parameters without the classification head (as papers print them), mean over "
         "the row's runs; Head (M) beside it. Train time: summed over the row's runs. Peak mem: the largest peak.",
         "Numbers are rounded half-up on their decimal value (71.25 -> 71.3); CSV/JSON keep them unrounded.",

@@ -271,7 +271,7 @@ def _disambiguate(rows: list[Row]) -> None:
         row.method = label
 
 
-def _known_results(results: list[dict], warnings: list[str]) -> list[dict]:
+def known_results(results: list[dict], warnings: list[str]) -> list[dict]:
     """Drop results whose suite or task the registry does not know (never ranked), naming the file."""
     kept = []
     for result in results:
@@ -298,7 +298,7 @@ def build_tables(results: list[dict], metric: str = "final", with_reference: boo
     if metric not in TABLE_METRICS:
         raise unknown_name("metric", metric, TABLE_METRICS)
     tables = []
-    for (backbone, suite, protocol), members in sorted(group_results(_known_results(results, warnings), "backbone", "suite", "protocol").items()):
+    for (backbone, suite, protocol), members in sorted(group_results(known_results(results, warnings), "backbone", "suite", "protocol").items()):
         groups = suite_groups(suite)
         table = Table(backbone, suite, protocol, metric, groups)
         rows = []

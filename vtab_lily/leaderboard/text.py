@@ -37,7 +37,7 @@ def md_escape(text: object) -> str:
 def safe_component(text: object, fallback: str = "_") -> str:
     """A path component made from file contents: only ``[A-Za-z0-9._+=-]``, never ``.`` or
     ``..`` or hidden, at most 100 characters."""
-    value = _SAFE.sub("_", str(text)).strip(".")[:100]
+    value = re.sub(r"\.{2,}", "_", _SAFE.sub("_", str(text))).strip(".")[:100]
     return value or fallback
 
 
