@@ -59,6 +59,11 @@ def test_pipes_newlines_and_backticks_in_a_label_cannot_break_the_table(tmp_path
 
     assert columns(lines[2]) == columns(lines[0])
     assert "evil \\| x \\| fake \\| row \\| \\`code" in lines[2]
+    # a fingerprint or encoding from a result file is escaped too
+    edit_result(next((runs / "vit-b16-in21k" / "lora" / "dtd").iterdir()), data={"fingerprint": "ab|cd\nx", "encoding": "p|ng"})
+    (table,) = collect(runs, with_reference=False).tables
+    lines = [line for line in table_markdown(table).splitlines() if line.startswith("|")]
+    assert len(lines) == 3 and columns(lines[2]) == columns(lines[0])
     assert md_escape("a<b>") == "a&lt;b&gt;"
 
 
@@ -73,10 +78,12 @@ def test_latest_duplicate_is_chosen_in_utc(tmp_path: Path) -> None:
     edit_result(c, finished_at="2026-12-01T05:30:00")  # old local-time text: taken as UTC
     d = write_result(runs, task="dtd", final=40.0, config_hash="c0000004")
     edit_result(d, finished_at="not a date")  # unparseable: oldest
+    e = write_result(runs, task="dtd", final=50.0, config_hash="c0000005")
+    edit_result(e, finished_at="0001-01-01T00:00:00+01:00")  # out of range in UTC: oldest, no crash
     report = collect(runs, with_reference=False)
     (row,) = report.tables[0].rows
     assert row.cells["dtd"].mean == 20.0 and row.cells["dtd"].n == 1
-    assert sum("several results" in w for w in report.warnings) == 3
+    assert sum("several results" in w for w in report.warnings) == 4
 
 
 BAD_RESULTS = {

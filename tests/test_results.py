@@ -147,6 +147,12 @@ def test_router_weights(tmp_path: Path) -> None:
     path.write_text(json.dumps({"sites": ["a"], "experts": 2, "weights": [[]]}))
     with pytest.raises(UserError, match=r"weights\[0\]"):
         read_router_weights(tmp_path)
+    path.write_text(json.dumps({"sites": ["a"], "experts": 10**9, "weights": [[1.0]]}))
+    with pytest.raises(UserError, match="beyond any Lily model"):
+        read_router_weights(tmp_path)  # would ask the heat map for a 10**9-column figure
+    path.write_text(json.dumps({"sites": ["a"], "experts": 3, "weights": [[1.0]]}))
+    with pytest.raises(UserError, match="widest site has 1"):
+        read_router_weights(tmp_path)
     path.write_text('{"sites": ["a"')
     with pytest.raises(UserError, match="truncated"):
         read_router_weights(tmp_path)

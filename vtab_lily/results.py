@@ -52,6 +52,7 @@ MAX_NAME_CHARS = 200
 MAX_LABEL_CHARS = 1000
 MAX_COUNT = 10**13  # parameters: far above any model here, far below float trouble
 MAX_SEED = 2**32
+MAX_EXPERTS, MAX_SITES = 256, 4096  # router_weights.json: bounds the heat map's size
 _NAME_FIELDS = ("backbone", "adapter", "task", "suite", "protocol", "method_hash", "config_hash")
 # Optional sections: when present (and not null) they must be objects of these numbers/strings.
 _OPTIONAL_NUMBERS = {"time": ("train_s", "eval_s", "train_images_per_s"), "memory": ("peak_mb",)}
@@ -296,12 +297,17 @@ def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     sites, experts, weights = obj.get("sites"), obj.get("experts"), obj.get("weights")
     if not isinstance(sites, list) or not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
         raise UserError(f"{path}: needs 'sites' (a list) and 'experts' (a positive int)")
+    if experts > MAX_EXPERTS or len(sites) > MAX_SITES:
+        raise UserError(f"{path}: {experts} experts x {len(sites)} sites is beyond any Lily model here "
+                        f"(at most {MAX_EXPERTS} x {MAX_SITES})")
     if not isinstance(weights, list) or len(weights) != len(sites):
         raise UserError(f"{path}: 'weights' must have one row per site ({len(sites)})")
     for i, row in enumerate(weights):
         # a site may have fewer experts than the widest one (Vim Lily's dt_proj sites have one)
         if not isinstance(row, list) or not 1 <= len(row) <= experts or not all(_is_number(v) for v in row):
             raise UserError(f"{path}: weights[{i}] must be 1 to {experts} numbers")
+    if weights and max(len(row) for row in weights) != experts:
+        raise UserError(f"{path}: 'experts' is {experts} but the widest site has {max(len(row) for row in weights)}")
     return {"sites": [str(s) for s in sites], "experts": experts, "weights": [[float(v) for v in row] for row in weights]}
 
 
@@ -312,13 +318,14 @@ def finished_utc(result: dict) -> datetime:
     older local-time strings without an offset are taken as UTC; missing or unparseable
     values sort first (datetime.min)."""
     text = result.get("finished_at")
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
     try:
         when = datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        when = None
-    if when is None:
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+        if when is None:
+            return oldest
+        return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # unparseable, or out of range once converted to UTC
+        return oldest
 
 
 def deviations_of(result: dict) -> tuple[str, ...] | None:

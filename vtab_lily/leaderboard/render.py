@@ -146,7 +146,8 @@ def markdown_rows(table: Table) -> tuple[list[str], list[list[str]]]:
     body = []
     for row in table.rows:
         usual = _usual_n(row)
-        line = [md_escape(row.method), md_escape(format_setup(row)), row.data.label if row.kind == "run" else MISSING, format_seeds(row)]
+        line = [md_escape(row.method), md_escape(format_setup(row)), md_escape(row.data.label) if row.kind == "run" else MISSING,
+                format_seeds(row)]
         line += [md_escape(_task_cell(row, t, usual, both)) for t in table.tasks]
         avg = row.avg if (row.cells or both or row.kind == "run") else (row.best_avg or row.avg)
         line += [format_average(avg.group_means.get(g), avg.group_partial.get(g, False)) for g in groups]
