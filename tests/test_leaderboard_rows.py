@@ -77,7 +77,7 @@ def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys) -> None:
     dtd = {line[0]: line[headers.index("DTD")] for line in body}
     assert data["lora m0000001"] == f"png {FP_A[:8]}" and dtd["lora m0000001"] == "70.0"
     assert data["lora jpeg"] == f"jpeg {FP_B[:8]}†" and dtd["lora jpeg"] == "70.0†"  # not the data most rows use
-    assert data["lora old"] == "? ?" and dtd["lora old"] == "70.0"  # unknown: never marked as different
+    assert data["lora old"] == "?" and dtd["lora old"] == "70.0"  # unknown: never marked as different
     # two tasks on one data copy: a digest of the pair, not 'mixed'
     assert len(data["lora m0000003"].split()[1]) == 8 and data["lora m0000003"] != data["lora m0000001"]
     # --data-fingerprint keeps the cells built on that data

@@ -68,7 +68,8 @@ class RowData:
     @property
     def label(self) -> str:
         """``<encoding> <digest>`` with the mark when some task's data differs from the usual."""
-        return f"{self.encoding} {self.digest}" + (DIFFERS_MARK if self.differs else "")
+        text = UNKNOWN if self.encoding == self.digest == UNKNOWN else f"{self.encoding} {self.digest}"
+        return text + (DIFFERS_MARK if self.differs else "")
 
 
 def row_data(per_task: dict[str, dict]) -> RowData:
