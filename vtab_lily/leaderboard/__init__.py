@@ -3,7 +3,10 @@
 ``python -m vtab_lily.leaderboard --runs runs --out leaderboards`` writes, per backbone,
 ``<backbone>.md`` (one section per suite/protocol table), a CSV and an accuracy-vs-params
 PNG per table, heat maps of Lily's router weights, and ``index.md``. Reported rows from
-publications (``reference.json``) are attached to the VTAB test-protocol tables.
+publications (``reference.json``) are attached to the VTAB test-protocol tables. ``--metric
+both`` puts the test-selected number beside the final-epoch one; ``--data-fingerprint``
+keeps the numbers made on given data. Every file name built from result contents is made
+safe and checked to stay inside the output folder.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from ..results import scan_runs
 from ..tasks import ALIASES
 from . import collect, write_leaderboards
 from .datamarks import parse_fingerprints
-from .render import table_markdown, tables_csv, tables_json, task_view
+from .render import table_markdown, tables_csv, tables_json
 from .table import TABLE_METRICS
+from .taskview import task_view
 from .text import md_escape
 
 FORMATS = ("md", "csv", "json")

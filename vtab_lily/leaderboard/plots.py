@@ -20,7 +20,7 @@ from .table import Table  # noqa: E402
 
 def plain(text: str) -> str:
     """Text from result files shown literally: ``$`` would start matplotlib mathtext (and can fail to parse)."""
-    return str(text).replace("$", r"\$")
+    return " ".join(str(text).split()).replace("$", r"\$")
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -85,7 +85,8 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
         ax.legend(handles=handles, fontsize=8, loc="best")
     if not drawn and not lines:
         ax.text(0.5, 0.5, "no rows with params and an average", transform=ax.transAxes, ha="center")
-    caption = "hollow: partial row (its average covers only the tasks present)"
+    caption = "hollow: partial row (its average covers only the tasks present); runs: " + (
+        "test-selected" if table.metric == "best" else "final-epoch") + " accuracy; reported rows: as published (test-selected)"
     if left_out:
         caption += "; not drawn (no average or no params): " + ", ".join(map(plain, left_out))
     fig.text(0.01, -0.02, caption, fontsize=7, wrap=True)
