@@ -132,6 +132,12 @@ def test_metric_both_puts_test_selected_beside_final(tmp_path: Path, capsys) -> 
     assert "final-epoch" in table.title and "test-selected" in table.title
     records = list(csv.DictReader(io.StringIO(tables_csv([table]))))
     assert float(records[0]["cifar_test_selected"]) == 62.0 and float(records[0]["avg_tasks_test_selected"]) == 71.0
+    # runs made with --paper say so; a final-epoch table points at the other metrics
+    body = json.loads((next(runs.rglob("result.json"))).read_text())
+    body["accuracy"]["reported"] = "test-selected"
+    next(runs.rglob("result.json")).write_text(json.dumps(body))
+    (final_table,) = collect(runs).tables
+    assert "1 of these runs were made with `--paper`" in table_markdown(final_table)
     out = tmp_path / "out"
     assert main(["--runs", str(runs), "--out", str(out), "--metric", "both", "--no-plots"]) == 0
     assert (out / "vit-b16-in21k.both.md").exists() and (out / "vit-b16-in21k.both.csv").exists()

@@ -225,6 +225,10 @@ def footnotes(table: Table) -> list[str]:
     kinds = sorted({row.memory_kind for row in table.rows if row.memory_kind})
     if kinds:
         notes[5] += f" Memory measured as {', '.join(kinds)}."
+    paper_runs = sum(row.paper_runs for row in table.rows)
+    if paper_runs and table.metric == "final":
+        notes.append(f"{paper_runs} of these runs were made with `--paper` (they report the test-selected number): "
+                     "this table shows final-epoch accuracy; `--metric both` shows both, `--metric best` the paper's.")
     return notes + _reference_notes(table)
 
 

@@ -76,6 +76,7 @@ class Row:
     source: str = ""
     note: str = ""
     run_dirs: list[str] = field(default_factory=list)
+    paper_runs: int = 0  # runs made with --paper (accuracy.reported == "test-selected")
     adapter_config: dict = field(default_factory=dict, repr=False)
 
     # The averages under the names the renderers, plots and older callers use.
@@ -220,6 +221,7 @@ def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], 
         row.peak_memory_mb = max(peaks) if peaks else None
         row.memory_kind = "/".join(sorted({m.get("kind") for m in memories if m.get("kind")})) or None
         row.run_dirs = sorted(r["run_dir"] for r in used)
+        row.paper_runs = sum(1 for r in used if r["accuracy"].get("reported") == "test-selected")
         row.data = datamarks.row_data({r["task"]: data_of(r) for r in used})
     return summarise(row, groups)
 
