@@ -112,8 +112,8 @@ def _check_ranges(obj: dict, where: str) -> None:
         value = obj[key]
         if not value or len(value) > MAX_NAME_CHARS or any(c in value for c in "\n\r\0"):
             raise UserError(f"{where}: field {key!r} must be a non-empty one-line string, got {_short(value)}")
-    if len(obj["method"]) > MAX_LABEL_CHARS:
-        raise UserError(f"{where}: field 'method' is longer than {MAX_LABEL_CHARS} characters")
+    if not obj["method"].strip() or len(obj["method"]) > MAX_LABEL_CHARS:
+        raise UserError(f"{where}: field 'method' must be a non-empty label of at most {MAX_LABEL_CHARS} characters")
     if not 0 <= obj["seed"] < MAX_SEED:
         raise UserError(f"{where}: field 'seed' must be in [0, 2**32), got {_short(obj['seed'])}")
     acc = obj["accuracy"]
