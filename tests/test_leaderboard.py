@@ -18,7 +18,8 @@ from vtab_lily.leaderboard import collect
 from vtab_lily.leaderboard.__main__ import main
 from vtab_lily.leaderboard.reference import load_reference
 from vtab_lily.leaderboard.render import table_markdown, tables_csv
-from vtab_lily.leaderboard.table import build_tables
+from vtab_lily.leaderboard.table import build_tables, suite_groups
+from vtab_lily.leaderboard.text import round_half_up
 from vtab_lily.tasks import GROUPS, Task, register_suite, suite, task_names
 
 VTAB = task_names("vtab")
@@ -105,13 +106,13 @@ def test_numbers_both_averages_and_seed_aggregation(runs: Path) -> None:
     assert lora.avg_tasks == pytest.approx(sum(means.values()) / 19)
     assert lora.avg_groups != pytest.approx(lora.avg_tasks)  # the two averages really differ here
     assert not lora.avg_groups_partial and not lora.avg_tasks_partial
-    assert lora.params_m == pytest.approx(0.3)
+    assert lora.params_m == pytest.approx(0.264) and lora.head_m == pytest.approx(0.036)  # without the head, head beside
     assert lora.train_time_s == pytest.approx(19 * 3 * 10.0)
     assert lora.peak_memory_mb == pytest.approx(1002.0)
     md = table_markdown(table)
     lora_line = next(line for line in md.splitlines() if line.startswith("| lora r=8"))
     assert "52.5 ± 0.5" in lora_line
-    assert f"| {lora.avg_groups:.1f} " in lora_line and f"| {lora.avg_tasks:.1f} " in lora_line
+    assert f"| {round_half_up(lora.avg_groups)} " in lora_line and f"| {round_half_up(lora.avg_tasks)} " in lora_line
     assert "Avg (group means)" in md and "Avg (all tasks)" in md
 
 
@@ -125,8 +126,8 @@ def test_partial_row_is_marked_never_silently_averaged(runs: Path) -> None:
     md = table_markdown(table)
     lily_line = next(line for line in md.splitlines() if line.startswith("| lily r=32"))
     cells = [c.strip() for c in lily_line.strip("|").split("|")]
-    assert cells[2 + VTAB.index("svhn")] == "-"
-    assert f"{lily.avg_groups:.1f}*" in cells and f"{lily.avg_tasks:.1f}*" in cells
+    assert cells[4 + VTAB.index("svhn")] == "-"
+    assert f"{round_half_up(lily.avg_groups)}*" in cells and f"{round_half_up(lily.avg_tasks)}*" in cells
     assert "partial" in md
     # Complete rows come before partial ones, whatever their averages.
     run_rows = [r for r in table.rows if r.kind == "run"]
@@ -143,7 +144,7 @@ def test_metric_best_switches_accuracy_and_title(runs: Path) -> None:
     assert rows_by_method(best_table)["lily r=32 ne=4"].cells["cifar"].mean == pytest.approx(85.0)
     assert rows_by_method(final_table)["lily r=32 ne=4"].cells["cifar"].mean == pytest.approx(80.0)
     assert rows_by_method(best_table)["lora r=8"].avg_tasks == pytest.approx(rows_by_method(final_table)["lora r=8"].avg_tasks + 1)
-    assert "best-epoch" in best_table.title and "final-epoch" in final_table.title
+    assert "test-selected" in best_table.title and "final-epoch" in final_table.title
     with pytest.raises(UserError, match="metric"):
         collect(runs, "median")
 
@@ -152,9 +153,12 @@ def test_in21k_reference_rows_are_attached_and_marked(runs: Path) -> None:
     (table,) = collect(runs).tables
     reported = [r for r in table.rows if r.kind == "reported"]
     by_name = {r.method: r for r in reported}
-    assert set(by_name) == {f"{m} (reported)" for m in ("Full fine-tuning", "Linear probing", "LoRA", "AdaptFormer", "NOAH", "Lily")}
+    assert {"Full fine-tuning (reported)", "Linear probing (reported)", "LoRA (NOAH: fused qkv, r=8) (reported)",
+            "AdaptFormer (reported)", "NOAH (reported)", "Lily (reported)", "VPT-deep (reported)", "BitFit (reported)",
+            "SSF (reported)", "Convpass (reported)", "FacT-TT (r<=16) (reported)", "FacT-TK (r<=32) (reported)",
+            "Adapter (Houlsby-style, r=8) (reported)"} == set(by_name)
     assert by_name["Lily (reported)"].reported_average == 77.3
-    assert by_name["LoRA (reported)"].params_m == 0.29
+    assert by_name["LoRA (NOAH: fused qkv, r=8) (reported)"].params_m == 0.29
     assert by_name["Full fine-tuning (reported)"].reported_average == 68.9
     assert table.rows[-len(reported):] == reported  # after the runs
     md = table_markdown(table)
@@ -167,7 +171,7 @@ def test_in21k_reference_rows_are_attached_and_marked(runs: Path) -> None:
 
 def test_table5_reference_rows_match_their_printed_averages() -> None:
     rows = load_reference()
-    table5 = [r for r in rows if r.per_task]
+    table5 = [r for r in rows if r.source == "lily-table5"]
     assert {r.backbone for r in table5} == {"vim-s", "vit-b16-in1k"}
     assert {r.method for r in table5 if r.backbone == "vim-s"} == {"Full fine-tuning", "Linear probing", "LoRA", "Lily-S", "Lily-L"}
     assert {r.method for r in table5 if r.backbone == "vit-b16-in1k"} == {"Full fine-tuning", "Linear probing", "AdaptFormer", "LoRA"}
@@ -175,7 +179,7 @@ def test_table5_reference_rows_match_their_printed_averages() -> None:
         assert list(ref.per_task) == VTAB, ref.method
         groups = [[ref.per_task[t] for t in VTAB[a:b]] for a, b in ((0, 7), (7, 11), (11, 19))]
         computed = statistics.fmean(statistics.fmean(g) for g in groups)
-        if ref.average_mismatch:  # LP-ViT: the paper's average disagrees with its own cells
+        if ref.average_mismatch(suite_groups("vtab")):  # LP-ViT: the paper's average disagrees with its own cells
             assert abs(computed - ref.average) > 1
         else:
             assert computed == pytest.approx(ref.average, abs=0.051), ref.method
@@ -261,7 +265,7 @@ def test_cli_writes_markdown_csv_and_valid_pngs(runs: Path, tmp_path: Path, caps
     assert not list(out.rglob(".*tmp-*"))  # atomic writes leave no temporaries
     # --metric best writes separately named files, not over the final-epoch ones.
     assert main(["--runs", str(runs), "--out", str(out), "--metric", "best", "--no-plots"]) == 0
-    assert "best-epoch" in (out / "vit-b16-in21k.best.md").read_text()
+    assert "test-selected" in (out / "vit-b16-in21k.best.md").read_text()
     assert "final-epoch" in (out / "vit-b16-in21k.md").read_text()
 
 
@@ -271,7 +275,7 @@ def test_cli_stdout_formats(runs: Path, capsys) -> None:
     lily = next(r for r in table["rows"] if r["method"] == "lily r=32 ne=4")
     assert lily["avg_group_means_partial"] is True and lily["tasks_done"] == 4
     assert main(["--runs", str(runs), "--format", "md", "--metric", "best"]) == 0
-    assert "best-epoch" in capsys.readouterr().out
+    assert "test-selected" in capsys.readouterr().out
     assert main(["--runs", str(runs), "--format", "csv", "--no-reference"]) == 0
     records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["kind"] for r in records} == {"run"}
@@ -312,7 +316,7 @@ def test_cli_bad_input(tmp_path: Path, capsys) -> None:
 def test_backbone_filter_bad_router_file_and_bad_out(tmp_path: Path, capsys) -> None:
     runs = tmp_path / "runs"
     lily_dir = write_result(runs, adapter="lily", task="dtd", method="lily", method_hash="ffff0001")
-    (lily_dir / "router_weights.json").write_text('{"sites": ["a"], "experts": 2, "weights": [[1.0]]}')
+    (lily_dir / "router_weights.json").write_text('{"sites": ["a"], "experts": 2, "weights": [[1.0, 0.0, 0.0]]}')
     write_result(runs, backbone="vim-s", task="dtd", method_hash="ffff0002")
     out = tmp_path / "out"
     assert main(["--runs", str(runs), "--out", str(out), "--backbone", "vim-s"]) == 0
@@ -333,11 +337,11 @@ def test_unknown_tasks_suites_and_duplicate_seeds_are_flagged(tmp_path: Path) ->
     write_result(runs, task="dtd", final=70.0, config_hash="dup00001")  # same method, task and seed again
     write_result(runs, task="thing", suite_name="nosuch", final=10.0)
     report = collect(runs)
-    tables = {t.suite: t for t in report.tables}
-    vtab = tables["vtab"]
-    assert vtab.groups["Other"] == ["mnist"] and vtab.tasks[-1] == "mnist"
+    (vtab,) = report.tables  # the unknown suite's result makes no table
+    assert "mnist" not in vtab.tasks and list(vtab.groups) == list(GROUPS)  # never averaged or ranked
     (row,) = [r for r in vtab.rows if r.kind == "run"]
-    assert row.cells["dtd"].n == 1  # one result per seed counts, never both
-    assert tables["nosuch"].groups == {"Other": ["thing"]}
+    assert row.cells["dtd"].n == 1 and row.cells["dtd"].mean == 70.0  # one result per seed counts: the latest
+    assert "mnist" not in row.cells and row.tasks_done == 1
     text = "\n".join(report.warnings)
-    assert "no task(s) mnist" in text and "'nosuch' is not registered" in text and "several results" in text
+    assert "task 'mnist' is not in suite 'vtab'" in text and "'nosuch' is not registered" in text and "several results" in text
+    assert "mnist/" in text and "result.json" in text  # the warning names the file

@@ -11,6 +11,12 @@ import pytest
 from vtab_lily.errors import UserError
 from vtab_lily.results import (
     accuracy,
+    data_of,
+    deviations_of,
+    finished_utc,
+    params_without_head,
+    precision_of,
+    row_key,
     find_run_dirs,
     group_results,
     iter_results,
@@ -89,6 +95,26 @@ def test_reads_complete_results_and_skips_everything_else(tmp_path: Path) -> Non
         ({"params": {"adapter": 3}}, "params.'total'"),
         ({"memory": {"peak_mb": "lots"}}, "memory.peak_mb"),
         ({"method_hash": None}, "method_hash"),
+        ({"memory": [1]}, "'memory' must be an object"),
+        ({"time": "fast"}, "'time' must be an object"),
+        ({"time": {"train_s": -1.0}}, "time.train_s"),
+        ({"params": {"total": 10**400}}, "params.total"),
+        ({"params": {"total": 5, "head": -1}}, "params.head"),
+        ({"seed": 2**40}, "seed"),
+        ({"accuracy": {"final": 101.0}}, r"accuracy.final must be a percentage"),
+        ({"accuracy": {"final": 50.0, "best_epoch": "last"}}, "best_epoch"),
+        ({"accuracy": {"final": 50.0, "reported": "max"}}, "accuracy.reported"),
+        ({"task": "../dtd\n"}, "one-line"),
+        ({"config_hash": ""}, "config_hash"),
+        ({"method": "x" * 5000}, "at most 1000 characters"),
+        ({"method": " \n"}, "non-empty label"),
+        ({"deviations": "routing=sample"}, "deviations"),
+        ({"deviations": [""]}, "deviations"),
+        ({"data": "png"}, "'data' must be an object"),
+        ({"data": {"fingerprint": 12}}, "data.fingerprint"),
+        ({"precision": 16}, "precision"),
+        ({"finished_at": 1700000000}, "finished_at"),
+        ({"config": [1]}, "'config' must be an object"),
     ],
 )
 def test_schema_violations_are_user_errors(change: dict, message: str) -> None:
@@ -138,8 +164,20 @@ def test_router_weights(tmp_path: Path) -> None:
     path = tmp_path / "router_weights.json"
     path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9, 0.1]]}))
     assert read_router_weights(tmp_path)["weights"][1] == [0.9, 0.1]
-    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9]]}))
-    with pytest.raises(UserError, match=r"weights\[1\] must be 2 numbers"):
+    # Vim Lily: dt_proj sites have one expert, fewer than the in_proj sites
+    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [1.0]]}))
+    assert read_router_weights(tmp_path)["weights"] == [[0.5, 0.5], [1.0]]
+    path.write_text(json.dumps({"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5], [0.9, 0.1, 0.0]]}))
+    with pytest.raises(UserError, match=r"weights\[1\] must be 1 to 2 numbers"):
+        read_router_weights(tmp_path)
+    path.write_text(json.dumps({"sites": ["a"], "experts": 2, "weights": [[]]}))
+    with pytest.raises(UserError, match=r"weights\[0\]"):
+        read_router_weights(tmp_path)
+    path.write_text(json.dumps({"sites": ["a"], "experts": 10**9, "weights": [[1.0]]}))
+    with pytest.raises(UserError, match="beyond any Lily model"):
+        read_router_weights(tmp_path)  # would ask the heat map for a 10**9-column figure
+    path.write_text(json.dumps({"sites": ["a"], "experts": 3, "weights": [[1.0]]}))
+    with pytest.raises(UserError, match="widest site has 1"):
         read_router_weights(tmp_path)
     path.write_text('{"sites": ["a"')
     with pytest.raises(UserError, match="truncated"):
@@ -150,3 +188,39 @@ def test_run_status_of_a_config_only_dir(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "runs", "fresh")
     status = run_status(run_dir)
     assert status.state == "incomplete" and status.config == {"task": "dtd", "seed": 0} and status.result is None
+
+
+def test_round2_fields_read_defensively() -> None:
+    old = result_dict()  # written before deviations, data, precision existed
+    assert deviations_of(old) is None and precision_of(old) is None
+    assert data_of(old) == {"fingerprint": None, "encoding": None, "source": None}
+    new = result_dict(deviations=["routing=sample", "normalize=imagenet"], precision="bf16",
+                      data={"fingerprint": "ab12cd34ef56ab78", "encoding": "png", "source": "tfds"})
+    assert deviations_of(new) == ("normalize=imagenet", "routing=sample")  # order does not split rows
+    assert deviations_of(result_dict(deviations=[])) == ()
+    assert precision_of(result_dict(config={"precision": "bf16"})) == "bf16"  # from the config when not top-level
+    assert data_of(new)["fingerprint"] == "ab12cd34ef56ab78"
+    assert row_key(old) != row_key(new) != row_key(result_dict(deviations=["routing=sample", "normalize=imagenet"]))
+    assert params_without_head(old) == 1000 and params_without_head(result_dict(params={"total": 50})) is None
+    assert params_without_head(result_dict(params={"total": 700, "adapter": 0, "head": 100})) == 600  # full fine-tuning
+
+
+@pytest.mark.parametrize("text, iso", [
+    ("2026-12-01T10:00:00+05:00", "2026-12-01T05:00:00+00:00"),
+    ("2026-12-01T10:00:00+0500", "2026-12-01T05:00:00+00:00"),
+    ("2026-12-01T10:00:00Z", "2026-12-01T10:00:00+00:00"),
+    ("2026-12-01T10:00:00", "2026-12-01T10:00:00+00:00"),  # old local-time text: taken as UTC
+    ("yesterday", "0001-01-01T00:00:00+00:00"),
+    ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00+00:00"),
+])
+def test_finished_at_is_compared_in_utc(text: str, iso: str) -> None:
+    assert finished_utc(result_dict(finished_at=text)).isoformat() == iso
+
+
+def test_unreadable_bytes_are_malformed_not_crashes(tmp_path: Path) -> None:
+    for name, data in {"utf8": b'{"a": "\xff"}', "digits": b"[" + b"7" * 6000 + b"]", "nested": b"[" * 50_000}.items():
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "result.json").write_bytes(data)
+        status = run_status(run_dir)
+        assert status.state == "malformed" and str(run_dir / "result.json") in status.detail, name

@@ -14,6 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,6 +45,17 @@ _REQUIRED: dict[str, Any] = {
 }
 _REQUIRED_ACCURACY = {"final": (int, float)}
 _REQUIRED_PARAMS = {"total": int}
+# Bounds that keep a hand-edited or corrupted file from reaching arithmetic or paths:
+# identifiers are short one-line strings; counts and times are non-negative and finite.
+MAX_RESULT_BYTES = 16 * 2**20
+MAX_NAME_CHARS = 200
+MAX_LABEL_CHARS = 1000
+MAX_COUNT = 10**13  # parameters: far above any model here, far below float trouble
+MAX_SEED = 2**32
+MAX_EXPERTS, MAX_SITES = 256, 4096  # router_weights.json: bounds the heat map's size
+_NAME_FIELDS = ("backbone", "adapter", "task", "suite", "protocol", "method_hash", "config_hash")
+# Optional sections: when present (and not null) they must be objects of these numbers/strings.
+_OPTIONAL_NUMBERS = {"time": ("train_s", "eval_s", "train_images_per_s"), "memory": ("peak_mb",)}
 
 
 @dataclass
@@ -58,7 +70,11 @@ class RunStatus:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):  # math.isfinite overflows on huge integers
+        return abs(value) < 10**300
+    return math.isfinite(value)
 
 
 def _type_ok(value: Any, expected: Any) -> bool:
@@ -80,14 +96,72 @@ def validate_result(obj: Any, where: str) -> dict:
     _check_fields(obj, _REQUIRED, where, "")
     _check_fields(obj["accuracy"], _REQUIRED_ACCURACY, where, "accuracy.")
     _check_fields(obj["params"], _REQUIRED_PARAMS, where, "params.")
-    best = obj["accuracy"].get("best")
-    if best is not None and not _is_number(best):
-        raise UserError(f"{where}: accuracy.best must be a number or null, got {best!r}")
-    for section, key in (("time", "train_s"), ("memory", "peak_mb")):
-        value = (obj.get(section) or {}).get(key)
-        if value is not None and not _is_number(value):
-            raise UserError(f"{where}: {section}.{key} must be a number, got {value!r}")
+    _check_ranges(obj, where)
+    _check_optional(obj, where)
     return obj
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_ranges(obj: dict, where: str) -> None:
+    """Identifiers are short one-line strings; accuracies percentages; counts sane integers."""
+    for key in _NAME_FIELDS:
+        value = obj[key]
+        if not value or len(value) > MAX_NAME_CHARS or any(c in value for c in "\n\r\0"):
+            raise UserError(f"{where}: field {key!r} must be a non-empty one-line string, got {_short(value)}")
+    if not obj["method"].strip() or len(obj["method"]) > MAX_LABEL_CHARS:
+        raise UserError(f"{where}: field 'method' must be a non-empty label of at most {MAX_LABEL_CHARS} characters")
+    if not 0 <= obj["seed"] < MAX_SEED:
+        raise UserError(f"{where}: field 'seed' must be in [0, 2**32), got {_short(obj['seed'])}")
+    acc = obj["accuracy"]
+    for key in ("final", "best"):
+        value = acc.get(key)
+        if value is None and key == "best":
+            continue
+        if not _is_number(value) or not 0 <= value <= 100:
+            raise UserError(f"{where}: accuracy.{key} must be a percentage in [0, 100], got {_short(value)}")
+    epoch = acc.get("best_epoch")
+    if epoch is not None and not (_type_ok(epoch, int) and 0 <= epoch < MAX_SEED):
+        raise UserError(f"{where}: accuracy.best_epoch must be a non-negative integer or null, got {_short(epoch)}")
+    reported = acc.get("reported")
+    if reported is not None and reported not in ("final", "test-selected"):
+        raise UserError(f"{where}: accuracy.reported must be 'final' or 'test-selected', got {_short(reported)}")
+    for key, value in obj["params"].items():
+        if key in ("total", "adapter", "head", "backbone") and not (_type_ok(value, int) and 0 <= value < MAX_COUNT):
+            raise UserError(f"{where}: params.{key} must be a non-negative integer count, got {_short(value)}")
+
+
+def _check_optional(obj: dict, where: str) -> None:
+    """The sections older results may lack; present ones must have the right shape."""
+    for section, keys in _OPTIONAL_NUMBERS.items():
+        value = obj.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: field {section!r} must be an object, got {_short(value)}")
+        for key in keys:
+            number = value.get(key)
+            if number is not None and not (_is_number(number) and 0 <= number < 1e12):
+                raise UserError(f"{where}: {section}.{key} must be a non-negative number, got {_short(number)}")
+    for key in ("kind",):
+        memory_kind = (obj.get("memory") or {}).get(key)
+        if memory_kind is not None and not isinstance(memory_kind, str):
+            raise UserError(f"{where}: memory.kind must be a string, got {_short(memory_kind)}")
+    deviations = obj.get("deviations")
+    if deviations is not None and not (isinstance(deviations, list) and all(isinstance(d, str) and d.strip() for d in deviations)):
+        raise UserError(f"{where}: field 'deviations' must be a list of non-empty strings, got {_short(deviations)}")
+    for key in ("precision", "finished_at"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise UserError(f"{where}: field {key!r} must be a string, got {_short(obj[key])}")
+    for key in ("data", "kernels", "config"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise UserError(f"{where}: field {key!r} must be an object, got {_short(obj[key])}")
+    for key, value in (obj.get("data") or {}).items():
+        if key in ("fingerprint", "encoding", "source") and value is not None and not isinstance(value, str):
+            raise UserError(f"{where}: data.{key} must be a string or null, got {_short(value)}")
 
 
 def _check_fields(obj: dict, spec: dict[str, Any], where: str, prefix: str) -> None:
@@ -102,13 +176,19 @@ def load_result(path: str | os.PathLike) -> dict:
     """Read and validate one result.json; the returned dict gains ``run_dir`` (a str)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            raise UserError(f"{path}: larger than {MAX_RESULT_BYTES // 2**20} MiB; not a result.json")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not valid UTF-8 (byte {err.start}); corrupted?") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); truncated or hand-edited?") from None
+    except (ValueError, RecursionError) as err:  # e.g. an integer of thousands of digits, deep nesting
+        raise UserError(f"{path}: not a usable JSON document ({str(err)[:80]})") from None
     result = validate_result(obj, str(path))
     result["run_dir"] = str(path.parent)
     return result
@@ -116,8 +196,10 @@ def load_result(path: str | os.PathLike) -> dict:
 
 def _read_json_quietly(path: Path) -> Any:
     try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            return None
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 
@@ -215,9 +297,73 @@ def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     sites, experts, weights = obj.get("sites"), obj.get("experts"), obj.get("weights")
     if not isinstance(sites, list) or not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
         raise UserError(f"{path}: needs 'sites' (a list) and 'experts' (a positive int)")
+    if experts > MAX_EXPERTS or len(sites) > MAX_SITES:
+        raise UserError(f"{path}: {experts} experts x {len(sites)} sites is beyond any Lily model here "
+                        f"(at most {MAX_EXPERTS} x {MAX_SITES})")
     if not isinstance(weights, list) or len(weights) != len(sites):
         raise UserError(f"{path}: 'weights' must have one row per site ({len(sites)})")
     for i, row in enumerate(weights):
-        if not isinstance(row, list) or len(row) != experts or not all(_is_number(v) for v in row):
-            raise UserError(f"{path}: weights[{i}] must be {experts} numbers")
-    return {"sites": [str(s) for s in sites], "experts": experts, "weights": weights}
+        # a site may have fewer experts than the widest one (Vim Lily's dt_proj sites have one)
+        if not isinstance(row, list) or not 1 <= len(row) <= experts or not all(_is_number(v) for v in row):
+            raise UserError(f"{path}: weights[{i}] must be 1 to {experts} numbers")
+    if weights and max(len(row) for row in weights) != experts:
+        raise UserError(f"{path}: 'experts' is {experts} but the widest site has {max(len(row) for row in weights)}")
+    return {"sites": [str(s) for s in sites], "experts": experts, "weights": [[float(v) for v in row] for row in weights]}
+
+
+# ---- Fields added in round 2 (older results lack them): read them in one place ----
+
+def finished_utc(result: dict) -> datetime:
+    """``finished_at`` as an aware UTC datetime. Strings with an offset or ``Z`` are converted;
+    older local-time strings without an offset are taken as UTC; missing or unparseable
+    values sort first (datetime.min)."""
+    text = result.get("finished_at")
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    try:
+        when = datetime.fromisoformat(text) if isinstance(text, str) else None
+        if when is None:
+            return oldest
+        return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # unparseable, or out of range once converted to UTC
+        return oldest
+
+
+def deviations_of(result: dict) -> tuple[str, ...] | None:
+    """The settings that differ from the official setup (sorted); () = official; None = not recorded."""
+    value = result.get("deviations")
+    return tuple(sorted(value)) if isinstance(value, list) else None
+
+
+def precision_of(result: dict) -> str | None:
+    value = result.get("precision")
+    if value is None and isinstance(result.get("config"), dict):
+        value = result["config"].get("precision")
+    return value if isinstance(value, str) else None
+
+
+def data_of(result: dict) -> dict[str, str | None]:
+    """``{"fingerprint", "encoding", "source"}`` of the data the run used (None when not recorded)."""
+    data = result.get("data") if isinstance(result.get("data"), dict) else {}
+    return {k: data.get(k) if isinstance(data.get(k), str) else None for k in ("fingerprint", "encoding", "source")}
+
+
+def adapter_config_of(result: dict) -> dict:
+    config = result.get("config") if isinstance(result.get("config"), dict) else {}
+    adapter_config = config.get("adapter_config")
+    return adapter_config if isinstance(adapter_config, dict) else {}
+
+
+def params_without_head(result: dict) -> int | None:
+    """Trainable parameters without the classification head, as papers print them."""
+    params = result["params"]
+    head, adapter = params.get("head"), params.get("adapter")
+    if isinstance(head, int) and not isinstance(head, bool):
+        return max(params["total"] - head, 0)
+    return adapter if isinstance(adapter, int) and not isinstance(adapter, bool) else None
+
+
+def row_key(result: dict) -> tuple:
+    """What must be equal for two results to share a leaderboard row: the method hash plus the
+    settings older run.py versions left out of it (deviations, precision). Data is compared
+    per task by the leaderboard (each task has its own fingerprint)."""
+    return (result["method_hash"], deviations_of(result), precision_of(result))

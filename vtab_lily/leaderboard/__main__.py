@@ -1,4 +1,4 @@
-"""CLI: ``python -m vtab_lily.leaderboard --runs runs --out leaderboards [--metric best]``.
+"""CLI: ``python -m vtab_lily.leaderboard --runs runs --out leaderboards [--metric best|both]``.
 
 Without ``--format`` it writes the leaderboard files; ``--format md|csv|json`` prints the
 tables instead, and ``--task NAME`` prints every run of one task.
@@ -12,20 +12,28 @@ import sys
 from tabulate import tabulate
 
 from ..errors import run_cli, unknown_name
-from ..results import METRICS, scan_runs
+from ..results import scan_runs
 from ..tasks import ALIASES
 from . import collect, write_leaderboards
-from .render import table_markdown, tables_csv, tables_json, task_view
+from .datamarks import parse_fingerprints
+from .render import table_markdown, tables_csv, tables_json
+from .table import TABLE_METRICS
+from .taskview import task_view
+from .text import md_escape
 
 FORMATS = ("md", "csv", "json")
 MAX_WARNINGS_SHOWN = 20
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--runs", default="runs", help="runs directory to read (default: runs)")
     parser.add_argument("--out", default="leaderboards", help="folder for the files (default: leaderboards)")
-    parser.add_argument("--metric", default="final", help="final (default): last-epoch accuracy; best: best epoch, selected on the evaluation split")
+    parser.add_argument("--metric", default="final", help="final (default): last-epoch accuracy; best: best evaluation, selected on the "
+                        "evaluation split (test-selected, the papers' number); both: final with test-selected beside it")
+    parser.add_argument("--data-fingerprint", action="append", default=None, metavar="FP",
+                        help="only cells built on data with this fingerprint (hex prefix, comma-separated, repeatable) "
+                             "or on the data of this prepared data folder (its <task>/manifest.json)")
     parser.add_argument("--format", default=None, help="md, csv or json: print to stdout instead of writing files")
     parser.add_argument("--task", default=None, help="list every run of this task (config, seed, accuracies, params, time, run dir)")
     parser.add_argument("--backbone", default=None, help="only this backbone's results")
@@ -49,7 +57,8 @@ def _show_task(args: argparse.Namespace, fmt: str) -> int:
     def task_of(status) -> str:
         if status.result:
             return status.result["task"]
-        return (status.config or {}).get("task") or status.run_dir.parent.name
+        task = (status.config or {}).get("task")
+        return task if isinstance(task, str) and task else status.run_dir.parent.name
 
     known = {task_of(s) for s in statuses}
     if task not in known:
@@ -59,8 +68,8 @@ def _show_task(args: argparse.Namespace, fmt: str) -> int:
     others = [s for s in chosen if not s.result and args.backbone in (None, (s.config or {}).get("backbone"))]
     headers, body = task_view(results, task, others)
     if fmt == "md":
-        print(f"## Every run of {task} under {args.runs}\n")
-        print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+        print(f"## Every run of {md_escape(task)} under {md_escape(args.runs)}\n")
+        print(tabulate([[md_escape(c) for c in line] for line in body], headers=headers, tablefmt="github", disable_numparse=True))
     elif fmt == "csv":
         import csv
 
@@ -76,13 +85,14 @@ def _show_task(args: argparse.Namespace, fmt: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.metric not in METRICS:
-        raise unknown_name("--metric", args.metric, METRICS)
+    if args.metric not in TABLE_METRICS:
+        raise unknown_name("--metric", args.metric, TABLE_METRICS)
+    fingerprints = parse_fingerprints(args.data_fingerprint)
     if args.format is not None and args.format not in FORMATS:
         raise unknown_name("--format", args.format, FORMATS)
     if args.task is not None:
         return _show_task(args, args.format or "md")
-    report = collect(args.runs, args.metric, args.backbone, with_reference=not args.no_reference)
+    report = collect(args.runs, args.metric, args.backbone, with_reference=not args.no_reference, data_fingerprints=fingerprints)
     if not report.results:
         _print_warnings(report.warnings)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(report.counts.items())) or "no run directories at all"

@@ -18,6 +18,11 @@ from ..fsutil import atomic_write_bytes  # noqa: E402
 from .table import Table  # noqa: E402
 
 
+def plain(text: str) -> str:
+    """Text from result files shown literally: ``$`` would start matplotlib mathtext (and can fail to parse)."""
+    return " ".join(str(text).split()).replace("$", r"\$")
+
+
 def _save(fig, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -51,10 +56,10 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
             colour = colours[row.adapter]
             face = "none" if row.avg_groups_partial else colour
             ax.scatter(row.params_m, y, s=60, marker="o", facecolors=face, edgecolors=[colour], linewidths=1.5, zorder=3)
-            text = row.method + (f" (partial {row.tasks_done}/{len(table.tasks)})" if row.avg_groups_partial else "")
+            text = plain(row.method) + (f" (partial {row.tasks_done}/{len(table.tasks)})" if row.avg_groups_partial else "")
         else:
             ax.scatter(row.params_m, y, s=60, marker="D", color="0.55", zorder=2)
-            text = row.method
+            text = plain(row.method)
         labels.append((text, row.params_m, y))
         drawn += 1
     ax.set_xscale("log")
@@ -62,14 +67,14 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
     for row, y in lines:
         ax.axhline(y, color="0.55", linestyle=":", linewidth=1, zorder=1)
         params = "0 params" if row.params_m == 0 else "params not given"
-        ax.annotate(f"{row.method}, {params}", (0.01, y), xycoords=("axes fraction", "data"),
+        ax.annotate(f"{plain(row.method)}, {params}", (0.01, y), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(0, 3), fontsize=7, color="0.35")
     _place_labels(ax, labels)  # last: needs the final data limits
-    ax.set_xlabel("trainable parameters (M, log scale)")
+    ax.set_xlabel("trainable parameters without the head (M, log scale)")
     ax.set_ylabel("average accuracy, mean of group means (%)")
-    ax.set_title(table.title, fontsize=9, wrap=True)
+    ax.set_title(plain(table.title), fontsize=9, wrap=True)
     ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], marker="o", linestyle="", color=colours[a], label=f"run: {a}") for a in adapters]
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[a], label=f"run: {plain(a)}") for a in adapters]
     if any(row.kind == "run" and row.avg_groups_partial for row in table.rows):
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.2", label="run, partial row"))
     if any(row.kind == "reported" for row in table.rows):
@@ -80,9 +85,10 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
         ax.legend(handles=handles, fontsize=8, loc="best")
     if not drawn and not lines:
         ax.text(0.5, 0.5, "no rows with params and an average", transform=ax.transAxes, ha="center")
-    caption = "hollow: partial row (its average covers only the tasks present)"
+    caption = "hollow: partial row (its average covers only the tasks present); runs: " + (
+        "test-selected" if table.metric == "best" else "final-epoch") + " accuracy; reported rows: as published (test-selected)"
     if left_out:
-        caption += "; not drawn (no average or no params): " + ", ".join(left_out)
+        caption += "; not drawn (no average or no params): " + ", ".join(map(plain, left_out))
     fig.text(0.01, -0.02, caption, fontsize=7, wrap=True)
     _save(fig, path)
     return drawn + len(lines)
@@ -138,20 +144,28 @@ def _place_labels(ax, labels: list[tuple[str, float, float]]) -> None:
 
 
 def plot_router_heatmap(weights: dict, title: str, path: str | os.PathLike) -> None:
-    """Heat map of a Lily run's mean router weights: one row per adapted site, one column per expert."""
-    matrix = np.asarray(weights["weights"], dtype=float)
+    """Heat map of a Lily run's mean router weights: one row per adapted site, one column per expert.
+
+    Sites with fewer experts than the widest (Vim Lily's dt_proj sites have one) leave the
+    missing columns blank (grey, no number)."""
     sites, experts = weights["sites"], weights["experts"]
+    matrix = np.full((len(sites), experts), np.nan)
+    for i, row in enumerate(weights["weights"]):
+        matrix[i, : len(row)] = row
     height = min(2 + 0.28 * len(sites), 30)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * experts), height))
-    image = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, interpolation="nearest")
     ax.set_xticks(range(experts), [f"B{e}" for e in range(experts)])
-    ax.set_yticks(range(len(sites)), sites, fontsize=7 if len(sites) > 24 else 8)
+    ax.set_yticks(range(len(sites)), [plain(s) for s in sites], fontsize=7 if len(sites) > 24 else 8)
     ax.set_xlabel("expert")
     ax.set_ylabel("adapted site (layer)")
-    ax.set_title(title, fontsize=9, wrap=True)
-    if matrix.size <= 400:  # print the weights when they stay readable
-        threshold = matrix.min() + 0.6 * (matrix.max() - matrix.min()) if matrix.size else 0
+    ax.set_title(plain(title), fontsize=9, wrap=True)
+    finite = matrix[np.isfinite(matrix)]
+    if 0 < matrix.size <= 400:  # print the weights when they stay readable
+        threshold = finite.min() + 0.6 * (finite.max() - finite.min())
         for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="black" if value > threshold else "white")
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="black" if value > threshold else "white")
     fig.colorbar(image, ax=ax, label="mean router weight")
     _save(fig, path)

@@ -9,10 +9,13 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .datamarks import DIFFERS_MARK
 from .table import Cell, Row, Table
+from .text import md_escape, round_half_up
 
 MISSING = "-"
 PARTIAL_MARK = "*"
+SETTING_MARK = "‡"
 # Short column headers for the VTAB tasks (the paper's names); other suites use task names.
 SHORT_NAMES = {
     "cifar": "Cifar100",
@@ -37,47 +40,75 @@ SHORT_NAMES = {
 }
 AVG_GROUPS = "Avg (group means)"
 AVG_TASKS = "Avg (all tasks)"
+BEST_SUFFIX = ", test-selected"
 
 
-def format_cell(cell: Cell | None, usual_n: int) -> str:
+def format_cell(cell: Cell | None, usual_n: int, mark: str = "") -> str:
     """``mean`` or ``mean ± std``, with ``(n=k)`` when the seed count differs from the row's."""
     if cell is None:
         return MISSING
-    text = f"{cell.mean:.1f}"
+    text = round_half_up(cell.mean)
     if cell.std is not None:
-        text += f" ± {cell.std:.1f}"
+        text += f" ± {round_half_up(cell.std)}"
     if cell.n and cell.n != usual_n:
         text += f" (n={cell.n})"
-    return text
+    return text + mark
 
 
 def format_average(value: float | None, partial: bool) -> str:
     if value is None:
         return MISSING
-    return f"{value:.1f}{PARTIAL_MARK if partial else ''}"
+    return round_half_up(value) + (PARTIAL_MARK if partial else "")
 
 
 def format_params(millions: float | None) -> str:
     if millions is None:
         return MISSING
-    return f"{millions:.3f}" if millions < 1 else f"{millions:.1f}"
+    return round_half_up(millions, 3) if millions < 1 else round_half_up(millions, 1)
 
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return MISSING
     if seconds < 120:
-        return f"{seconds:.1f} s"
+        return f"{round_half_up(seconds)} s"
     if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{round_half_up(seconds / 60)} min"
+    return f"{round_half_up(seconds / 3600)} h"
 
 
 def format_seeds(row: Row) -> str:
     if row.kind != "run":
         return MISSING
     counts = sorted({c.n for c in row.cells.values()})
+    if not counts:
+        return MISSING
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def format_setup(row: Row) -> str:
+    """``official``, the deviations, or ``?`` (not recorded), marked when they differ from the reference row's."""
+    if row.deviations is None:
+        text = "?"
+    else:
+        text = ", ".join(row.deviations) or "official"
+    if row.kind == "run" and row.precision and not any(d.startswith("precision=") for d in row.deviations or ()):
+        text += f" ({row.precision})" if row.precision != "fp32" else ""
+    return text + (SETTING_MARK if row.setting_differs else "")
+
+
+def format_reported(row: Row, groups: dict[str, list[str]]) -> str:
+    """The printed average, which average it is, and what its cells give when they disagree."""
+    if row.reported_average is None:
+        return MISSING
+    ref = row.reference
+    kind = "groups" if ref.average_kind == "group_means" else f"{len(ref.per_task or groups)} tasks"
+    text = f"{row.reported_average_text} ({kind}"
+    if row.average_mismatch:
+        by_groups, by_tasks = ref.recomputed(groups)
+        value = by_groups if ref.average_kind == "group_means" else by_tasks
+        text += f"; cells give {round_half_up(value, len(row.reported_average_text.partition('.')[2]))}"
+    return text + ")"
 
 
 def _usual_n(row: Row) -> int:
@@ -89,67 +120,122 @@ def _has_reference(table: Table) -> bool:
     return any(row.kind == "reported" for row in table.rows)
 
 
+def _task_cell(row: Row, task: str, usual: int, both: bool) -> str:
+    mark = DIFFERS_MARK if task in row.data.differs else ""
+    final = format_cell(row.cells.get(task), usual, mark)
+    if not both:
+        return final if row.kind == "run" or row.cells else format_cell(row.best_cells.get(task), 0)
+    return f"{final} / {format_cell(row.best_cells.get(task), usual, mark)}"
+
+
 def markdown_rows(table: Table) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows of the markdown table."""
+    """Headers and formatted rows of the markdown table (every text cell escaped)."""
     groups = list(table.groups)
-    headers = ["Method", "Seeds"] + [SHORT_NAMES.get(t, t) if table.suite == "vtab" else t for t in table.tasks]
+    both = table.metric == "both"
+    headers = ["Method", "Setup", "Data", "Seeds"] + [SHORT_NAMES.get(t, t) if table.suite == "vtab" else t for t in table.tasks]
     headers += groups + [AVG_GROUPS, AVG_TASKS]
+    if both:
+        headers += [AVG_GROUPS + BEST_SUFFIX, AVG_TASKS + BEST_SUFFIX]
     reported = _has_reference(table)
     if reported:
         headers.append("Reported avg")
-    headers += ["Params (M)", "Train time", "Peak mem (MB)"]
+    if table.has_references:
+        headers.append("Ref")
+    headers += ["Params (M, no head)", "Head (M)", "Train time", "Peak mem (MB)"]
     body = []
     for row in table.rows:
         usual = _usual_n(row)
-        line = [row.method, format_seeds(row)]
-        line += [format_cell(row.cells.get(t), usual) for t in table.tasks]
-        line += [format_average(row.group_means.get(g), row.group_partial.get(g, False)) for g in groups]
-        line += [format_average(row.avg_groups, row.avg_groups_partial), format_average(row.avg_tasks, row.avg_tasks_partial)]
+        line = [md_escape(row.method), md_escape(format_setup(row)), md_escape(row.data.label) if row.kind == "run" else MISSING,
+                format_seeds(row)]
+        line += [md_escape(_task_cell(row, t, usual, both)) for t in table.tasks]
+        avg = row.avg if (row.cells or both or row.kind == "run") else (row.best_avg or row.avg)
+        line += [format_average(avg.group_means.get(g), avg.group_partial.get(g, False)) for g in groups]
+        line += [format_average(avg.by_groups, avg.by_groups_partial), format_average(avg.by_tasks, avg.by_tasks_partial)]
+        if both:
+            best = row.best_avg
+            line += [format_average(best.by_groups, best.by_groups_partial) if best else MISSING,
+                     format_average(best.by_tasks, best.by_tasks_partial) if best else MISSING]
         if reported:
-            line.append(MISSING if row.reported_average is None else f"{row.reported_average:.1f}")
-        memory = MISSING if row.peak_memory_mb is None else f"{row.peak_memory_mb:.0f}"
-        line += [format_params(row.params_m), format_duration(row.train_time_s), memory]
+            line.append(md_escape(format_reported(row, table.groups)))
+        if table.has_references:
+            ref = row.reference
+            line.append(md_escape(ref.id) if ref else MISSING)
+        memory = MISSING if row.peak_memory_mb is None else round_half_up(row.peak_memory_mb, 0)
+        line += [format_params(row.params_m), format_params(row.head_m), format_duration(row.train_time_s), memory]
         body.append(line)
     return headers, body
+
+
+def _reference_notes(table: Table) -> list[str]:
+    if not table.has_references:
+        if table.suite != "vtab":
+            return [f"No published rows for the {md_escape(table.suite)} suite (published rows exist for VTAB-1K only)."]
+        if table.protocol != "test":
+            return ["Published rows are shown in the test-protocol table only."]
+        return [f"No published rows for backbone {md_escape(table.backbone)}."]
+    notes = []
+    if any(row.kind == "run" and row.reference for row in table.rows):
+        notes.append(f"Ref: the published row a run row is compared with (same adapter and variant). `{SETTING_MARK}` "
+                     "in Setup: the run's settings differ from that row's (see its Setup and the notes below), so "
+                     "the two numbers are not the same experiment.")
+    if not _has_reference(table):
+        return notes + ["Published rows left out (`--no-reference`)."]
+    from .reference import load_reference
+
+    citations = {ref.source: ref.citation for ref in load_reference()}
+    notes.append(
+        "Rows marked (reported) are published numbers, not run here. Reported avg: the printed average and which one "
+        "it is (groups: mean of group means; 19 tasks: mean over tasks), with what the printed cells give when they "
+        "disagree; the other averages are recomputed from the printed cells. Published numbers take the best "
+        "evaluation on the test set (test-selected): compare with `--metric best` or `--metric both`. "
+        "Params: without the head, as printed."
+    )
+    for source in dict.fromkeys(row.source for row in table.rows if row.kind == "reported"):
+        notes.append(f"Source `{source}`: {md_escape(citations[source])}")
+    for row in table.rows:
+        if row.kind == "reported":
+            ref = row.reference
+            text = f"{md_escape(row.method)} [{ref.id}]: {md_escape(ref.setting)}."
+            if ref.note:
+                text += f" {md_escape(ref.note)}"
+            notes.append(text)
+    return notes
 
 
 def footnotes(table: Table) -> list[str]:
     """What the marks and columns mean, and where each reported row comes from."""
     n_tasks = len(table.tasks)
     notes = [
-        f"Cells: mean ± sample std over seeds (± only with 2+ seeds); `(n=k)`: that task has k seeds. `{MISSING}`: no result.",
+        f"Cells: mean ± sample std over seeds (± only with 2+ seeds); `(n=k)`: that task has k seeds. `{MISSING}`: no result."
+        + (" Each cell: final-epoch / test-selected (best evaluation)." if table.metric == "both" else ""),
         f"`{PARTIAL_MARK}` partial: the row lacks some of the {n_tasks} tasks ({'/'.join(table.groups)}); that mean "
         "covers only the tasks present and is not comparable with complete rows.",
         f"{AVG_GROUPS}: mean of the {len(table.groups)} group means (VPT/NOAH/Lily papers). "
         f"{AVG_TASKS}: mean over the {n_tasks} tasks (official VTAB).",
-        "Params (M): trainable parameters (adapter + classification head), mean over the row's runs; "
-        "reported rows: as printed in the source (usually without the head). Train time: summed over the "
-        "row's runs. Peak mem: the largest peak over the runs.",
+        "Method: the run's label (adapter settings, then its differences from the official setup). Setup: those "
+        "differences (result.json `deviations`); `official`: none; `?`: not recorded (older result).",
+        f"Data: image encoding (png lossless / jpeg / mixed) and a digest of the per-task data fingerprints "
+        f"(`?` not recorded, `mixed` recorded for some tasks only); `{DIFFERS_MARK}`: built on data other than what "
+        "most rows of this table use for that task, or, when no one copy is the most used, made on a copy other "
+        "rows disagree with (cell marked too): such numbers are not comparable. Select with `--data-fingerprint`.",
+        "Params (M, no head): trainable parameters without the classification head (as papers print them), mean over "
+        "the row's runs; Head (M) beside it. Train time: summed over the row's runs. Peak mem: the largest peak.",
+        "Numbers are rounded half-up on their decimal value (71.25 -> 71.3); CSV/JSON keep them unrounded.",
     ]
     kinds = sorted({row.memory_kind for row in table.rows if row.memory_kind})
     if kinds:
-        notes[-1] += f" Memory measured as {', '.join(kinds)}."
-    if _has_reference(table):
-        from .reference import load_reference
-
-        citations = {ref.source: ref.citation for ref in load_reference()}
-        notes.append(
-            "Rows marked (reported) are published numbers, not run here; their Reported avg is the printed one, "
-            "the other averages are recomputed from the printed per-task numbers. Published VTAB numbers usually "
-            "pick the best epoch on the test set."
-        )
-        for source in dict.fromkeys(row.source for row in table.rows if row.kind == "reported"):
-            notes.append(f"Source `{source}`: {citations[source]}")
-        for row in table.rows:
-            if row.note:
-                notes.append(f"{row.method}: {row.note}")
-    return notes
+        notes[5] += f" Memory measured as {', '.join(kinds)}."
+    paper_runs = sum(row.paper_runs for row in table.rows)
+    if paper_runs and table.metric == "final":
+        notes.append(f"{paper_runs} of these runs were made with `--paper` (they report the test-selected number): "
+                     "this table shows final-epoch accuracy; `--metric both` shows both, `--metric best` the paper's.")
+    return notes + _reference_notes(table)
 
 
 def table_markdown(table: Table, heading_level: int = 2) -> str:
     headers, body = markdown_rows(table)
     parts = [
-        f"{'#' * heading_level} {table.title}",
+        f"{'#' * heading_level} {md_escape(table.title)}",
         "",
         tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
         "",
@@ -162,6 +248,7 @@ def csv_records(table: Table) -> list[dict[str, Any]]:
     """One flat record per row, unrounded: numbers as numbers, missing as None."""
     records = []
     for row in table.rows:
+        ref = row.reference
         record: dict[str, Any] = {
             "kind": row.kind,
             "backbone": table.backbone,
@@ -171,6 +258,13 @@ def csv_records(table: Table) -> list[dict[str, Any]]:
             "method": row.method,
             "method_hash": row.method_hash,
             "adapter": row.adapter,
+            "deviations": None if row.deviations is None else ";".join(row.deviations),
+            "precision": row.precision,
+            "setting_differs_from_reference": row.setting_differs,
+            "reference_id": ref.id if ref else None,
+            "data_digest": row.data.digest if row.kind == "run" else None,
+            "data_encoding": row.data.encoding if row.kind == "run" else None,
+            "data_differs": ";".join(sorted(row.data.differs)),
             "seeds": " ".join(map(str, row.seeds)),
         }
         for task in table.tasks:
@@ -178,6 +272,10 @@ def csv_records(table: Table) -> list[dict[str, Any]]:
             record[task] = cell.mean if cell else None
             record[f"{task}_std"] = cell.std if cell else None
             record[f"{task}_n"] = cell.n if cell else 0
+            if table.metric == "both":
+                best = row.best_cells.get(task)
+                record[f"{task}_test_selected"] = best.mean if best else None
+            record[f"{task}_data"] = row.data.fingerprints.get(task)
         for group in table.groups:
             record[group] = row.group_means.get(group)
             record[f"{group}_partial"] = row.group_partial.get(group)
@@ -188,9 +286,17 @@ def csv_records(table: Table) -> list[dict[str, Any]]:
             avg_tasks_partial=row.avg_tasks_partial,
             tasks_done=row.tasks_done,
             tasks_total=len(table.tasks),
+        )
+        if table.metric == "both":
+            best = row.best_avg
+            record.update(avg_group_means_test_selected=best.by_groups if best else None,
+                          avg_tasks_test_selected=best.by_tasks if best else None)
+        record.update(
             reported_average=row.reported_average,
-            params_trainable_m=row.params_m,
-            params_adapter_m=row.adapter_params_m,
+            reported_average_kind=ref.average_kind if row.kind == "reported" else None,
+            reported_average_mismatch=row.average_mismatch if row.kind == "reported" else None,
+            params_no_head_m=row.params_m,
+            params_head_m=row.head_m,
             train_time_s=row.train_time_s,
             peak_memory_mb=row.peak_memory_mb,
             memory_kind=row.memory_kind,
@@ -229,24 +335,3 @@ def tables_json(tables: list[Table]) -> str:
         for t in tables
     ]
     return json.dumps(payload, indent=2) + "\n"
-
-
-def task_view(results: list[dict], task: str, failed: list[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Every run of one task: config, seed, final/best accuracy, params, time, run dir."""
-    headers = ["backbone", "suite", "protocol", "adapter", "method", "seed", "final", "best (epoch)", "params (M)", "train time", "status", "run dir"]
-    body = []
-    for r in sorted(results, key=lambda r: (r["backbone"], r["protocol"], r["method"], r["seed"])):
-        acc = r["accuracy"]
-        best = MISSING if acc.get("best") is None else f"{acc['best']:.2f} ({acc.get('best_epoch', '?')})"
-        body.append(
-            [r["backbone"], r["suite"], r["protocol"], r["adapter"], r["method"], r["seed"], f"{acc['final']:.2f}", best,
-             format_params(r["params"]["total"] / 1e6), format_duration((r.get("time") or {}).get("train_s")), "complete", r["run_dir"]]
-        )
-    for status in failed or []:
-        config = status.config or {}
-        body.append(
-            [config.get("backbone", MISSING), config.get("suite", MISSING), config.get("protocol", MISSING),
-             config.get("adapter", MISSING), MISSING, config.get("seed", MISSING), MISSING, MISSING, MISSING, MISSING,
-             f"{status.state}: {status.detail}", str(status.run_dir)]
-        )
-    return headers, body

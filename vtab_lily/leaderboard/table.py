@@ -1,23 +1,29 @@
 """Results -> leaderboard tables: one per (backbone, suite, protocol), one row per method.
 
-A method is one ``method_hash`` (the config without task, seed and paths). Its seeds on a
-task are aggregated as mean and sample std; the group means and the two averages (mean of
-the group means, and mean over all tasks) are computed from the per-task means and are
-marked partial whenever a task is missing, never silently computed over fewer tasks.
+A method is one ``results.row_key`` (method hash, deviations, precision), split further when
+one task was run on data with different fingerprints (``datamarks``): runs that differ in
+any setting or in their data never share a row. Its seeds on a task are aggregated as mean
+and sample std; the group means and the two averages (mean of the group means, and mean over
+all tasks) are computed from the per-task means and are marked partial whenever a task is
+missing, never silently computed over fewer tasks. Results of a task or suite outside the
+registry are skipped with a warning naming the file, so they are never ranked.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import tasks as task_registry
 from ..errors import UserError, unknown_name
-from ..results import METRICS, accuracy, group_results
+from ..results import (METRICS, RESULT_FILE, accuracy, adapter_config_of, data_of, deviations_of, finished_utc,
+                       group_results, params_without_head, precision_of, row_key)
 from ..tasks import GROUPS, PROTOCOLS
-from .reference import ReferenceRow, reference_rows
+from . import datamarks
+from .reference import ReferenceRow, matching_reference, reference_rows
 
-OTHER_GROUP = "Other"
+TABLE_METRICS = METRICS + ("both",)  # both: final-epoch cells with the best (test-selected) beside them
 
 
 @dataclass
@@ -30,34 +36,64 @@ class Cell:
 
 
 @dataclass
+class Averages:
+    """Group means and both averages of a set of cells, with partial flags."""
+
+    group_means: dict[str, float | None] = field(default_factory=dict)
+    group_partial: dict[str, bool] = field(default_factory=dict)
+    by_groups: float | None = None
+    by_groups_partial: bool = False
+    by_tasks: float | None = None
+    by_tasks_partial: bool = False
+    tasks_done: int = 0
+
+
+@dataclass
 class Row:
     kind: str  # "run" or "reported"
-    method: str
+    method: str  # the label, unescaped (render escapes it)
     adapter: str
     method_hash: str | None = None
     cells: dict[str, Cell] = field(default_factory=dict)
+    best_cells: dict[str, Cell] = field(default_factory=dict)  # metric "both" only
     seeds: list[int] = field(default_factory=list)
-    params_m: float | None = None  # trainable (adapter + head), mean over runs; reported: as printed
-    adapter_params_m: float | None = None
+    params_m: float | None = None  # WITHOUT the head (as papers print), mean over runs
+    head_m: float | None = None  # the classification head, mean over runs
     train_time_s: float | None = None  # summed over the row's runs
     peak_memory_mb: float | None = None  # max over the row's runs
     memory_kind: str | None = None
-    group_means: dict[str, float | None] = field(default_factory=dict)
-    group_partial: dict[str, bool] = field(default_factory=dict)
-    avg_groups: float | None = None  # mean of the group means
-    avg_groups_partial: bool = False
-    avg_tasks: float | None = None  # mean over all tasks
-    avg_tasks_partial: bool = False
-    tasks_done: int = 0
+    avg: Averages = field(default_factory=Averages)
+    best_avg: Averages | None = None  # metric "both" only
+    deviations: tuple[str, ...] | None = None  # () official; None: not recorded (older results)
+    precision: str | None = None
+    data: datamarks.RowData = field(default_factory=datamarks.RowData)
+    reference: ReferenceRow | None = None  # the published row this run row is compared with
+    setting_differs: bool = False  # its settings differ from that reference row's
     reported_average: float | None = None
+    reported_average_text: str = ""
+    average_mismatch: bool = False  # reported: printed average disagrees with its cells
+    ref_id: str = ""
     source: str = ""
     note: str = ""
     run_dirs: list[str] = field(default_factory=list)
+    paper_runs: int = 0  # runs made with --paper (accuracy.reported == "test-selected")
+    adapter_config: dict = field(default_factory=dict, repr=False)
+
+    # The averages under the names the renderers, plots and older callers use.
+    group_means = property(lambda self: self.avg.group_means)
+    group_partial = property(lambda self: self.avg.group_partial)
+    avg_groups = property(lambda self: self.avg.by_groups)
+    avg_groups_partial = property(lambda self: self.avg.by_groups_partial)
+    avg_tasks = property(lambda self: self.avg.by_tasks)
+    avg_tasks_partial = property(lambda self: self.avg.by_tasks_partial)
+    tasks_done = property(lambda self: self.avg.tasks_done)
 
     @property
     def plot_average(self) -> float | None:
         """Mean of group means: computed when there are per-task numbers, else the printed one."""
-        return self.avg_groups if self.avg_groups is not None else self.reported_average
+        if self.avg.by_groups is not None:
+            return self.avg.by_groups
+        return self.reported_average if self.kind == "reported" else None
 
 
 @dataclass
@@ -68,6 +104,7 @@ class Table:
     metric: str
     groups: dict[str, list[str]]  # group -> tasks, in registry order
     rows: list[Row] = field(default_factory=list)
+    has_references: bool = False  # the source lists published rows for this backbone
 
     @property
     def tasks(self) -> list[str]:
@@ -80,74 +117,68 @@ class Table:
             return self.backbone
         return f"{self.backbone}.{self.suite}-{self.protocol}"
 
-    @property
-    def metric_label(self) -> str:
+    def metric_name(self, metric: str) -> str:
         split = PROTOCOLS.get(self.protocol, ("?", "the evaluation split"))[1]
-        if self.metric == "best":
+        if metric == "best":
+            if split == "test":
+                return "test-selected accuracy (best evaluation on the test split, as papers report; optimistic)"
             return f"best-epoch accuracy, epoch selected on {split} itself (optimistic)"
         return f"final-epoch accuracy on {split}"
 
     @property
+    def metric_label(self) -> str:
+        if self.metric == "both":
+            return f"{self.metric_name('final')} / {self.metric_name('best')}"
+        return self.metric_name(self.metric)
+
+    @property
     def title(self) -> str:
         train, evaluate = PROTOCOLS.get(self.protocol, ("?", "?"))
-        return (
-            f"{self.backbone}, suite {self.suite}, protocol {self.protocol} "
-            f"(train on {train}, evaluate on {evaluate}): {self.metric_label} (%)"
-        )
+        return (f"{self.backbone}, suite {self.suite}, protocol {self.protocol} "
+                f"(train on {train}, evaluate on {evaluate}): {self.metric_label} (%)")
 
 
-def suite_groups(suite: str, seen_tasks: list[str], warnings: list[str]) -> dict[str, list[str]]:
-    """Group -> tasks for a suite from the registry; tasks it does not know go to 'Other'."""
+def suite_groups(suite: str) -> dict[str, list[str]] | None:
+    """Group -> tasks of a registered suite (registry order), or None when it is not registered."""
     try:
         registry = task_registry.suite(suite)
-    except (UserError, ImportError) as err:
-        warnings.append(f"suite {suite!r} is not registered ({err}); its tasks are shown in one group")
-        registry = {}
+    except (UserError, ImportError):
+        return None
     groups: dict[str, list[str]] = {}
     for name, task in registry.items():
         groups.setdefault(task.group, []).append(name)
     ordered = {g: groups.pop(g) for g in GROUPS if g in groups}
     ordered.update(groups)  # a suite's own groups, in registry order
-    unknown = [t for t in seen_tasks if t not in registry]
-    if unknown:
-        if registry:
-            warnings.append(f"suite {suite!r} has no task(s) {', '.join(unknown)}; shown under {OTHER_GROUP!r}")
-        ordered.setdefault(OTHER_GROUP, []).extend(unknown)
     return ordered
 
 
-def summarise(row: Row, groups: dict[str, list[str]]) -> Row:
-    """Fill the row's group means and both averages from its cells, marking partial ones."""
+def averages(cells: dict[str, Cell], groups: dict[str, list[str]]) -> Averages:
+    """Group means and both averages of ``cells``, marking partial ones."""
     all_tasks = [t for members in groups.values() for t in members]
-    done = [t for t in all_tasks if t in row.cells]
-    row.tasks_done = len(done)
+    done = [t for t in all_tasks if t in cells]
+    out = Averages(tasks_done=len(done))
     for group, members in groups.items():
-        values = [row.cells[t].mean for t in members if t in row.cells]
-        row.group_means[group] = statistics.fmean(values) if values else None
-        row.group_partial[group] = len(values) < len(members)
-    present = [v for v in row.group_means.values() if v is not None]
-    row.avg_groups = statistics.fmean(present) if present else None
-    row.avg_groups_partial = any(row.group_partial.values())
-    row.avg_tasks = statistics.fmean(row.cells[t].mean for t in done) if done else None
-    row.avg_tasks_partial = len(done) < len(all_tasks)
+        values = [cells[t].mean for t in members if t in cells]
+        out.group_means[group] = statistics.fmean(values) if values else None
+        out.group_partial[group] = len(values) < len(members)
+    present = [v for v in out.group_means.values() if v is not None]
+    out.by_groups = statistics.fmean(present) if present else None
+    out.by_groups_partial = any(out.group_partial.values())
+    out.by_tasks = statistics.fmean(cells[t].mean for t in done) if done else None
+    out.by_tasks_partial = len(done) < len(all_tasks)
+    return out
+
+
+def summarise(row: Row, groups: dict[str, list[str]]) -> Row:
+    row.avg = averages(row.cells, groups)
+    if row.best_cells or row.best_avg is not None:
+        row.best_avg = averages(row.best_cells, groups)
     return row
 
 
-def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], warnings: list[str]) -> Row:
-    """Aggregate one method's results (all tasks, all seeds) into a row."""
-    first = results[0]
-    row = Row(kind="run", method=first["method"], adapter=first["adapter"], method_hash=first["method_hash"])
-    per_task: dict[str, dict[int, dict]] = {}
-    for result in sorted(results, key=lambda r: str(r.get("finished_at") or "")):
-        seeds = per_task.setdefault(result["task"], {})
-        if result["seed"] in seeds:  # the same run stored twice: keep the most recent
-            warnings.append(
-                f"{row.method} {result['task']} seed {result['seed']}: several results "
-                f"({seeds[result['seed']]['run_dir']}, {result['run_dir']}); using the latest"
-            )
-        seeds[result["seed"]] = result
-    used = []
-    for task, by_seed in per_task.items():
+def _cells(by_task: dict[str, dict[int, dict]], metric: str, warnings: list[str]) -> tuple[dict[str, Cell], list[dict]]:
+    cells, used = {}, []
+    for task, by_seed in by_task.items():
         values = []
         for result in by_seed.values():
             value = accuracy(result, metric)
@@ -157,39 +188,58 @@ def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], 
             values.append(value)
             used.append(result)
         if values:
-            std = statistics.stdev(values) if len(values) > 1 else None
-            row.cells[task] = Cell(statistics.fmean(values), std, len(values))
+            cells[task] = Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return cells, used
+
+
+def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], warnings: list[str]) -> Row:
+    """Aggregate one method's results (all tasks, all seeds, one data variant) into a row."""
+    first = results[0]
+    row = Row(kind="run", method=first["method"], adapter=first["adapter"], method_hash=first["method_hash"],
+              deviations=deviations_of(first), precision=precision_of(first), adapter_config=adapter_config_of(first))
+    per_task: dict[str, dict[int, dict]] = {}
+    for result in sorted(results, key=finished_utc):  # UTC, so runs from other time zones order right
+        seeds = per_task.setdefault(result["task"], {})
+        if result["seed"] in seeds:  # the same run stored twice: keep the most recent
+            warnings.append(f"{row.method} {result['task']} seed {result['seed']}: several results "
+                            f"({seeds[result['seed']]['run_dir']}, {result['run_dir']}); using the latest")
+        seeds[result["seed"]] = result
+    row.cells, used = _cells(per_task, "final" if metric == "both" else metric, warnings)
+    if metric == "both":
+        row.best_cells, _ = _cells(per_task, "best", [])
+        row.best_avg = Averages()
     if used:
         row.seeds = sorted({r["seed"] for r in used})
-        row.params_m = statistics.fmean(r["params"]["total"] for r in used) / 1e6
-        adapter = [r["params"]["adapter"] for r in used if isinstance(r["params"].get("adapter"), int)]
-        row.adapter_params_m = statistics.fmean(adapter) / 1e6 if adapter else None
+        no_head = [n for n in map(params_without_head, used) if n is not None]
+        row.params_m = statistics.fmean(no_head) / 1e6 if no_head else None
+        heads = [r["params"]["head"] for r in used if isinstance(r["params"].get("head"), int)]
+        row.head_m = statistics.fmean(heads) / 1e6 if heads else None
         times = [(r.get("time") or {}).get("train_s") for r in used]
         row.train_time_s = sum(t for t in times if t is not None) if any(t is not None for t in times) else None
         memories = [(r.get("memory") or {}) for r in used]
         peaks = [m["peak_mb"] for m in memories if m.get("peak_mb") is not None]
         row.peak_memory_mb = max(peaks) if peaks else None
-        kinds = sorted({m.get("kind") for m in memories if m.get("kind")})
-        row.memory_kind = "/".join(kinds) or None
+        row.memory_kind = "/".join(sorted({m.get("kind") for m in memories if m.get("kind")})) or None
         row.run_dirs = sorted(r["run_dir"] for r in used)
+        row.paper_runs = sum(1 for r in used if r["accuracy"].get("reported") == "test-selected")
+        row.data = datamarks.row_data({r["task"]: data_of(r) for r in used})
     return summarise(row, groups)
 
 
-def reference_row(ref: ReferenceRow, groups: dict[str, list[str]]) -> Row:
+def reference_row(ref: ReferenceRow, groups: dict[str, list[str]], metric: str = "final") -> Row:
     """A published row, labelled as reported; averages recomputed when per-task numbers exist."""
-    row = Row(
-        kind="reported",
-        method=f"{ref.method} (reported)",
-        adapter=ref.adapter,
-        params_m=ref.params_m,
-        reported_average=ref.average,
-        source=ref.source,
-        note=ref.note,
-    )
+    row = Row(kind="reported", method=f"{ref.method} (reported)", adapter=ref.adapter, params_m=ref.params_m,
+              reported_average=ref.average, reported_average_text=ref.average_text, ref_id=ref.id,
+              source=ref.source, note=ref.note, deviations=ref.deviations, reference=ref,
+              average_mismatch=ref.average_mismatch(groups))
     if ref.per_task:
-        row.cells = {t: Cell(v) for t, v in ref.per_task.items()}
+        cells = {t: Cell(v) for t, v in ref.per_task.items() if t in {t for m in groups.values() for t in m}}
+        if metric == "both":  # published numbers are test-selected: they sit in the 'best' place
+            row.best_cells, row.best_avg = cells, Averages()
+        else:
+            row.cells = cells
         return summarise(row, groups)
-    row.group_means = {g: None for g in groups}
+    row.avg.group_means = {g: None for g in groups}
     return row
 
 
@@ -199,37 +249,85 @@ def _sort_key(row: Row) -> tuple:
 
 
 def _disambiguate(rows: list[Row]) -> None:
-    """Two methods with the same label (different hyperparameters) get their hash appended."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.method] = counts.get(row.method, 0) + 1
-    for row in rows:
-        if counts[row.method] > 1:
-            row.method = f"{row.method} [{row.method_hash}]"
+    """Rows with the same label get a tag: the method hash, then (when even that is shared:
+    older results, or another data copy) the precision, deviations and data variant."""
+    def tags(row: Row) -> list[str]:
+        out = [row.method_hash or ""]
+        if row.precision:
+            out.append(row.precision)
+        out.append("official" if row.deviations == () else "setup ?" if row.deviations is None else ",".join(row.deviations))
+        if row.data.variant:
+            out.append(f"data {row.data.variant + 1}")
+        return out
+
+    labels = [row.method for row in rows]
+    for depth in range(1, 5):
+        counts: dict[str, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        if all(n == 1 for n in counts.values()):
+            break
+        labels = [f"{row.method} [{' '.join(tags(row)[:depth])}]" if counts[label] > 1 else label
+                  for row, label in zip(rows, labels)]
+    for row, label in zip(rows, labels):
+        row.method = label
 
 
-def build_tables(
-    results: list[dict], metric: str = "final", with_reference: bool = True, warnings: list[str] | None = None
-) -> list[Table]:
+def known_results(results: list[dict], warnings: list[str]) -> list[dict]:
+    """Drop results whose suite or task the registry does not know (never ranked), naming the file."""
+    kept = []
+    for result in results:
+        groups = suite_groups(result["suite"])
+        where = Path(result.get("run_dir", "?")) / RESULT_FILE
+        if groups is None:
+            warnings.append(f"{where}: suite {result['suite']!r} is not registered; not tabulated")
+        elif result["task"] not in {t for members in groups.values() for t in members}:
+            warnings.append(f"{where}: task {result['task']!r} is not in suite {result['suite']!r}; not tabulated (never ranked)")
+        else:
+            kept.append(result)
+    return kept
+
+
+def build_tables(results: list[dict], metric: str = "final", with_reference: bool = True,
+                 warnings: list[str] | None = None, data_fingerprints: list[str] | None = None) -> list[Table]:
     """One table per (backbone, suite, protocol) of ``results``, sorted by backbone.
 
     Rows: methods sorted complete-first by mean of group means, then the reference rows
-    (VTAB test-protocol tables only).
+    (VTAB test-protocol tables only). ``data_fingerprints`` keeps only cells built on data
+    with one of those fingerprints (hex prefixes) or rows whose data digest matches.
     """
     warnings = warnings if warnings is not None else []
-    if metric not in METRICS:
-        raise unknown_name("metric", metric, METRICS)
+    if metric not in TABLE_METRICS:
+        raise unknown_name("metric", metric, TABLE_METRICS)
     tables = []
-    for (backbone, suite, protocol), members in sorted(group_results(results, "backbone", "suite", "protocol").items()):
-        seen_tasks = list(dict.fromkeys(r["task"] for r in members))
-        groups = suite_groups(suite, seen_tasks, warnings)
+    for (backbone, suite, protocol), members in sorted(group_results(known_results(results, warnings), "backbone", "suite", "protocol").items()):
+        groups = suite_groups(suite)
         table = Table(backbone, suite, protocol, metric, groups)
-        methods = group_results(members, "method_hash")
-        rows = [_method_row(rs, metric, groups, warnings) for rs in methods.values()]
-        rows = [r for r in rows if r.cells]
+        rows = []
+        for same_key in _by_row_key(members):
+            for variant, variant_results in enumerate(datamarks.split_by_data(same_key)):
+                row = _method_row(variant_results, metric, groups, warnings)
+                row.data.variant = variant
+                rows.append(row)
+        if data_fingerprints:
+            rows = [datamarks.select(row, data_fingerprints, lambda r: summarise(r, groups)) for row in rows]
+        rows = [r for r in rows if r.cells or r.best_cells]
+        datamarks.mark_against_majority(rows, data_fingerprints)
         _disambiguate(rows)
+        refs = reference_rows(backbone, suite) if protocol == "test" else []
+        table.has_references = bool(refs)
+        for row in rows:
+            row.reference = matching_reference(refs, row.adapter, row.adapter_config, row.params_m)
+            row.setting_differs = row.reference is not None and (row.deviations is None or row.deviations != row.reference.deviations)
         table.rows = sorted(rows, key=_sort_key)
-        if with_reference and protocol == "test":
-            table.rows += [reference_row(ref, groups) for ref in reference_rows(backbone, suite)]
+        if with_reference:
+            table.rows += [reference_row(ref, groups, metric) for ref in refs]
         tables.append(table)
     return tables
+
+
+def _by_row_key(results: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for result in results:
+        groups.setdefault(row_key(result), []).append(result)
+    return list(groups.values())

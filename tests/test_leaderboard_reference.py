@@ -1,0 +1,149 @@
+"""Published reference rows: per-task cells, both averages recomputed and checked against the
+printed one, params without the head, settings, and how run rows sit beside their reference."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from test_leaderboard import VTAB, write_result
+
+from vtab_lily.errors import UserError
+from vtab_lily.leaderboard import collect
+from vtab_lily.leaderboard.reference import REFERENCE_FILE, load_reference
+from vtab_lily.leaderboard.render import markdown_rows, table_markdown
+from vtab_lily.leaderboard.table import suite_groups
+
+GROUPS = suite_groups("vtab")
+# (printed average, printed kind) of every in21k row with per-task cells in REFERENCE.md section 10
+PRINTED_IN21K = {
+    "in21k-linear": 57.6, "in21k-adapter": 73.9, "in21k-bitfit": 65.2, "in21k-lora": 74.5, "in21k-vpt-deep": 72.0,
+    "in21k-noah": 75.5, "in21k-adaptformer": 72.32, "in21k-ssf": 75.7, "in21k-convpass": 76.6,
+    "in21k-fact-tt": 75.3, "in21k-fact-tk": 75.6,
+}
+
+
+def by_id() -> dict:
+    return {row.id: row for row in load_reference()}
+
+
+def test_every_reference_row_has_source_kind_setting_and_params_without_head() -> None:
+    rows = by_id()
+    assert set(PRINTED_IN21K) <= set(rows)
+    for ref in rows.values():
+        assert ref.citation and ref.average_kind in ("group_means", "tasks") and ref.setting, ref.id
+        if ref.per_task is not None:
+            assert list(ref.per_task) == VTAB, ref.id  # complete, in VTAB order
+    for rid, printed in PRINTED_IN21K.items():
+        assert rows[rid].average == printed and rows[rid].per_task is not None
+    # average-only rows where the per-task numbers could not be confirmed
+    assert rows["in21k-full"].per_task is None and rows["in21k-full"].average == 68.9
+    assert rows["in21k-lily"].per_task is None and rows["in21k-lily"].average == 77.3
+    # params WITHOUT the head: NOAH's LoRA is one A (768x8) and one B (8x2304) per block
+    assert rows["in21k-lora"].params_m == pytest.approx((768 * 8 + 8 * 2304) * 12 / 1e6, abs=0.005)
+    assert rows["in21k-linear"].params_m == 0.0 and rows["in21k-full"].params_m == 85.8
+    # the settings each row was made with, and the runs it is compared with
+    assert rows["in21k-lora"].match == {"variant": "noah"} and rows["in21k-lora"].deviations == ("normalize=imagenet",)
+    assert rows["in21k-adaptformer"].match == {"placement": "official"}
+    assert rows["in21k-lily"].deviations == () and rows["vim-s-lily-l"].deviations == ()
+
+
+def test_both_averages_recomputed_from_cells_match_the_printed_one_or_are_flagged() -> None:
+    flagged = set()
+    for ref in load_reference():
+        by_groups, by_tasks = ref.recomputed(GROUPS)
+        if ref.per_task is None:
+            assert (by_groups, by_tasks) == (None, None)
+            continue
+        cells = ref.per_task
+        groups = [statistics.fmean(cells[t] for t in members) for members in GROUPS.values()]
+        assert by_groups == pytest.approx(statistics.fmean(groups))
+        assert by_tasks == pytest.approx(statistics.fmean(cells.values()))
+        value = by_groups if ref.average_kind == "group_means" else by_tasks
+        decimals = len(ref.average_text.partition(".")[2])
+        if ref.average_mismatch(GROUPS):
+            flagged.add(ref.id)
+            assert round(value, decimals) != ref.average
+        else:
+            assert value == pytest.approx(ref.average, abs=0.5 * 10**-decimals + 1e-9), ref.id
+    # NOAH's LoRA prints 74.5 but its cells give 74.60; the Lily paper's LP-ViT prints 66.4 for cells giving 57.2
+    assert flagged == {"in21k-lora", "in1k-lp"}
+    adaptformer = by_id()["in21k-adaptformer"]  # printed over 19 tasks; the group mean of the same cells is 74.75
+    assert adaptformer.average_kind == "tasks"
+    assert adaptformer.recomputed(GROUPS)[0] == pytest.approx(74.75, abs=0.005)
+
+
+def _nineteen(runs: Path, **kw) -> None:
+    for i, task in enumerate(VTAB):
+        write_result(runs, task=task, final=60.0 + i, **kw)
+
+
+def _line(md: str, start: str) -> list[str]:
+    line = next(line for line in md.splitlines() if line.startswith(f"| {start}"))
+    return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def test_reference_cells_rendered_beside_a_synthetic_19_task_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _nineteen(runs, method="lora r=8 variant=noah", method_hash="aaaa0001")
+    (table,) = collect(runs).tables
+    headers, _ = markdown_rows(table)
+    md = table_markdown(table)
+    lora_ref = _line(md, "LoRA (NOAH")
+    assert lora_ref[headers.index("Cifar100")] == "67.1" and lora_ref[headers.index("sNORB-Ele")] == "44.0"
+    assert lora_ref[headers.index("Avg (group means)")] == "74.6" and lora_ref[headers.index("Avg (all tasks)")] == "72.3"
+    assert lora_ref[headers.index("Reported avg")] == "74.5 (groups; cells give 74.6)"
+    assert lora_ref[headers.index("Params (M, no head)")] == "0.290" and lora_ref[headers.index("Head (M)")] == "-"
+    adaptformer = _line(md, "AdaptFormer (reported)")
+    assert adaptformer[headers.index("Reported avg")] == "72.32 (19 tasks)"
+    assert adaptformer[headers.index("Avg (group means)")] == "74.8"  # 74.752, half-up
+    full = _line(md, "Full fine-tuning (reported)")
+    assert full[headers.index("Cifar100")] == "-" and full[headers.index("Reported avg")] == "68.9 (groups)"
+    assert "Source `noah`" in md and "Source `vpetl`" in md and "not run here" in md
+
+
+def test_run_row_sits_beside_its_reference_and_is_marked_when_settings_differ(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    def lora(method_hash: str, deviations, variant="noah"):
+        for task in ("cifar", "dtd"):
+            d = write_result(runs, task=task, method=f"lora {method_hash}", method_hash=method_hash)
+            result = json.loads((d / "result.json").read_text())
+            result["config"]["adapter_config"] = {"variant": variant, "rank": 8}
+            if deviations is not None:
+                result["deviations"] = deviations
+            (d / "result.json").write_text(json.dumps(result))
+
+    lora("a0000001", [])  # official setup: inputs in [0,1]; NOAH's row used ImageNet mean/std
+    lora("a0000002", ["normalize=imagenet"])  # NOAH's setting
+    lora("a0000003", None)  # an older result: not recorded
+    lora("a0000004", [], variant="lily")  # the Lily repo's LoRA: no in21k reference row
+    (table,) = collect(runs).tables
+    rows = {r.method_hash: r for r in table.rows if r.kind == "run"}
+    assert {h: r.reference.id if r.reference else None for h, r in rows.items()} == {
+        "a0000001": "in21k-lora", "a0000002": "in21k-lora", "a0000003": "in21k-lora", "a0000004": None}
+    assert [rows[h].setting_differs for h in ("a0000001", "a0000002", "a0000003", "a0000004")] == [True, False, True, False]
+    headers, _ = markdown_rows(table)
+    md = table_markdown(table)
+    setup = headers.index("Setup")
+    assert _line(md, "lora a0000001")[setup] == "official‡"
+    assert _line(md, "lora a0000002")[setup] == "normalize=imagenet"
+    assert _line(md, "lora a0000003")[setup] == "?‡"
+    assert _line(md, "lora a0000004")[headers.index("Ref")] == "-"
+    assert "`‡` in Setup" in md
+
+
+def test_a_broken_reference_file_is_a_user_error(tmp_path: Path) -> None:
+    data = json.loads(REFERENCE_FILE.read_text())
+    data["rows"][0]["average"] = "high"
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="'average' must be a number"):
+        load_reference(str(path))
+    data["rows"][0]["average"] = 1.0
+    data["rows"][0]["source"] = "nowhere"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="unknown source"):
+        load_reference(str(path))

@@ -1,0 +1,144 @@
+"""What makes a row (method hash + deviations + precision + data), the data fingerprint column
+and --data-fingerprint, the demo suite's table, and --metric both (final beside test-selected)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from test_leaderboard import VTAB, write_result
+
+from vtab_lily.errors import UserError
+from vtab_lily.leaderboard import collect
+from vtab_lily.leaderboard.__main__ import main
+from vtab_lily.leaderboard.render import markdown_rows, table_markdown, tables_csv
+from vtab_lily.tasks import suite
+
+FP_A = "aaaa111122223333"
+FP_B = "bbbb444455556666"
+FP_C = "cccc777788889999"
+
+
+def result(runs: Path, *, data=None, deviations=None, precision=None, finished=None, **kw) -> Path:
+    run_dir = write_result(runs, **kw)
+    path = run_dir / "result.json"
+    body = json.loads(path.read_text())
+    for key, value in (("data", data), ("deviations", deviations), ("precision", precision), ("finished_at", finished)):
+        if value is not None:
+            body[key] = value
+    path.write_text(json.dumps(body))
+    return run_dir
+
+
+def runs_rows(runs: Path, **kw):
+    (table,) = collect(runs, with_reference=False, **kw).tables
+    return table, [r for r in table.rows if r.kind == "run"]
+
+
+def test_one_method_hash_with_different_deviations_precision_or_data_never_shares_a_row(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # A named method (the sweep's label) hashes only its name: older run.py versions gave these one hash.
+    result(runs, task="dtd", final=10.0, config_hash="h0000001")
+    result(runs, task="dtd", final=20.0, config_hash="h0000002", deviations=["routing=sample"])
+    result(runs, task="dtd", final=30.0, config_hash="h0000003", deviations=[])
+    result(runs, task="dtd", final=40.0, config_hash="h0000004", deviations=[], precision="bf16")
+    result(runs, task="dtd", final=50.0, config_hash="h0000005", deviations=[], data={"fingerprint": FP_B})
+    result(runs, task="dtd", final=60.0, config_hash="h0000006", deviations=[], data={"fingerprint": FP_A}, seed=1)
+    result(runs, task="dtd", final=70.0, config_hash="h0000007", deviations=[], data={"fingerprint": FP_A}, seed=2)
+    table, rows = runs_rows(runs)
+    # 10 (unrecorded), 20 (routing=sample), 40 (bf16), 30 (no fingerprint) vs 50 (FP_B) vs 60/70 (FP_A): never averaged together
+    assert len(rows) == 6 and sorted(r.cells["dtd"].mean for r in rows) == [10.0, 20.0, 30.0, 40.0, 50.0, 65.0]
+    labels = [r.method for r in rows]
+    assert len(set(labels)) == len(labels)  # each row tagged apart
+    md = table_markdown(table)
+    assert "routing=sample" in md and "bf16" in md and "data 2" in md
+    # older results without any of the new keys still form one row per method hash
+    old = tmp_path / "old"
+    result(old, task="dtd", final=10.0)
+    result(old, task="svhn", final=20.0)
+    assert len(runs_rows(old)[1]) == 1
+
+
+def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    png = {"encoding": "png", "source": "tfds"}
+    for method_hash in ("m0000001", "m0000002", "m0000003"):
+        result(runs, task="dtd", method=f"lora {method_hash}", method_hash=method_hash, data={"fingerprint": FP_A, **png})
+    result(runs, task="svhn", method="lora m0000003", method_hash="m0000003", data={"fingerprint": FP_C, **png})
+    result(runs, task="dtd", method="lora jpeg", method_hash="m0000004",
+           data={"fingerprint": FP_B, "encoding": "jpeg", "source": "archive"})
+    result(runs, task="dtd", method="lora old", method_hash="m0000005")
+    table, rows = runs_rows(runs)
+    headers, body = markdown_rows(table)
+    data = {line[0]: line[headers.index("Data")] for line in body}
+    dtd = {line[0]: line[headers.index("DTD")] for line in body}
+    assert data["lora m0000001"] == f"png {FP_A[:8]}" and dtd["lora m0000001"] == "70.0"
+    assert data["lora jpeg"] == f"jpeg {FP_B[:8]}†" and dtd["lora jpeg"] == "70.0†"  # not the data most rows use
+    assert data["lora old"] == "?" and dtd["lora old"] == "70.0"  # unknown: never marked as different
+    # two tasks on one data copy: a digest of the pair, not 'mixed'
+    assert len(data["lora m0000003"].split()[1]) == 8 and data["lora m0000003"] != data["lora m0000001"]
+    # --data-fingerprint keeps the cells built on that data
+    _, chosen = runs_rows(runs, data_fingerprints=[FP_B[:6]])
+    assert [r.method for r in chosen] == ["lora jpeg"]
+    _, chosen = runs_rows(runs, data_fingerprints=[FP_A[:4]])
+    assert sorted(r.method for r in chosen) == ["lora m0000001", "lora m0000002", "lora m0000003"]
+    assert "svhn" not in next(r for r in chosen if r.method == "lora m0000003").cells  # built on other data
+    digest = next(r for r in rows if r.method == "lora m0000003").data.digest
+    _, chosen = runs_rows(runs, data_fingerprints=[digest])
+    assert [r.method for r in chosen] == ["lora m0000003"]
+    # CLI: prefixes, a prepared data folder (its manifests), and bad values
+    root = tmp_path / "data"
+    (root / "dtd").mkdir(parents=True)
+    (root / "dtd" / "manifest.json").write_text(json.dumps({"schema": 1, "task": "dtd", "fingerprint": FP_B}))
+    assert main(["--runs", str(runs), "--format", "csv", "--no-reference", "--data-fingerprint", str(root)]) == 0
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["method"] for r in records] == ["lora jpeg"] and records[0]["dtd_data"] == FP_B
+    assert records[0]["data_encoding"] == "jpeg"
+    for bad in ("xyz!", "ab", ""):
+        with pytest.raises(UserError, match="--data-fingerprint"):
+            main(["--runs", str(runs), "--format", "md", "--data-fingerprint", bad])
+    with pytest.raises(UserError, match="manifest"):
+        main(["--runs", str(runs), "--format", "md", "--data-fingerprint", str(tmp_path / "runs")])
+
+
+def test_demo_table_shows_label_setup_and_says_there_are_no_published_rows(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for name in suite("demo"):
+        result(runs, backbone="vit-tiny", task=name, suite_name="demo", method="lily r=4 ne=2 routing=sample",
+               deviations=["routing=sample"], data={"fingerprint": FP_A, "encoding": "png", "source": "demo"})
+    out = tmp_path / "out"
+    assert main(["--runs", str(runs), "--out", str(out), "--no-plots"]) == 0
+    (md_file,) = out.glob("vit-tiny*.md")
+    md = md_file.read_text()
+    assert "| lily r=4 ne=2 routing=sample" in md and "| routing=sample " in md
+    assert "No published rows for the demo suite" in md
+
+
+def test_metric_both_puts_test_selected_beside_final(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    for i, task in enumerate(VTAB):
+        result(runs, task=task, final=60.0 + i, best=62.0 + i)
+    (table,) = collect(runs, "both").tables
+    headers, body = markdown_rows(table)
+    run_line = body[0]
+    assert run_line[headers.index("Cifar100")] == "60.0 / 62.0"
+    assert run_line[headers.index("Avg (all tasks)")] == "69.0"
+    assert run_line[headers.index("Avg (all tasks), test-selected")] == "71.0"
+    lora_ref = next(line for line in body if line[0].startswith("LoRA (NOAH"))
+    assert lora_ref[headers.index("Cifar100")] == "- / 67.1"  # published numbers are test-selected
+    assert "final-epoch" in table.title and "test-selected" in table.title
+    records = list(csv.DictReader(io.StringIO(tables_csv([table]))))
+    assert float(records[0]["cifar_test_selected"]) == 62.0 and float(records[0]["avg_tasks_test_selected"]) == 71.0
+    # runs made with --paper say so; a final-epoch table points at the other metrics
+    body = json.loads((next(runs.rglob("result.json"))).read_text())
+    body["accuracy"]["reported"] = "test-selected"
+    next(runs.rglob("result.json")).write_text(json.dumps(body))
+    (final_table,) = collect(runs).tables
+    assert "1 of these runs were made with `--paper`" in table_markdown(final_table)
+    out = tmp_path / "out"
+    assert main(["--runs", str(runs), "--out", str(out), "--metric", "both", "--no-plots"]) == 0
+    assert (out / "vit-b16-in21k.both.md").exists() and (out / "vit-b16-in21k.both.csv").exists()
+    assert not (out / "vit-b16-in21k.md").exists()

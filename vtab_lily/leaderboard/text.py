@@ -1,0 +1,53 @@
+"""Small text rules shared by every leaderboard output: rounding, markdown escaping, safe paths.
+
+Rounding: every number shown in a table is rounded half-up on its *decimal* value
+(``Decimal(str(x))``), so 71.25 -> 71.3, 70.15 -> 70.2 and 69.45 -> 69.5, whatever the binary
+float underneath. CSV and JSON keep the unrounded numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from pathlib import Path
+
+from ..errors import UserError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def round_half_up(value: float, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, half-up on the shortest decimal repr of the float."""
+    try:
+        exact = Decimal(str(value))
+        text = str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    except (InvalidOperation, ValueError):  # nan/inf never reach here after validation; be safe
+        return str(value)
+    return "0" + text[2:] if text.startswith("-0") and not any(c in "123456789" for c in text) else text
+
+
+def md_escape(text: object) -> str:
+    """One markdown table cell: ``|`` escaped, newlines collapsed to spaces, backticks and
+    angle brackets neutralised, so a label can never add columns, rows, code spans or HTML."""
+    value = " ".join(str(text).split())  # every run of whitespace (\n, \r, \t) -> one space
+    value = value.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return value.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def safe_component(text: object, fallback: str = "_") -> str:
+    """A path component made from file contents: only ``[A-Za-z0-9._+=-]``, never ``.`` or
+    ``..`` or hidden, at most 100 characters."""
+    value = re.sub(r"\.{2,}", "_", _SAFE.sub("_", str(text))).strip(".")[:100]
+    return value or fallback
+
+
+def inside(out: Path, *components: object, suffix: str = "") -> Path:
+    """``out/<safe components><suffix>``, checked to resolve inside ``out``."""
+    parts = [safe_component(c) for c in components]
+    parts[-1] += suffix
+    path = out.joinpath(*parts)
+    root = out.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UserError(f"refusing to write {path}: outside --out {out}")
+    return path
