@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from vtab_lily import rundir, train as loop
+from vtab_lily import rundir, train as loop, train_setup as setup
 from vtab_lily.data import SplitData
 from vtab_lily.errors import UserError
 from vtab_lily.rundir import RunDir
@@ -136,10 +135,10 @@ def test_without_drop_last_the_last_step_is_partial(tmp_path):
 
 def test_eval_batch_256_is_kept_under_batch_routing(tmp_path):
     cuda = torch.device("cuda")
-    auto = loop.LoopOptions(eval_batch_auto=True)
-    assert loop.eval_batch_size(auto, Tiny(routing="batch"), cuda) == 256
-    assert loop.eval_batch_size(auto, Tiny(routing="sample"), cuda) == loop.AUTO_EVAL_BATCH
-    assert loop.eval_batch_size(loop.LoopOptions(eval_batch_size=96), Tiny(routing="sample"), cuda) == 96
+    auto = setup.LoopOptions(eval_batch_auto=True)
+    assert setup.eval_batch_size(auto, Tiny(routing="batch"), cuda) == 256
+    assert setup.eval_batch_size(auto, Tiny(routing="sample"), cuda) == setup.AUTO_EVAL_BATCH
+    assert setup.eval_batch_size(setup.LoopOptions(eval_batch_size=96), Tiny(routing="sample"), cuda) == 96
     model = Tiny(routing="batch")
     outcome, _, _ = fit(tmp_path, recipe(epochs=2, eval_batch_auto=True), model, eval_set=split(600, 1))
     assert model.eval_batches == [256, 256, 88] and outcome.eval_batch_size == 256
@@ -220,6 +219,23 @@ def test_bf16_stores_frozen_weights_in_bf16_and_keeps_trainables_and_logits_fp32
     assert 0 <= outcome.final_acc <= 100 and all(math.isfinite(r["loss"]) for r in run.read_metrics())
 
 
+def test_bf16_storage_changes_no_number_under_autocast():
+    """Autocast rounds fp32 Linear/Conv2d weights to bf16 at every matmul: storing them so is exact."""
+    from vtab_lily.adapters import apply_adapter
+    from vtab_lily.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = apply_adapter(create_backbone("vit-tiny-test", num_classes=5, img_size=16), "lily").eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(x)
+        setup.store_frozen_in_bf16(model)
+        after = model(x)
+    assert torch.equal(before, after)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert any(p.dtype == torch.bfloat16 for p in frozen) and any(p.dtype == torch.float32 for p in frozen)
+
+
 def test_fp32_runs_without_autocast(tmp_path, monkeypatch):
     entered = []
     real = torch.autocast.__init__
@@ -243,11 +259,11 @@ def test_only_the_runs_own_gpu_rng_state_is_saved_and_restored(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.ones(3))
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device)))
     gpu1 = torch.device("cuda", 1)
-    state = loop._device_rng_state(gpu1)
-    loop._set_device_rng_state(state, gpu1)
-    loop._set_device_rng_state([torch.zeros(3), torch.ones(3)], gpu1)  # an older checkpoint's list
+    state = setup.device_rng_state(gpu1)
+    setup.set_device_rng_state(state, gpu1)
+    setup.set_device_rng_state([torch.zeros(3), torch.ones(3)], gpu1)  # an older checkpoint's list
     assert calls == [("get", gpu1), ("set", gpu1), ("set", gpu1)]
-    assert loop._device_rng_state(torch.device("cpu")) is None
+    assert setup.device_rng_state(torch.device("cpu")) is None
 
 
 def test_compile_compiles_each_block_in_place(tmp_path):
@@ -283,7 +299,9 @@ def test_no_host_reads_per_training_step(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [("lr_schedule", "cosine"), ("precision", "fp16"), ("eval_batch_size", 0),
-                                       ("eval_limit", -5), ("eval_limit", 2.5), ("drop_last", "no")])
+                                       ("eval_limit", -5), ("eval_limit", 2.5), ("drop_last", "no"),
+                                       ("epochs", 0), ("eval_every", 0), ("warmup", -1), ("lr", float("nan")),
+                                       ("wd", -1.0), ("batch_size", 1.5)])
 def test_bad_options_are_user_errors_naming_the_key(tmp_path, key, value):
     with pytest.raises(UserError, match=key):
         fit(tmp_path, recipe(**{key: value}))

@@ -11,6 +11,7 @@ so a resumed run sees the same batches; ``drop_last`` (official) drops the parti
 CPU too; frozen Linear/Conv2d weights stored in bf16, trainable weights, optimizer and logits
 fp32). Predictions are always the argmax of fp32 logits.
 
+Setup (options, bf16 storage, compile, placement, RNG) lives in :mod:`vtab_lily.train_setup`.
 On a GPU nothing waits for the device inside an epoch: the order is moved once per epoch,
 per-step losses and gradient norms go into two small device buffers read once at the epoch's
 end, where a non-finite value ends the run with :class:`RunFailed` (the checkpoint on disk is
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,12 +35,13 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
-from .errors import UserError, unknown_name
+from .errors import UserError
 from .rundir import RunDir, fault_point
+from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, check_recipe, compile_blocks, device_rng_state,
+                          eval_batch_size, fp32_head, on_device, schedule_epoch, set_device_rng_state,
+                          store_frozen_in_bf16, uses_batch_routing)
 
 CHECKPOINT_FORMAT = 1
-OFFICIAL_EVAL_BATCH = 256
-AUTO_EVAL_BATCH = 1024  # eval batch on CUDA when the routing allows and none was given
 
 
 class RunFailed(Exception):
@@ -49,35 +50,6 @@ class RunFailed(Exception):
     def __init__(self, reason: str, epoch: int | None):
         super().__init__(reason)
         self.reason, self.epoch = reason, epoch
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """The loop's cfg keys with their official defaults (old configs without them still load)."""
-
-    lr_schedule: str = "official"  # "official" | "aligned"
-    drop_last: bool = True
-    eval_batch_size: int = OFFICIAL_EVAL_BATCH
-    eval_batch_auto: bool = False  # eval_batch_size was not given: larger batches allowed (see eval_batch_size())
-    eval_limit: int | None = None  # intermediate evaluations on the first N eval images; the final one is full
-    precision: str = "fp32"  # "fp32" | "bf16"
-    compile: bool = False  # torch.compile each block in place
-
-    @classmethod
-    def from_cfg(cls, cfg: dict) -> "LoopOptions":
-        opts = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
-        if opts.lr_schedule not in ("official", "aligned"):
-            raise unknown_name("lr_schedule", str(opts.lr_schedule), ("official", "aligned"))
-        if opts.precision not in ("fp32", "bf16"):
-            raise unknown_name("precision", str(opts.precision), ("fp32", "bf16"))
-        for key in ("drop_last", "eval_batch_auto", "compile"):
-            if type(getattr(opts, key)) is not bool:
-                raise UserError(f"{key} must be true or false, got {getattr(opts, key)!r}")
-        for key in ("eval_batch_size", "eval_limit"):
-            value = getattr(opts, key)
-            if not (value is None and key == "eval_limit") and (type(value) is not int or value < 1):
-                raise UserError(f"{key} must be a positive integer, got {value!r}")
-        return opts
 
 
 @dataclass
@@ -155,25 +127,6 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
     model.load_state_dict(state, strict=False)
 
 
-def schedule_epoch(epoch: int, lr_schedule: str) -> int:
-    """The scheduler's t for 0-based ``epoch``: the official code steps the scheduler after each
-    epoch (epochs 0 and 1 both run at f(0), the lr set when the scheduler is built)."""
-    return max(epoch - 1, 0) if lr_schedule == "official" else epoch
-
-
-def uses_batch_routing(model: torch.nn.Module) -> bool:
-    """Lily ``routing == "batch"``: one expert mixture per forward call, so predictions depend on
-    the batch's composition and the evaluation must keep the official batch."""
-    return getattr(getattr(model, "adapter_config", None), "routing", None) == "batch"
-
-
-def eval_batch_size(opts: LoopOptions, model: torch.nn.Module, device: torch.device) -> int:
-    """The given eval batch; on CUDA a larger one when none was given and the routing allows it."""
-    if opts.eval_batch_auto and device.type == "cuda" and not uses_batch_routing(model):
-        return max(opts.eval_batch_size, AUTO_EVAL_BATCH)
-    return opts.eval_batch_size
-
-
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The epoch's permutation: drawn on the host (the same on every device, so a run can resume
     elsewhere) and moved once to where the training images live."""
@@ -196,68 +149,6 @@ def evaluate(model: torch.nn.Module, data: Any, batch_size: int, device: torch.d
             logits = model(images)
         correct += (logits.float().argmax(-1) == labels).sum()
     return 100.0 * correct.item() / n
-
-
-def _on_device(data: Any, device: torch.device) -> Any:
-    """The split's uint8 tensors on the GPU once per run; on the host if they do not fit."""
-    if device.type != "cuda" or data.images.device.type == "cuda":
-        return data
-    try:
-        return data.to(device)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        print(f"warning: the {len(data):,}-image split does not fit on {device}; reading it from host memory",
-              file=sys.stderr)
-        return data
-
-
-def _store_frozen_in_bf16(model: torch.nn.Module) -> None:
-    """Frozen Linear/Conv2d weights and biases in bf16. Autocast rounds them to bf16 at every
-    matmul anyway, so this changes no number; it halves their memory and skips the casts.
-    Norms, embeddings and scan parameters stay fp32, as autocast would use them."""
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            for p in module.parameters(recurse=False):
-                if not p.requires_grad and p.is_floating_point():
-                    p.data = p.data.to(torch.bfloat16)
-
-
-def _fp32_head(model: torch.nn.Module, device: torch.device) -> None:
-    """Run the classifier head outside autocast so the logits (and their argmax) are fp32."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, torch.nn.Module) or getattr(head, "_fp32_logits", False):
-        return
-    forward = head.forward
-
-    def fp32_forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, enabled=False):
-            return forward(x.float())
-
-    head.forward = fp32_forward  # an instance attribute: state_dict names are unchanged
-    head._fp32_logits = True
-
-
-def _compile_blocks(model: torch.nn.Module) -> None:
-    """torch.compile each block in place (ViT ``blocks``, Vim ``layers``): names stay the same."""
-    blocks = getattr(model, "blocks", None) or getattr(model, "layers", None)
-    if not isinstance(blocks, torch.nn.ModuleList):
-        raise UserError(f"compile: {type(model).__name__} has no .blocks or .layers to compile")
-    for block in blocks:
-        block.compile()
-
-
-def _device_rng_state(device: torch.device) -> torch.Tensor | None:
-    """This run's own GPU generator only (``get_rng_state_all`` touches every visible GPU and
-    cannot be restored in a process that sees fewer)."""
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_device_rng_state(state: Any, device: torch.device) -> None:
-    if device.type != "cuda" or state is None or (isinstance(state, list) and not state):
-        return
-    if isinstance(state, list):  # checkpoints before round 2 held every visible GPU's state
-        state = state[min(device.index or 0, len(state) - 1)]
-    torch.cuda.set_rng_state(state, device)
 
 
 def _synchronized_elapsed(t0: float, device: torch.device) -> float:
@@ -305,6 +196,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     ``SummaryWriter``; ``before_eval()`` is called right before each evaluation and
     ``on_eval(epoch, accuracy)`` right after it.
     """
+    check_recipe(cfg)
     opts = LoopOptions.from_cfg(cfg)
     epochs, micro, accum = cfg["epochs"], cfg["batch_size"], cfg["accum_steps"]
     step_batch = micro * accum  # images per optimizer step (the effective batch)
@@ -317,11 +209,11 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
         raise UserError("the evaluation split is empty")
     bf16 = opts.precision == "bf16"  # autocast wherever asked: on CUDA, and on the CPU for tests and checks
     if bf16:
-        _store_frozen_in_bf16(model)
-        _fp32_head(model, device)
+        store_frozen_in_bf16(model)
+        fp32_head(model, device)
     if opts.compile:
-        _compile_blocks(model)
-    train_set, eval_set = _on_device(train_set, device), _on_device(eval_set, device)
+        compile_blocks(model)
+    train_set, eval_set = on_device(train_set, device), on_device(eval_set, device)
     eval_batch = eval_batch_size(opts, model, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -336,7 +228,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        _set_device_rng_state(checkpoint["rng"].get("cuda"), device)
+        set_device_rng_state(checkpoint["rng"].get("cuda"), device)
     run.truncate_metrics(progress.global_step)  # drop lines of a killed attempt after the checkpoint
 
     def save_checkpoint() -> None:
@@ -346,8 +238,24 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
             "format": CHECKPOINT_FORMAT, "config_hash": cfg["config_hash"],
             "model": trainable_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "progress": vars(progress).copy(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": _device_rng_state(device)},
+            "rng": {"torch": torch.get_rng_state(), "cuda": device_rng_state(device)},
         })
+
+    def evaluate_now(epoch: int, limit: int | None) -> float:
+        nonlocal eval_batch
+        while True:
+            if before_eval is not None:
+                before_eval()
+            try:
+                return evaluate(model, eval_set, eval_batch, device, bf16=bf16, limit=limit)
+            except torch.cuda.OutOfMemoryError:
+                if eval_batch == opts.eval_batch_size:
+                    routing = " (it changes predictions under Lily batch routing)" if uses_batch_routing(model) else ""
+                    raise RunFailed(f"CUDA out of memory at evaluation batch size {eval_batch} (epoch {epoch}); "
+                                    f"continue with --eval-batch-size {max(1, eval_batch // 2)}{routing}",
+                                    epoch) from None
+            torch.cuda.empty_cache()
+            eval_batch = opts.eval_batch_size  # the automatic large batch did not fit: the given one
 
     # per-step loss sums and gradient norms stay on the device; read once per epoch
     step_loss = torch.zeros(steps_per_epoch, device=device)
@@ -379,10 +287,10 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
                             loss = loss * float("nan")
                         (loss * (len(chunk) / len(idx))).backward()  # mean over the whole step batch
                         step_loss[step] += loss.detach() * len(chunk)
+                    step_norm[step] = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measures only
+                    optimizer.step()
                 except torch.cuda.OutOfMemoryError:
                     raise _out_of_memory(micro, accum, epoch + 1) from None
-                step_norm[step] = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measures only
-                optimizer.step()
                 progress.global_step += 1
                 progress.step_in_epoch = step + 1
                 progress.train_images += len(idx)
@@ -414,20 +322,8 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
             if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == epochs:
                 final = epoch + 1 == epochs
                 limit = None if final or opts.eval_limit is None else min(opts.eval_limit, len(eval_set))
-                if before_eval is not None:
-                    before_eval()
                 t0 = time.perf_counter()
-                try:
-                    record["eval_acc"] = evaluate(model, eval_set, eval_batch, device, bf16=bf16, limit=limit)
-                except torch.cuda.OutOfMemoryError:
-                    if eval_batch == opts.eval_batch_size:
-                        raise RunFailed(f"CUDA out of memory at evaluation batch size {eval_batch} (epoch "
-                                        f"{epoch + 1}); continue with --eval-batch-size {max(1, eval_batch // 2)}"
-                                        + (" (changes predictions under Lily batch routing)"
-                                           if uses_batch_routing(model) else ""), epoch + 1) from None
-                    torch.cuda.empty_cache()
-                    eval_batch = opts.eval_batch_size  # the automatic large batch did not fit
-                    record["eval_acc"] = evaluate(model, eval_set, eval_batch, device, bf16=bf16, limit=limit)
+                record["eval_acc"] = evaluate_now(epoch + 1, limit)
                 progress.eval_s += time.perf_counter() - t0
                 progress.eval_images += limit or len(eval_set)
                 record["eval_images"] = limit or len(eval_set)
