@@ -225,6 +225,8 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     if checkpoint is not None:  # resume exactly where the checkpoint was taken
         _load_trainable(model, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:  # the saved flag is the saving machine's choice, not ours
+            group["fused"] = fused or None
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
