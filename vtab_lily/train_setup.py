@@ -26,7 +26,7 @@ class LoopOptions:
     eval_batch_size: int = OFFICIAL_EVAL_BATCH
     eval_batch_auto: bool = False  # eval_batch_size was not given: larger batches allowed (see eval_batch_size())
     eval_limit: int | None = None  # intermediate evaluations on the first N eval images; the final one is full
-    precision: str = "fp32"  # "fp32" | "bf16"
+    precision: str = "fp32"  # "fp32" | "bf16" (bf16 autocasts on the CPU too: slow there, for tests and checks)
     compile: bool = False  # torch.compile each block in place
 
     @classmethod
