@@ -1,13 +1,24 @@
 """The training loop: one function, :func:`train`, readable top to bottom.
 
-AdamW over the trainable parameters, timm's cosine schedule with linear warmup (stepped per
-epoch, as in the VTAB-1K recipe), bf16 autocast on CUDA and fp32 on CPU. Batches are indexed
-straight from the data layer's in-memory uint8 tensors, shuffled per epoch by a generator
-seeded with (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
-Evaluation runs every ``eval_every`` epochs and at the end, and every evaluation saves a
-checkpoint (trainable weights, optimizer, scheduler, RNG, progress) that :func:`train`
-resumes from. A non-finite loss or gradient norm ends the run with :class:`RunFailed`;
-SIGINT/SIGTERM finish the current step, save, and raise ``KeyboardInterrupt``.
+The recipe defaults to the official Lily / VTAB-1K code (REFERENCE.md section 7); every
+difference is a config key (:class:`LoopOptions`). AdamW over the trainable parameters and
+timm's cosine schedule with linear warmup, set once per epoch: ``lr_schedule="official"``
+reproduces the official ``scheduler.step(epoch)`` called *after* each epoch (epoch e, 0-based,
+runs at f(max(e - 1, 0)), f(0) = warmup_lr), ``"aligned"`` runs epoch e at f(e). Steps of
+``batch_size * accum_steps`` images in a fresh permutation per epoch, seeded by (seed, epoch),
+so a resumed run sees the same batches; ``drop_last`` (official) drops the partial last step.
+``precision``: fp32 (official, no autocast) or bf16 (autocast, on CUDA and, when asked, on the
+CPU too; frozen Linear/Conv2d weights stored in bf16, trainable weights, optimizer and logits
+fp32). Predictions are always the argmax of fp32 logits.
+
+Setup (options, bf16 storage, compile, placement, RNG) lives in :mod:`vtab_lily.train_setup`.
+On a GPU nothing waits for the device inside an epoch: the order is moved once per epoch,
+per-step losses and gradient norms go into two small device buffers read once at the epoch's
+end, where a non-finite value ends the run with :class:`RunFailed` (the checkpoint on disk is
+the last good one). Evaluation reads the split from the device in contiguous slices, counts
+correct predictions there and reads the count once. Every evaluation saves a checkpoint
+(trainable weights, optimizer, scheduler, RNG, progress) that :func:`train` resumes from
+exactly. SIGINT/SIGTERM finish the current step, save, and raise ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -24,7 +35,11 @@ import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
+from .errors import UserError
 from .rundir import RunDir, fault_point
+from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, check_recipe, compile_blocks, device_rng_state,
+                          eval_batch_size, fp32_head, on_device, schedule_epoch, set_device_rng_state,
+                          store_frozen_in_bf16, uses_batch_routing)
 
 CHECKPOINT_FORMAT = 1
 
@@ -51,6 +66,7 @@ class Progress:
     epoch_loss_sum: float = 0.0  # running sums of the current epoch
     epoch_images: int = 0
     epoch_train_s: float = 0.0
+    eval_images: int = 0
 
     @property
     def best(self) -> tuple[float, int]:
@@ -69,6 +85,8 @@ class TrainOutcome:
     eval_s: float
     train_images_per_s: float
     steps: int
+    eval_batch_size: int = OFFICIAL_EVAL_BATCH  # the batch the evaluations used
+    eval_images_per_s: float = 0.0
 
 
 class _StopRequest:
@@ -109,18 +127,46 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
     model.load_state_dict(state, strict=False)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device) -> float:
-    """Top-1 accuracy (%) over ``data`` in fixed order and batches (Lily's routing averages
-    over a batch, so predictions depend on the batch composition: keep it reproducible)."""
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch's permutation: drawn on the host (the same on every device, so a run can resume
+    elsewhere) and moved once to where the training images live."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order.to(device)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device, *,
+             bf16: bool = False, limit: int | None = None) -> float:
+    """Top-1 accuracy (%) over the first ``limit`` (default all) images of ``data``, in fixed
+    order and contiguous batches (Lily's batch routing mixes experts per batch: keep it
+    reproducible). The count stays on the device until the end: one host sync per evaluation."""
     model.eval()
-    correct = 0
-    for idx in torch.arange(len(data)).split(batch_size):
-        images, labels = data.batch(idx, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    n = len(data) if limit is None else min(limit, len(data))
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, n, batch_size):
+        images, labels = data.batch(slice(start, min(start + batch_size, n)), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
-        correct += (logits.argmax(-1) == labels).sum().item()
-    return 100.0 * correct / len(data)
+        correct += (logits.float().argmax(-1) == labels).sum()
+    return 100.0 * correct.item() / n
+
+
+def _synchronized_elapsed(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _check_steps(losses: list[float], norms: list[float], sizes: list[int], epoch: int, first: int,
+                 lr: float) -> None:
+    """The epoch's deferred finiteness check: the first bad step, as a per-step check would say."""
+    for i, (loss, norm, size) in enumerate(zip(losses, norms, sizes)):
+        where = f"at epoch {epoch} step {first + i + 1}"
+        if not math.isfinite(loss):
+            raise RunFailed(f"loss is {loss / size} {where} (lr {lr:.3g}); try a lower --lr", epoch)
+        if not math.isfinite(norm):
+            raise RunFailed(f"gradient norm is {norm} {where} (exploding gradients, lr {lr:.3g}); "
+                            "try a lower --lr", epoch)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -132,104 +178,142 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _out_of_memory(micro: int, accum: int, epoch: int, phase: str) -> RunFailed:
-    return RunFailed(f"CUDA out of memory at batch size {micro} ({phase}, epoch {epoch}); continue with "
+def _out_of_memory(micro: int, accum: int, epoch: int) -> RunFailed:
+    return RunFailed(f"CUDA out of memory at batch size {micro} (training, epoch {epoch}); continue with "
                      f"--batch-size {max(1, micro // 2)} --accum-steps {accum * 2} (same effective batch of "
                      f"{micro * accum})", epoch)
 
 
 def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run: RunDir,
           device: torch.device, checkpoint: dict | None = None, writer: Any = None,
-          on_eval: Callable[[int, float], None] | None = None) -> TrainOutcome:
+          on_eval: Callable[[int, float], None] | None = None,
+          before_eval: Callable[[], None] | None = None) -> TrainOutcome:
     """Train ``model`` (already on ``device``) on ``train_set`` and evaluate on ``eval_set``.
 
     ``cfg`` holds the recipe: epochs, batch_size, accum_steps, lr, wd, warmup, warmup_lr,
-    min_lr, seed, eval_every, config_hash. ``checkpoint`` (from :meth:`RunDir.load_checkpoint`)
-    resumes a run. ``writer`` is an optional TensorBoard ``SummaryWriter``; ``on_eval`` is
-    called after each evaluation (e.g. to log router weights).
+    min_lr, seed, eval_every, config_hash, and the :class:`LoopOptions` keys. ``checkpoint``
+    (from :meth:`RunDir.load_checkpoint`) resumes a run. ``writer`` is an optional TensorBoard
+    ``SummaryWriter``; ``before_eval()`` is called right before each evaluation and
+    ``on_eval(epoch, accuracy)`` right after it.
     """
+    check_recipe(cfg)
+    opts = LoopOptions.from_cfg(cfg)
     epochs, micro, accum = cfg["epochs"], cfg["batch_size"], cfg["accum_steps"]
     step_batch = micro * accum  # images per optimizer step (the effective batch)
-    use_amp = device.type == "cuda"
+    n = len(train_set)
+    steps_per_epoch = n // step_batch if opts.drop_last else math.ceil(n / step_batch)
+    if steps_per_epoch == 0:
+        raise UserError(f"{n} training images make no full step of {step_batch} (drop_last): use a smaller "
+                        "--batch-size or turn drop_last off")
+    if len(eval_set) == 0:
+        raise UserError("the evaluation split is empty")
+    bf16 = opts.precision == "bf16"  # autocast wherever asked: on CUDA, and on the CPU for tests and checks
+    if bf16:
+        store_frozen_in_bf16(model)
+        fp32_head(model, device)
+    if opts.compile:
+        compile_blocks(model)
+    train_set, eval_set = on_device(train_set, device), on_device(eval_set, device)
+    eval_batch = eval_batch_size(opts, model, device)
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["wd"])
+    fused = device.type == "cuda" and all(p.is_cuda for p in params)  # one kernel for the whole update
+    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["wd"], fused=fused or None)
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg["min_lr"],
                                   warmup_t=cfg["warmup"], warmup_lr_init=cfg["warmup_lr"])
     progress = Progress()
     if checkpoint is not None:  # resume exactly where the checkpoint was taken
         _load_trainable(model, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:  # the saved flag is the saving machine's choice, not ours
+            group["fused"] = fused or None
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        set_device_rng_state(checkpoint["rng"].get("cuda"), device)
     run.truncate_metrics(progress.global_step)  # drop lines of a killed attempt after the checkpoint
 
     def save_checkpoint() -> None:
-        for p in params:  # never save weights a later resume could not train from
-            if not torch.isfinite(p).all():
-                raise RunFailed(f"trainable weights became non-finite by epoch {progress.epoch}", progress.epoch)
+        if not torch.stack([torch.isfinite(p).all() for p in params]).all():  # never save what cannot train on
+            raise RunFailed(f"trainable weights became non-finite by epoch {progress.epoch}", progress.epoch)
         run.save_checkpoint({
             "format": CHECKPOINT_FORMAT, "config_hash": cfg["config_hash"],
             "model": trainable_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "progress": vars(progress).copy(),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+            "rng": {"torch": torch.get_rng_state(), "cuda": device_rng_state(device)},
         })
 
-    n = len(train_set)
-    steps_per_epoch = math.ceil(n / step_batch)  # the last step of an epoch may be smaller
+    def evaluate_now(epoch: int, limit: int | None) -> float:
+        nonlocal eval_batch
+        while True:
+            if before_eval is not None:
+                before_eval()
+            try:
+                return evaluate(model, eval_set, eval_batch, device, bf16=bf16, limit=limit)
+            except torch.cuda.OutOfMemoryError:
+                if eval_batch == opts.eval_batch_size:
+                    routing = " (it changes predictions under Lily batch routing)" if uses_batch_routing(model) else ""
+                    raise RunFailed(f"CUDA out of memory at evaluation batch size {eval_batch} (epoch {epoch}); "
+                                    f"continue with --eval-batch-size {max(1, eval_batch // 2)}{routing}",
+                                    epoch) from None
+            torch.cuda.empty_cache()
+            eval_batch = opts.eval_batch_size  # the automatic large batch did not fit: the given one
+
+    # per-step loss sums and gradient norms stay on the device; read once per epoch
+    step_loss = torch.zeros(steps_per_epoch, device=device)
+    step_norm = torch.zeros(steps_per_epoch, device=device)
+    step_sizes = [min(step_batch, n - s * step_batch) for s in range(steps_per_epoch)]
     epoch_bar = tqdm(range(progress.epoch, epochs), desc="epochs", initial=progress.epoch, total=epochs,
                      disable=None, dynamic_ncols=True)
     with _StopRequest() as stop:
         for epoch in epoch_bar:
-            scheduler.step(epoch)  # per-epoch schedule: warmup from warmup_lr, then cosine to min_lr
+            scheduler.step(schedule_epoch(epoch, opts.lr_schedule))  # warmup from warmup_lr, then cosine
             lr = optimizer.param_groups[0]["lr"]
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch))
+            order = epoch_order(n, cfg["seed"], epoch, train_set.images.device)
             model.train()
-            steps = tqdm(range(progress.step_in_epoch, steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
+            first = progress.step_in_epoch
+            step_loss.zero_()
+            step_norm.zero_()
+            steps = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
                          disable=None, dynamic_ncols=True)
+            t0 = time.perf_counter()
             for step in steps:
-                t0 = time.perf_counter()
                 idx = order[step * step_batch:(step + 1) * step_batch]
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum = 0.0
                 try:
                     for chunk in idx.split(micro):
                         images, labels = train_set.batch(chunk, device)
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                             loss = F.cross_entropy(model(images).float(), labels)
                         if fault_point("nan_loss"):
                             loss = loss * float("nan")
                         (loss * (len(chunk) / len(idx))).backward()  # mean over the whole step batch
-                        loss_sum += loss.item() * len(chunk)
+                        step_loss[step] += loss.detach() * len(chunk)
+                    step_norm[step] = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measures only
+                    optimizer.step()
                 except torch.cuda.OutOfMemoryError:
-                    raise _out_of_memory(micro, accum, epoch + 1, "training") from None
-                if not math.isfinite(loss_sum):
-                    raise RunFailed(f"loss is {loss_sum / len(idx)} at epoch {epoch + 1} step {step + 1} "
-                                    f"(lr {lr:.3g}); try a lower --lr", epoch + 1)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measures only
-                if not torch.isfinite(grad_norm):
-                    raise RunFailed(f"gradient norm is {grad_norm.item()} at epoch {epoch + 1} step {step + 1} "
-                                    f"(exploding gradients, lr {lr:.3g}); try a lower --lr", epoch + 1)
-                optimizer.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
+                    raise _out_of_memory(micro, accum, epoch + 1) from None
                 progress.global_step += 1
                 progress.step_in_epoch = step + 1
-                progress.epoch_loss_sum += loss_sum
-                progress.epoch_images += len(idx)
-                progress.epoch_train_s += dt
-                progress.train_s += dt
                 progress.train_images += len(idx)
-                steps.set_postfix(loss=f"{loss_sum / len(idx):.4f}")
+                progress.epoch_images += len(idx)
+                if device.type == "cpu" and not steps.disable:  # free on the CPU; a sync on a GPU
+                    steps.set_postfix(loss=f"{step_loss[step].item() / len(idx):.4f}")
                 fault_point("train_step")
-                if stop.requested and step + 1 < steps_per_epoch:
-                    save_checkpoint()
-                    raise KeyboardInterrupt
+                if stop.requested:
+                    break
             steps.close()
+            seconds = _synchronized_elapsed(t0, device)  # the epoch's only wait for the device
+            progress.epoch_train_s += seconds
+            progress.train_s += seconds
+            done = progress.step_in_epoch
+            losses, norms = step_loss[first:done].tolist(), step_norm[first:done].tolist()
+            _check_steps(losses, norms, step_sizes[first:done], epoch + 1, first, lr)
+            for value in losses:  # summed in step order: a resumed epoch adds up to the same float
+                progress.epoch_loss_sum += value
+            if done < steps_per_epoch:  # stopped mid-epoch
+                save_checkpoint()
+                raise KeyboardInterrupt
 
             # end of epoch: log, evaluate when due, checkpoint at every evaluation
             record = {"epoch": epoch + 1, "step": progress.global_step,
@@ -238,12 +322,13 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
             progress.epoch, progress.step_in_epoch = epoch + 1, 0
             progress.epoch_loss_sum, progress.epoch_images, progress.epoch_train_s = 0.0, 0, 0.0
             if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == epochs:
+                final = epoch + 1 == epochs
+                limit = None if final or opts.eval_limit is None else min(opts.eval_limit, len(eval_set))
                 t0 = time.perf_counter()
-                try:
-                    record["eval_acc"] = evaluate(model, eval_set, micro, device)
-                except torch.cuda.OutOfMemoryError:
-                    raise _out_of_memory(micro, accum, epoch + 1, "evaluation") from None
+                record["eval_acc"] = evaluate_now(epoch + 1, limit)
                 progress.eval_s += time.perf_counter() - t0
+                progress.eval_images += limit or len(eval_set)
+                record["eval_images"] = limit or len(eval_set)
                 progress.evals.append([epoch + 1, record["eval_acc"]])
                 if on_eval is not None:
                     on_eval(epoch + 1, record["eval_acc"])
@@ -259,7 +344,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
             epoch_bar.set_postfix(loss=f"{record['loss']:.4f}", acc=record.get("eval_acc", "-"))
             if "eval_acc" in record:
                 tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, "
-                           f"accuracy {record['eval_acc']:.2f}%")
+                           f"accuracy {record['eval_acc']:.2f}% ({record['images_per_s']:,.0f} images/s)")
             if "eval_acc" in record or stop.requested:
                 save_checkpoint()
             if stop.requested:
@@ -269,4 +354,5 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     return TrainOutcome(final_acc=progress.evals[-1][1], best_acc=best_acc, best_epoch=best_epoch,
                         evals=progress.evals, train_s=progress.train_s, eval_s=progress.eval_s,
                         train_images_per_s=progress.train_images / max(progress.train_s, 1e-9),
-                        steps=progress.global_step)
+                        steps=progress.global_step, eval_batch_size=eval_batch,
+                        eval_images_per_s=progress.eval_images / max(progress.eval_s, 1e-9))

@@ -70,17 +70,22 @@ class SplitData(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.to_float(self.images[index][None])[0], int(self.labels[index])
 
-    def batch(self, indices: torch.Tensor | Sequence[int], device: torch.device | str | None = None
+    def batch(self, indices: torch.Tensor | Sequence[int] | slice, device: torch.device | str | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (float32) and labels (int64) at ``indices``, built on ``device``.
 
-        The uint8 gather happens where the data lives; only uint8 crosses to ``device``,
-        and the float conversion runs there.
+        A ``slice`` takes a contiguous view (no gather: evaluation reads in order); index
+        tensors gather with ``index_select`` where the data lives. Only uint8 crosses to
+        ``device`` (host -> CUDA from pinned memory, without blocking the host), and the
+        float conversion runs there.
         """
-        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
-        images, labels = self.images[index], self.labels[index]
+        if isinstance(indices, slice):
+            images, labels = self.images[indices], self.labels[indices]
+        else:
+            index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+            images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
         if device is not None:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = self._copy_to(images, device), self._copy_to(labels, device)
         return self.to_float(images), labels
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -94,8 +99,31 @@ class SplitData(Dataset):
             yield self.batch(order[start : start + batch_size], device)
 
     def to(self, device: torch.device | str) -> "SplitData":
-        """A copy with the uint8 images and labels on ``device`` (e.g. the whole split on GPU)."""
-        return SplitData(self.images.to(device), self.labels.to(device), self.normalize, self.task, self.split)
+        """A copy with the uint8 images and labels on ``device`` (e.g. the whole split on GPU,
+        copied through pinned memory in chunks, so a memory-mapped split is never pinned whole)."""
+        device = torch.device(device)
+        return SplitData(self._move(self.images, device), self._move(self.labels, device), self.normalize,
+                         self.task, self.split)
+
+    @staticmethod
+    def _copy_to(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        device = torch.device(device)
+        if device.type == "cuda" and tensor.device.type == "cpu":
+            # page-locked source: a DMA the host does not wait for (the caching host allocator
+            # keeps the buffer until the copy is done)
+            return tensor.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
+
+    @staticmethod
+    def _move(tensor: torch.Tensor, device: torch.device, chunk_bytes: int = 64 << 20) -> torch.Tensor:
+        if device.type != "cuda" or tensor.device.type != "cpu":
+            return tensor.to(device)
+        out = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+        row_bytes = max(1, tensor[:1].numel() * tensor.element_size())
+        rows = max(1, chunk_bytes // row_bytes)
+        for start in range(0, tensor.shape[0], rows):
+            out[start:start + rows].copy_(tensor[start:start + rows].pin_memory(), non_blocking=True)
+        return out
 
 
 def _resolve_task(task: Task | str) -> Task:
