@@ -40,7 +40,7 @@ def outputs_and_grads(model, x):
 
 
 @pytest.mark.parametrize("routing,router",
-                         itertools.product(["sample", "eq2", "batch"], ["per_site", "single", "none"]))
+                         itertools.product(["token", "sample", "eq2", "batch"], ["per_site", "single", "none"]))
 def test_efficient_equals_naive_mixture(routing, router):
     model = lily_vit(targets=ALL_VIT_TARGETS, routing=routing, router=router, ne_b=3).double()
     x = images().double()
@@ -77,8 +77,8 @@ def test_each_target_alone_matches_naive_and_changes_output(target):
 
 
 def test_efficient_form_never_builds_per_token_combined_b():
-    """The combined matrix is (batch, r, C_out): its size does not grow with the token count."""
-    model = lily_vit(targets=("fc1",))
+    """Per-example routing: the combined matrix is (batch, r, C_out), whatever the token count."""
+    model = lily_vit(targets=("fc1",), routing="sample")
     delta = model.blocks[0].mlp.fc1.deltas["lily_fc1"]
     seen = []
     original_bmm = torch.bmm
@@ -209,7 +209,12 @@ def test_groups_of_24_layers_with_ne_a_5():
     ({"targets": ("in_proj",)}, "unknown lily target for a vit backbone 'in_proj'"),
     ({"targets": ("qkv", "k")}, "overlaps"),
     ({"router": "persite"}, "did you mean 'per_site'"),
-    ({"routing": "tokens"}, "unknown lily routing"),
+    ({"routing": "tokens"}, "did you mean 'token'"),
+    ({"dropout": 1.0}, "dropout must be a number in"),
+    ({"dropout": float("nan")}, "dropout must be a number in"),
+    ({"scale": float("inf")}, "scale must be a number >= 0"),
+    ({"variant": "s"}, "variant 's' is for Vim"),
+    ({"per_target": {"k": 4}}, "must be a dict"),
     ({"per_target": {"k": {"rnk": 2}}}, "did you mean 'rank'"),
     ({"rnak": 3}, "did you mean 'rank'"),
 ])
@@ -219,7 +224,7 @@ def test_bad_configs_fail_clearly(config, message):
 
 
 def test_router_weights_are_recorded_and_reset():
-    model = lily_vit(targets=("k", "mlp"), ne_b=3)
+    model = lily_vit(targets=("k", "mlp"), ne_b=3, routing="sample")
     assert lily_router_weights(model) == {}
     x = images(4)
     with torch.no_grad():

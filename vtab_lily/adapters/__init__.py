@@ -24,6 +24,7 @@ from vtab_lily.adapters.lily import (
     set_lily_naive,
 )
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
+from vtab_lily.adapters.official import adapter_deviations, official_adapter_settings
 from vtab_lily.adapters.targets import TARGETS, model_family
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError, suggest, unknown_name
@@ -87,6 +88,7 @@ def apply_adapter(model: nn.Module, name: str, **config: Any) -> nn.Module:
     if name in _INJECT:
         _INJECT[name](model, cfg)
         _match_backbone_placement(model)
+        model.train(model.training)  # new modules start in training mode; follow the model's (dropout)
     model.requires_grad_(name == "full")
     for module in adapter_modules(model):
         module.requires_grad_(True)
@@ -152,6 +154,6 @@ def load_peft(model: nn.Module, adapter_dir: str) -> nn.Module:
 
 __all__ = [
     "ADAPTERS", "TARGETS", "AdaptFormerConfig", "FullConfig", "LilyConfig", "LinearConfig", "LoraConfig",
-    "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
-    "make_config", "merge_lora", "model_family", "reset_router_weights", "set_lily_naive", "unmerge_lora",
+    "adapter_deviations", "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
+    "make_config", "merge_lora", "model_family", "official_adapter_settings", "reset_router_weights", "set_lily_naive", "unmerge_lora",
 ]
