@@ -144,3 +144,19 @@ def test_lora_on_vim_round_trips_through_peft(tmp_path):
         export_peft(model, tmp_path)
         assert torch.allclose(peft.PeftModel.from_pretrained(tiny_vim(), str(tmp_path))(X), ours, atol=1e-5)
         assert torch.equal(load_peft(tiny_vim(), tmp_path)(X), ours)
+
+
+def test_per_target_settings_reach_lily_s_and_l_from_flat_options():
+    """The command line's flat form ``per_target=dt_proj.rank=8;in_proj.ne_b=6`` (strings)."""
+    cfg = apply_adapter(tiny_vim(), "lily", variant="s", per_target={"dt_proj.rank": "8", "in_proj.ne_b": "6"},
+                        ).adapter_config
+    assert cfg.per_target["in_proj"] == {"rank": 4, "ne_a": cfg.ne_a, "ne_b": 6, "dropout": 0.1}
+    assert cfg.per_target["dt_proj"] == {"rank": 8, "ne_a": cfg.ne_a, "ne_b": 1, "dropout": 0.0}
+    with pytest.raises(UserError, match="rank must be an integer >= 1, got 'four'"):
+        apply_adapter(tiny_vim(), "lily", per_target={"dt_proj.rank": "four"})
+    with pytest.raises(UserError, match="not among the targets"):
+        apply_adapter(tiny_vim(), "lily", per_target={"x_proj": {"rank": 2}})
+    with pytest.raises(UserError, match="unknown lily variant for a vim backbone 'm'"):
+        apply_adapter(tiny_vim(), "lily", variant="m")
+    with pytest.raises(UserError, match="dropout must be a number in"):
+        apply_adapter(tiny_vim(), "lily", per_target={"in_proj": {"dropout": -0.1}})

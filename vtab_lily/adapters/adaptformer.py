@@ -50,9 +50,11 @@ class AdaptFormerConfig:
         model_family(model)
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise UserError(f"adaptformer: rank must be an integer >= 1, got {self.rank!r}")
-        if not isinstance(self.scale, (int, float)) or not 0 <= self.scale < float("inf"):
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                or not 0 <= self.scale < float("inf"):
             raise UserError(f"adaptformer: scale must be >= 0, got {self.scale}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
             raise UserError(f"adaptformer: dropout must be in [0, 1), got {self.dropout}")
         if self.placement not in PLACEMENTS:
             raise unknown_name("adaptformer placement", self.placement, PLACEMENTS)

@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtab_lily.adapters.targets import TARGETS, check_targets, model_depth, model_family, resolve_sites, set_submodule
+from vtab_lily.adapters.targets import (
+    TARGETS,
+    check_targets,
+    model_depth,
+    model_family,
+    nested_per_target,
+    resolve_sites,
+    set_submodule,
+)
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
 
@@ -67,7 +75,8 @@ class LilyConfig:
     - ``variant`` (Vim only): ``l`` (default, the official script), ``s`` (Lily-S: rank 4, 3
       experts), ``custom`` (no per-target presets). Explicit fields override the preset.
     - ``per_target``: overrides ``{"dt_proj": {"rank": 4, "ne_b": 1}}`` (keys rank, ne_a, ne_b,
-      dropout), merged over the variant's. Resolved, it lists every target.
+      dropout; or flat ``{"dt_proj.rank": 4}``), merged over the variant's. Resolved, it lists
+      every target.
     A kind with a single expert has no router.
 
     Family defaults: ViT ``k, v, mlp``, r=32, ne=4, per-site routers, batch routing, no dropout
@@ -117,11 +126,11 @@ class LilyConfig:
         if not _number(self.scale) or not 0 <= self.scale < float("inf"):
             raise UserError(f"lily: scale must be a number >= 0, got {self.scale!r}")
         overrides = {t: dict(v) for t, v in preset["per_target"].items()}
-        for target, values in (self.per_target or {}).items():
+        for target, values in nested_per_target(self.per_target, "lily").items():
             if target not in TARGETS[family]:
                 raise unknown_name(f"lily per_target target for a {family} backbone", target, TARGETS[family])
-            if not isinstance(values, dict):
-                raise UserError(f"lily per_target[{target!r}] must be a dict such as {{'rank': 4}}, got {values!r}")
+            if target not in targets:
+                raise UserError(f"lily: per_target names {target!r}, which is not among the targets {list(targets)}")
             for key in values:
                 if key not in PER_TARGET_KEYS:
                     raise unknown_name(f"lily per_target key (target {target!r})", key, PER_TARGET_KEYS)

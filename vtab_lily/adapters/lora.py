@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtab_lily.adapters.targets import check_targets, model_family, resolve_sites
+from vtab_lily.adapters.targets import check_targets, model_family, nested_per_target, resolve_sites
 from vtab_lily.adapters.wrappers import AdaptedLinear, AdapterModule, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
 
@@ -71,22 +71,22 @@ class LoraConfig:
         rank = preset["rank"] if self.rank is None else self.rank
         if not _integer(rank) or rank < 1:
             raise UserError(f"lora: rank must be an integer >= 1, got {rank!r}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))):
+            raise UserError(f"lora: alpha must be a number >= 0, got {self.alpha!r}")
         alpha = float(rank if self.alpha is None else self.alpha)
         if not 0 <= alpha < float("inf"):
             raise UserError(f"lora: alpha must be a number >= 0, got {self.alpha!r}")
         dropout = preset["dropout"] if self.dropout is None else self.dropout
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise UserError(f"lora: dropout must be in [0, 1), got {dropout!r}")
         position = self.dropout_position or preset["dropout_position"]
         if position not in DROPOUT_POSITIONS:
             raise unknown_name("lora dropout_position", position, DROPOUT_POSITIONS)
-        overrides = self.per_target or {}
+        overrides = nested_per_target(self.per_target, "lora")
         per_target = {}
         for target, override in overrides.items():
             if target not in targets:
                 raise UserError(f"lora: per_target names {target!r}, which is not among the targets {list(targets)}")
-            if not isinstance(override, dict):
-                raise UserError(f"lora per_target[{target!r}] must be a dict such as {{'rank': 4}}, got {override!r}")
             for key in override:
                 if key not in ("rank", "alpha"):
                     raise unknown_name(f"lora per_target key (target {target!r})", key, ("rank", "alpha"))
@@ -96,10 +96,11 @@ class LoraConfig:
             if not _integer(target_rank) or target_rank < 1:
                 raise UserError(f"lora ({target}): rank must be an integer >= 1, got {target_rank!r}")
             default_alpha = target_rank if self.alpha is None else alpha
-            target_alpha = float(override.get("alpha", default_alpha))
-            if not 0 <= target_alpha < float("inf"):
+            target_alpha = override.get("alpha", default_alpha)
+            if isinstance(target_alpha, bool) or not isinstance(target_alpha, (int, float)) \
+                    or not 0 <= target_alpha < float("inf"):
                 raise UserError(f"lora ({target}): alpha must be a number >= 0, got {target_alpha!r}")
-            per_target[target] = {"rank": target_rank, "alpha": target_alpha}
+            per_target[target] = {"rank": target_rank, "alpha": float(target_alpha)}
         return replace(self, variant=variant, rank=rank, alpha=alpha, dropout=float(dropout),
                        dropout_position=position, targets=tuple(targets), per_target=per_target)
 
