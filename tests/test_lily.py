@@ -95,6 +95,22 @@ def test_efficient_form_never_builds_per_token_combined_b():
     assert seen == [(2, 4, 192)]
 
 
+def test_token_routing_is_one_matmul_against_the_stacked_experts(monkeypatch):
+    """Per token: (tokens, ne_b*r) x (ne_b*r, C_out) once; no per-expert loop, no per-token B."""
+    model = lily_vit(targets=("fc1",), routing="token", ne_b=3)
+    delta = model.blocks[0].mlp.fc1.deltas["lily_fc1"]
+    seen = []
+    original = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        seen.append((tuple(a.shape), tuple(b.shape)))
+        return original(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    delta(torch.randn(2, 50, 48))
+    assert seen == [((100, 12), (12, 192))]
+
+
 def test_zero_init_equals_backbone_and_only_adapter_and_head_get_grads():
     x = images()
     reference = tiny_vit()(x)

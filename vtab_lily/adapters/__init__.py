@@ -2,8 +2,10 @@
 
 ``apply_adapter(model, name, **config)`` freezes the backbone, injects the adapter by target
 names and leaves the adapter and the classification head (``model.get_classifier()``)
-trainable. ``count_parameters`` counts trainable parameters (shared tensors once). See
-README.md beside this file for the parameter formulas.
+trainable. ``count_parameters`` counts trainable parameters (shared tensors once). Defaults
+are the official setups; ``official_adapter_settings`` returns them and ``adapter_deviations``
+lists how a resolved config differs. See README.md beside this file for the variants and the
+parameter formulas.
 """
 
 from __future__ import annotations
