@@ -253,6 +253,8 @@ def test_lora_noah_is_one_fused_a_and_b_on_qkv():
         assert delta.lora_A.weight.shape == (8, 768) and delta.lora_B.weight.shape == (2304, 8)
         assert isinstance(delta.dropout, torch.nn.Identity)
     assert count_parameters(model)["adapter"] == 12 * 8 * (768 + 2304) == 294_912
+    assert apply_adapter(tiny_vit(), "lora", targets="qkv", rank=4).adapter_config.variant == "noah"
+    assert apply_adapter(tiny_vit(), "lora", targets="q,v").adapter_config.variant == "custom"
 
 
 def test_lora_lily_variant_is_q_and_v_with_dropout_after_a():

@@ -36,8 +36,8 @@ class LoraConfig:
 
     - ``variant`` (ViT): ``noah`` (default: fused ``qkv``, r=8, scale 1, no dropout; 294,912
       parameters on ViT-B/16), ``lily`` (``q, v``, r=8, dropout 0.1 after A), ``custom``
-      (r=8, alpha=r, no dropout; targets ViT ``q, v``, Vim ``in_proj``). Giving ``targets``
-      or ``per_target`` without a variant means ``custom``; a named variant keeps its
+      (r=8, alpha=r, no dropout; targets ViT ``q, v``, Vim ``in_proj``). Without a variant,
+      targets other than ``qkv`` or a ``per_target`` mean ``custom``; a named variant keeps its
       targets but takes explicit ``rank``/``alpha``/``dropout``. Vim: ``custom`` only.
     - ``rank`` r, ``alpha`` (None: = rank, i.e. scaling 1), ``dropout`` rate and
       ``dropout_position`` (``input``: on the LoRA input, HF PEFT; ``after_a``: on A's output).
@@ -57,8 +57,10 @@ class LoraConfig:
     def resolve(self, model: nn.Module) -> "LoraConfig":
         family = model_family(model)
         variant = self.variant
-        if variant is None:
-            variant = "noah" if family == "vit" and self.targets is None and self.per_target is None else "custom"
+        if variant is None:  # no variant: NOAH's unless the targets say otherwise
+            given = check_targets(family, self.targets, "lora", ("linear",)) if self.targets else None
+            noah = family == "vit" and given in (None, VIT_VARIANTS["noah"]["targets"]) and self.per_target is None
+            variant = "noah" if noah else "custom"
         choices = (*VIT_VARIANTS, "custom") if family == "vit" else ("custom",)
         if variant not in choices:
             raise unknown_name(f"lora variant for a {family} backbone", variant, choices)
