@@ -100,7 +100,7 @@ def test_paper_setting_counts_on_vit_b16():
 
 def test_adaptformer_counts_and_math():
     r = 4
-    model = apply_adapter(tiny_vit(), "adaptformer", rank=r, scale=0.5, dropout=0.0)
+    model = apply_adapter(tiny_vit(), "adaptformer", rank=r, scale=0.5, dropout=0.0, placement="paper")
     assert count_parameters(model)["adapter"] == DEPTH * (2 * C * r + r + C)
     randomize_trainable(model)
     mlp = model.blocks[2].mlp

@@ -47,10 +47,11 @@ def test_only_adapter_and_head_get_gradients():
 def test_vim_defaults_follow_the_official_setup():
     model = apply_adapter(tiny_vim(), "lily")
     cfg = model.adapter_config
-    assert cfg.targets == ("in_proj", "dt_proj") and cfg.router == "single" and cfg.routing == "sample"
+    assert cfg.targets == ("in_proj", "dt_proj") and cfg.router == "single" and cfg.routing == "token"
+    assert cfg.variant == "l" and cfg.dropout == 0.1
     depth = model.depth
-    assert cfg.per_target["in_proj"] == {"rank": 8, "ne_a": depth, "ne_b": 5}
-    assert cfg.per_target["dt_proj"] == {"rank": 4, "ne_a": depth, "ne_b": 1}
+    assert cfg.per_target["in_proj"] == {"rank": 8, "ne_a": depth, "ne_b": 5, "dropout": 0.1}
+    assert cfg.per_target["dt_proj"] == {"rank": 4, "ne_a": depth, "ne_b": 1, "dropout": 0.0}
     mixers = [layer.mixer for layer in model.layers]
     in_proj = [m.in_proj.deltas["lily_in_proj"] for m in mixers]
     assert len({id(d.lily_A) for d in in_proj}) == depth  # no A sharing
@@ -77,7 +78,8 @@ def test_counts_match_closed_form_on_tiny_vim():
     d, e = mixer.in_proj.in_features, mixer.out_proj.in_features
     xo, dt = mixer.x_proj.out_features, mixer.dt_proj.in_features
     depth, r = model.depth, 2
-    apply_adapter(model, "lily", rank=r, ne_a=2, ne_b=3, router="per_site", targets=ALL_VIM_TARGETS, per_target={})
+    apply_adapter(model, "lily", rank=r, ne_a=2, ne_b=3, router="per_site", targets=ALL_VIM_TARGETS,
+                  variant="custom")
     kinds = [(d, 2 * e, 1), (e, xo, 2), (dt, e, 2), (e, d, 1)]  # (in, out, directions)
     expected = sum(n * (2 * c_in * r + 3 * r * c_out + depth * r * 3) for c_in, c_out, n in kinds)
     assert count_parameters(model)["adapter"] == expected
@@ -88,7 +90,8 @@ def test_counts_match_closed_form_on_tiny_vim():
 
 
 def test_efficient_equals_naive_on_vim():
-    model = apply_adapter(tiny_vim(), "lily", rank=2, ne_b=3, targets=ALL_VIM_TARGETS, per_target={}).double()
+    model = apply_adapter(tiny_vim(), "lily", rank=2, ne_b=3, targets=ALL_VIM_TARGETS, variant="custom",
+                          dropout=0.0).double()
     randomize_trainable(model)
     x = X[:2].double()
     fast = model(x)
@@ -106,7 +109,7 @@ def test_efficient_equals_naive_on_vim():
 
 
 def test_sample_routing_on_vim_is_independent_of_the_batch():
-    model = apply_adapter(tiny_vim(), "lily", rank=2, ne=2, targets=("in_proj", "x_proj"))
+    model = apply_adapter(tiny_vim(), "lily", rank=2, ne=2, targets=("in_proj", "x_proj"), routing="sample")
     randomize_trainable(model)
     with torch.no_grad():
         together = model(X)
@@ -115,7 +118,7 @@ def test_sample_routing_on_vim_is_independent_of_the_batch():
 
 
 def test_adaptformer_wraps_the_mixer():
-    model = apply_adapter(tiny_vim(), "adaptformer", rank=3, dropout=0.0)
+    model = apply_adapter(tiny_vim(), "adaptformer", rank=3, dropout=0.0, placement="paper")
     randomize_trainable(model)
     wrapper = model.layers[1].mixer
     h = torch.randn(2, 6, wrapper.delta.down.in_features)
@@ -141,3 +144,19 @@ def test_lora_on_vim_round_trips_through_peft(tmp_path):
         export_peft(model, tmp_path)
         assert torch.allclose(peft.PeftModel.from_pretrained(tiny_vim(), str(tmp_path))(X), ours, atol=1e-5)
         assert torch.equal(load_peft(tiny_vim(), tmp_path)(X), ours)
+
+
+def test_per_target_settings_reach_lily_s_and_l_from_flat_options():
+    """The command line's flat form ``per_target=dt_proj.rank=8;in_proj.ne_b=6`` (strings)."""
+    cfg = apply_adapter(tiny_vim(), "lily", variant="s", per_target={"dt_proj.rank": "8", "in_proj.ne_b": "6"},
+                        ).adapter_config
+    assert cfg.per_target["in_proj"] == {"rank": 4, "ne_a": cfg.ne_a, "ne_b": 6, "dropout": 0.1}
+    assert cfg.per_target["dt_proj"] == {"rank": 8, "ne_a": cfg.ne_a, "ne_b": 1, "dropout": 0.0}
+    with pytest.raises(UserError, match="rank must be an integer >= 1, got 'four'"):
+        apply_adapter(tiny_vim(), "lily", per_target={"dt_proj.rank": "four"})
+    with pytest.raises(UserError, match="not among the targets"):
+        apply_adapter(tiny_vim(), "lily", per_target={"x_proj": {"rank": 2}})
+    with pytest.raises(UserError, match="unknown lily variant for a vim backbone 'm'"):
+        apply_adapter(tiny_vim(), "lily", variant="m")
+    with pytest.raises(UserError, match="dropout must be a number in"):
+        apply_adapter(tiny_vim(), "lily", per_target={"in_proj": {"dropout": -0.1}})

@@ -40,7 +40,7 @@ def outputs_and_grads(model, x):
 
 
 @pytest.mark.parametrize("routing,router",
-                         itertools.product(["sample", "eq2", "batch"], ["per_site", "single", "none"]))
+                         itertools.product(["token", "sample", "eq2", "batch"], ["per_site", "single", "none"]))
 def test_efficient_equals_naive_mixture(routing, router):
     model = lily_vit(targets=ALL_VIT_TARGETS, routing=routing, router=router, ne_b=3).double()
     x = images().double()
@@ -77,8 +77,8 @@ def test_each_target_alone_matches_naive_and_changes_output(target):
 
 
 def test_efficient_form_never_builds_per_token_combined_b():
-    """The combined matrix is (batch, r, C_out): its size does not grow with the token count."""
-    model = lily_vit(targets=("fc1",))
+    """Per-example routing: the combined matrix is (batch, r, C_out), whatever the token count."""
+    model = lily_vit(targets=("fc1",), routing="sample")
     delta = model.blocks[0].mlp.fc1.deltas["lily_fc1"]
     seen = []
     original_bmm = torch.bmm
@@ -93,6 +93,22 @@ def test_efficient_form_never_builds_per_token_combined_b():
     finally:
         torch.bmm = original_bmm
     assert seen == [(2, 4, 192)]
+
+
+def test_token_routing_is_one_matmul_against_the_stacked_experts(monkeypatch):
+    """Per token: (tokens, ne_b*r) x (ne_b*r, C_out) once; no per-expert loop, no per-token B."""
+    model = lily_vit(targets=("fc1",), routing="token", ne_b=3)
+    delta = model.blocks[0].mlp.fc1.deltas["lily_fc1"]
+    seen = []
+    original = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        seen.append((tuple(a.shape), tuple(b.shape)))
+        return original(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    delta(torch.randn(2, 50, 48))
+    assert seen == [((100, 12), (12, 192))]
 
 
 def test_zero_init_equals_backbone_and_only_adapter_and_head_get_grads():
@@ -209,7 +225,12 @@ def test_groups_of_24_layers_with_ne_a_5():
     ({"targets": ("in_proj",)}, "unknown lily target for a vit backbone 'in_proj'"),
     ({"targets": ("qkv", "k")}, "overlaps"),
     ({"router": "persite"}, "did you mean 'per_site'"),
-    ({"routing": "tokens"}, "unknown lily routing"),
+    ({"routing": "tokens"}, "did you mean 'token'"),
+    ({"dropout": 1.0}, "dropout must be a number in"),
+    ({"dropout": float("nan")}, "dropout must be a number in"),
+    ({"scale": float("inf")}, "scale must be a number >= 0"),
+    ({"variant": "s"}, "variant 's' is for Vim"),
+    ({"per_target": {"k": 4}}, "must be a dict"),
     ({"per_target": {"k": {"rnk": 2}}}, "did you mean 'rank'"),
     ({"rnak": 3}, "did you mean 'rank'"),
 ])
@@ -219,7 +240,7 @@ def test_bad_configs_fail_clearly(config, message):
 
 
 def test_router_weights_are_recorded_and_reset():
-    model = lily_vit(targets=("k", "mlp"), ne_b=3)
+    model = lily_vit(targets=("k", "mlp"), ne_b=3, routing="sample")
     assert lily_router_weights(model) == {}
     x = images(4)
     with torch.no_grad():

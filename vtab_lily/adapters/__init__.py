@@ -2,8 +2,10 @@
 
 ``apply_adapter(model, name, **config)`` freezes the backbone, injects the adapter by target
 names and leaves the adapter and the classification head (``model.get_classifier()``)
-trainable. ``count_parameters`` counts trainable parameters (shared tensors once). See
-README.md beside this file for the parameter formulas.
+trainable. ``count_parameters`` counts trainable parameters (shared tensors once). Defaults
+are the official setups; ``official_adapter_settings`` returns them and ``adapter_deviations``
+lists how a resolved config differs. See README.md beside this file for the variants and the
+parameter formulas.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from vtab_lily.adapters.bottleneck import (
 from vtab_lily.adapters.dora import DoraConfig, inject_dora
 from vtab_lily.adapters.fact import FactTKConfig, FactTTConfig, inject_fact
 from vtab_lily.adapters.lora import LoraConfig, inject_lora, merge_lora, unmerge_lora
+from vtab_lily.adapters.official import adapter_deviations, official_adapter_settings
 from vtab_lily.adapters.partial import (
     BitFitConfig,
     LNTuneConfig,
@@ -144,6 +147,7 @@ def apply_adapter(model: nn.Module, name: str, **config: Any) -> nn.Module:
     if name in _INJECT:
         _INJECT[name](model, cfg)
         _match_backbone_placement(model)
+        model.train(model.training)  # new modules start in training mode; follow the model's (dropout)
     model.requires_grad_(name == "full")
     for module in adapter_modules(model):
         module.requires_grad_(True)
@@ -213,6 +217,6 @@ def load_peft(model: nn.Module, adapter_dir: str) -> nn.Module:
 
 __all__ = [
     "ADAPTERS", "TARGETS", "AdaptFormerConfig", "FullConfig", "LilyConfig", "LinearConfig", "LoraConfig",
-    "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
-    "make_config", "merge_lora", "model_family", "reset_router_weights", "set_lily_naive", "unmerge_lora",
+    "adapter_deviations", "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
+    "make_config", "merge_lora", "model_family", "official_adapter_settings", "reset_router_weights", "set_lily_naive", "unmerge_lora",
 ]

@@ -1,10 +1,23 @@
-"""AdaptFormer (Chen et al. 2022): a parallel bottleneck beside the MLP of every block.
+"""AdaptFormer (Chen et al. 2022): a scaled ReLU bottleneck in parallel with every block's MLP.
 
-Following the paper's Eq. 4, ``y = MLP(LN(x)) + s * up(dropout(ReLU(down(LN(x)))))``: the
-adapter reads the same normalised input as the MLP (on ViT it wraps ``blocks[i].mlp``). On Vim,
-whose blocks are ``x + mixer(norm(x))``, it wraps ``layers[i].mixer`` the same way (the mixer
-is the block's only sub-module). ``up`` is zero-initialised (weight and bias) and ``down``'s
-bias is zero, so a fresh model computes exactly the backbone.
+Two placements (``AdaptFormerConfig.placement``):
+
+- ``official`` (default), as the AdaptFormer code runs it (its ``ffn_option="parallel"``, no
+  adapter LayerNorm) and as the Lily repository's and PETL_Vision's baselines: the bottleneck
+  reads the pre-norm residual stream x (the block's state after attention) and its output is
+  added to the block output outside stochastic depth::
+
+      x   = x + drop_path(attn(norm1(x)))
+      out = x + drop_path(mlp(norm2(x))) + s * up(dropout(relu(down(x))))
+
+  On Vim, whose layers are ``r + drop_path(mixer(norm(r)))``, the same rule gives
+  ``r + drop_path(mixer(norm(r))) + bottleneck(r)`` (no official Vim AdaptFormer exists).
+- ``paper``: the paper's Eq. 4, ``y = MLP(LN(x)) + s * bottleneck(LN(x))``: it wraps
+  ``blocks[i].mlp`` (Vim: ``layers[i].mixer``), so it reads the normalised input and sits
+  inside drop_path.
+
+``down`` is Kaiming-uniform with a zero bias, ``up`` is zero (weight and bias): a fresh model
+computes exactly the backbone.
 """
 
 from __future__ import annotations
@@ -14,30 +27,37 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
+from vtab_lily.adapters.targets import BLOCKS_ATTR, model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter
-from vtab_lily.errors import UserError
+from vtab_lily.errors import UserError, unknown_name
 
-# The sub-module of each block that the adapter runs beside.
-PLACEMENT = {"vit": "mlp", "vim": "mixer"}
+PLACEMENTS = ("official", "paper")
+# The sub-module of each block that the "paper" placement runs beside.
+PAPER_SITE = {"vit": "mlp", "vim": "mixer"}
 
 
 @dataclass
 class AdaptFormerConfig:
-    """``rank`` (bottleneck width), ``scale`` s (0.1 as the paper), ``dropout`` after the ReLU."""
+    """``rank`` (bottleneck width), ``scale`` s (0.1), ``dropout`` after the ReLU (0.1),
+    ``placement`` ``official`` (pre-norm x, outside drop_path) or ``paper`` (LN(x), inside)."""
 
     rank: int = 8
     scale: float = 0.1
     dropout: float = 0.1
+    placement: str = "official"
 
     def resolve(self, model: nn.Module) -> "AdaptFormerConfig":
         model_family(model)
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
             raise UserError(f"adaptformer: rank must be an integer >= 1, got {self.rank!r}")
-        if self.scale < 0:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                or not 0 <= self.scale < float("inf"):
             raise UserError(f"adaptformer: scale must be >= 0, got {self.scale}")
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
             raise UserError(f"adaptformer: dropout must be in [0, 1), got {self.dropout}")
+        if self.placement not in PLACEMENTS:
+            raise unknown_name("adaptformer placement", self.placement, PLACEMENTS)
         return replace(self, scale=float(self.scale), dropout=float(self.dropout))
 
 
@@ -58,6 +78,36 @@ class Bottleneck(AdapterModule):
         return self.up(self.dropout(torch.relu(self.down(x)))) * self.scale
 
 
+class ViTBlockAdapter(nn.Module):
+    """A timm ViT ``Block`` (``base_layer``) with the bottleneck on the pre-norm stream, outside
+    drop_path. The block's two residual steps are spelled out (as in timm's ``Block.forward``)
+    because the adapter reads the state between them."""
+
+    def __init__(self, base_layer: nn.Module, delta: Bottleneck) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.delta = delta
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        block = self.base_layer
+        x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x)))) + self.delta(x)
+
+
+class VimBlockAdapter(nn.Module):
+    """A Vim layer ``r + drop_path(mixer(norm(r)))`` plus the bottleneck of the residual r."""
+
+    def __init__(self, base_layer: nn.Module, delta: Bottleneck) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.delta = delta
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        # The residual stream is fp32; the bottleneck runs in its own (the backbone's) dtype.
+        update = self.delta(residual.to(self.delta.down.weight.dtype))
+        return self.base_layer(residual) + update.float()
+
+
 def block_width(block: nn.Module) -> int:
     """Residual width of a block: the input width of its first Linear."""
     for module in block.modules():
@@ -66,11 +116,31 @@ def block_width(block: nn.Module) -> int:
     raise UserError(f"cannot infer the width of {type(block).__name__}")
 
 
+def _official_wrapper(family: str, block: nn.Module) -> type[nn.Module]:
+    if family == "vit":
+        from timm.models.vision_transformer import Block
+
+        if type(block) is not Block:  # the two-step forward above is timm's Block's
+            raise UserError(f"adaptformer placement 'official' needs timm's ViT Block, got {type(block).__name__}; "
+                            "use placement=paper")
+        return ViTBlockAdapter
+    from vtab_lily.backbones.vim import VimBlock
+
+    if type(block) is not VimBlock:
+        raise UserError(f"adaptformer placement 'official' needs a VimBlock, got {type(block).__name__}")
+    return VimBlockAdapter
+
+
 def inject_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> None:
     family = model_family(model)
-    prefix = "blocks" if family == "vit" else "layers"
+    prefix = BLOCKS_ATTR[family]
     for i, block in enumerate(model_blocks(model)):
-        path = f"{prefix}.{i}.{PLACEMENT[family]}"
+        if config.placement == "official":
+            wrapper = _official_wrapper(family, block)
+            delta = Bottleneck(block_width(block), config.rank, config.scale, config.dropout)
+            set_submodule(model, f"{prefix}.{i}", wrapper(block, delta))
+            continue
+        path = f"{prefix}.{i}.{PAPER_SITE[family]}"
         inner = model.get_submodule(path)
-        width = block_width(inner)
-        set_submodule(model, path, ParallelAdapter(inner, Bottleneck(width, config.rank, config.scale, config.dropout)))
+        delta = Bottleneck(block_width(inner), config.rank, config.scale, config.dropout)
+        set_submodule(model, path, ParallelAdapter(inner, delta))

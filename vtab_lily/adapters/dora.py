@@ -10,7 +10,7 @@ ViT-B/16, q and v at r=8: LoRA's 294,912 + magnitudes 18,432 = 313,344 parameter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -22,7 +22,14 @@ from vtab_lily.adapters.wrappers import adapted_linear_at
 
 @dataclass
 class DoraConfig(LoraConfig):
-    """LoRA's options (``rank``, ``alpha``, ``dropout``, ``targets``, ``per_target``); default q, v, r=8."""
+    """LoRA's options (``rank``, ``alpha``, ``dropout``, ``targets``, ``per_target``); default r=8 on
+    ViT ``q, v`` (Vim ``in_proj``), LoRA's ``custom`` variant (the DoRA paper's setting)."""
+
+    def resolve(self, model: nn.Module) -> "DoraConfig":
+        from vtab_lily.adapters.targets import model_family
+
+        targets = self.targets or (("q", "v") if model_family(model) == "vit" else ("in_proj",))
+        return super(DoraConfig, replace(self, targets=targets, variant=self.variant or "custom")).resolve(model)
 
 
 class DoraDelta(LoraDelta):

@@ -2,7 +2,7 @@
 
 For an adapted target ``y = x W0`` at block l::
 
-    x'    = x A_g(l)                      A: C_in x r, shared by a group of neighbouring blocks
+    x'    = dropout(act(x A_g(l)))        A: C_in x r, shared by a group of neighbouring blocks
     S     = route(x' R^T)                 R: ne_b x r, a router (per site, single, or none)
     x_d   = x' (sum_i S_i B_i)            B_i: r x C_out, ne_b experts shared by all blocks
     y     = x W0 + s * x_d
@@ -11,9 +11,11 @@ A and B are shared *per target kind* (``k`` layers share among themselves, never
 The ``mlp`` target is a parallel adapter around the whole MLP block with hidden size 2r and a
 ReLU after A (the router reads the post-ReLU features), as in the official ViT code.
 
-Efficient form (Eq. 3): the experts are combined first (one (r x C_out) matrix per example, or
-one per call for ``batch`` routing), then a single batched matmul. ``naive = True`` on a
-``LilyDelta`` selects the expert-by-expert mixture instead (for tests and benchmarks).
+Efficient forms, never an expert-by-expert loop: with one weight vector per example (or per
+call) the experts are combined first (Eq. 3: one r x C_out matrix each), then one matmul; with
+per-token weights (``token`` routing) each token's features are spread over the experts,
+``x'_e = S_e x'`` flattened to ne_b*r, then one matmul against the stacked B (ne_b*r x C_out).
+``naive = True`` on a ``LilyDelta`` selects the expert-by-expert mixture (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -25,13 +27,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vtab_lily.adapters.targets import TARGETS, check_targets, model_depth, model_family, resolve_sites, set_submodule
+from vtab_lily.adapters.targets import (
+    TARGETS,
+    check_targets,
+    model_depth,
+    model_family,
+    nested_per_target,
+    resolve_sites,
+    set_submodule,
+)
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
 
 ROUTERS = ("per_site", "single", "none")
-ROUTINGS = ("sample", "eq2", "batch")
-PER_TARGET_KEYS = ("rank", "ne_a", "ne_b")
+ROUTINGS = ("token", "batch", "sample", "eq2")
+PER_TARGET_KEYS = ("rank", "ne_a", "ne_b", "dropout")
+
+# Vim presets (paper App. B.1.3; "l" is the official lily.sh run: in_proj rank 8 with 5 experts,
+# dt_proj rank 4 with one expert). Top-level values, then per-target overrides.
+VIM_VARIANTS: dict[str, dict[str, Any]] = {
+    "l": {"rank": 8, "ne_b": 5, "per_target": {"dt_proj": {"rank": 4, "ne_b": 1, "dropout": 0.0}}},
+    "s": {"rank": 4, "ne_b": 3, "per_target": {"dt_proj": {"rank": 4, "ne_b": 1, "dropout": 0.0}}},
+    "custom": {"rank": 8, "ne_b": 5, "per_target": {}},
+}
 
 
 @dataclass
@@ -49,17 +67,22 @@ class LilyConfig:
       out_proj`` (x_proj/dt_proj adapt both scan directions, as separate kinds).
     - ``router``: ``per_site`` (a Linear(r, ne_b) per block and kind), ``single`` (one per kind,
       bound to B), ``none`` (uniform average of the experts: the no-selectivity ablation).
-    - ``routing``: ``sample`` (per example: mean over tokens of the token softmax; predictions do
-      not depend on the rest of the batch), ``eq2`` (paper Eq. 2: softmax of the token-summed
-      logits, per example), ``batch`` (official code and HF PEFT: averaged over batch and
-      tokens; batch-dependent, kept for reproduction).
-    - ``per_target``: overrides ``{"dt_proj": {"rank": 4, "ne_b": 1}}`` (keys rank, ne_a, ne_b).
+    - ``routing``: ``token`` (each token its own softmax weights; official on Vim), ``batch``
+      (official ViT code and HF PEFT: the token softmax averaged over batch and tokens, one
+      vector per forward call, so predictions depend on the batch), ``sample`` (per example:
+      mean over its tokens), ``eq2`` (paper Eq. 2: softmax of the token-summed logits).
+    - ``dropout`` on the A output, before router and B (official Vim: 0.1 on in_proj only).
+    - ``variant`` (Vim only): ``l`` (default, the official script), ``s`` (Lily-S: rank 4, 3
+      experts), ``custom`` (no per-target presets). Explicit fields override the preset.
+    - ``per_target``: overrides ``{"dt_proj": {"rank": 4, "ne_b": 1}}`` (keys rank, ne_a, ne_b,
+      dropout; or flat ``{"dt_proj.rank": 4}``), merged over the variant's. Resolved, it lists
+      every target.
     A kind with a single expert has no router.
 
-    Family defaults: ViT ``k, v, mlp``, r=32, ne=4, per-site routers (the official VTAB setup).
-    Vim ``in_proj, dt_proj``, r=8, ne_b=5, ne_a=depth (no A sharing), single router, and
-    ``dt_proj`` with rank r//2 and one expert (the official Vim-S setup, 145,960 parameters).
-    The official Vim code routes per token; here routing is per example (``routing``).
+    Family defaults: ViT ``k, v, mlp``, r=32, ne=4, per-site routers, batch routing, no dropout
+    (the official VTAB code). Vim (variant ``l``): ``in_proj, dt_proj``, ne_a=depth (no A
+    sharing), single router, token routing, dropout 0.1, in_proj r=8 with 5 experts, dt_proj
+    r=4 with one expert and no dropout (the official Vim-S setup, 145,960 parameters).
     """
 
     rank: int | None = None
@@ -69,49 +92,73 @@ class LilyConfig:
     scale: float = 1.0
     targets: tuple[str, ...] | None = None
     router: str | None = None
-    routing: str = "sample"
-    per_target: dict[str, dict[str, int]] | None = None
+    routing: str | None = None
+    dropout: float | None = None
+    variant: str | None = None
+    per_target: dict[str, dict[str, Any]] | None = None
 
     def resolve(self, model: nn.Module) -> "LilyConfig":
         """A copy with every default filled in for ``model`` and ``per_target`` covering all targets."""
         family = model_family(model)
         depth = model_depth(model)
         vim = family == "vim"
-        rank = self.rank if self.rank is not None else (8 if vim else 32)
+        if vim:
+            variant = self.variant or "l"
+            if variant not in VIM_VARIANTS:
+                raise unknown_name("lily variant for a vim backbone", variant, VIM_VARIANTS)
+            preset = VIM_VARIANTS[variant]
+        else:
+            if self.variant is not None:
+                raise UserError(f"lily: variant {self.variant!r} is for Vim (s, l, custom); a ViT has one "
+                                "official setup, set rank/ne/targets directly")
+            variant, preset = None, {"rank": 32, "ne_b": 4, "per_target": {}}
+        rank = _first(self.rank, preset["rank"])
         ne_a = _first(self.ne_a, self.ne, depth if vim else 4)
-        ne_b = _first(self.ne_b, self.ne, 5 if vim else 4)
+        ne_b = _first(self.ne_b, self.ne, preset["ne_b"])
         targets = check_targets(family, self.targets or (("in_proj", "dt_proj") if vim else ("k", "v", "mlp")), "lily")
         router = self.router or ("single" if vim else "per_site")
+        routing = self.routing or ("token" if vim else "batch")
+        dropout = _first(self.dropout, 0.1 if vim else 0.0)
         if router not in ROUTERS:
             raise unknown_name("lily router", router, ROUTERS)
-        if self.routing not in ROUTINGS:
-            raise unknown_name("lily routing", self.routing, ROUTINGS)
-        if not isinstance(self.scale, (int, float)) or self.scale < 0:
+        if routing not in ROUTINGS:
+            raise unknown_name("lily routing", routing, ROUTINGS)
+        if not _number(self.scale) or not 0 <= self.scale < float("inf"):
             raise UserError(f"lily: scale must be a number >= 0, got {self.scale!r}")
-        overrides = self.per_target
-        if overrides is None:
-            overrides = {"dt_proj": {"rank": max(1, rank // 2), "ne_b": 1}} if vim else {}
-        for target in overrides:
+        overrides = {t: dict(v) for t, v in preset["per_target"].items()}
+        for target, values in nested_per_target(self.per_target, "lily").items():
             if target not in TARGETS[family]:
                 raise unknown_name(f"lily per_target target for a {family} backbone", target, TARGETS[family])
-            for key in overrides[target]:
+            if target not in targets:
+                raise UserError(f"lily: per_target names {target!r}, which is not among the targets {list(targets)}")
+            for key in values:
                 if key not in PER_TARGET_KEYS:
                     raise unknown_name(f"lily per_target key (target {target!r})", key, PER_TARGET_KEYS)
+            overrides.setdefault(target, {}).update(values)
         per_target = {}
         for target in targets:
-            plan = {"rank": rank, "ne_a": ne_a, "ne_b": ne_b, **overrides.get(target, {})}
+            plan = {"rank": rank, "ne_a": ne_a, "ne_b": ne_b, "dropout": dropout, **overrides.get(target, {})}
             _check_plan(target, plan, depth)
+            plan["dropout"] = float(plan["dropout"])
             per_target[target] = plan
-        return replace(self, rank=rank, ne_a=ne_a, ne_b=ne_b, ne=None, targets=tuple(targets),
-                       router=router, per_target=per_target, scale=float(self.scale))
+        return replace(self, rank=rank, ne_a=ne_a, ne_b=ne_b, ne=None, targets=tuple(targets), router=router,
+                       routing=routing, dropout=float(dropout), variant=variant, per_target=per_target,
+                       scale=float(self.scale))
 
 
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def _check_plan(target: str, plan: dict[str, int], depth: int) -> None:
-    for key in PER_TARGET_KEYS:
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_plan(target: str, plan: dict[str, Any], depth: int) -> None:
+    dropout = plan["dropout"]
+    if not _number(dropout) or not 0.0 <= dropout < 1.0:
+        raise UserError(f"lily ({target}): dropout must be a number in [0, 1), got {dropout!r}")
+    for key in ("rank", "ne_a", "ne_b"):
         value = plan[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"lily ({target}): {key} must be an integer >= 1, got {value!r}")
@@ -144,7 +191,7 @@ class LilyExperts(AdapterModule):
 
 
 class LilyDelta(AdapterModule):
-    """Lily's update at one site: ``s * x' (sum_i S_i B_i)`` with ``x' = act(A x)``.
+    """Lily's update at one site: ``s * x' (sum_i S_i B_i)`` with ``x' = dropout(act(A x))``.
 
     ``lily_A`` (nn.Linear, shared by the block group), ``lily_B`` (LilyExperts, shared by all
     blocks of the kind) and ``lily_router`` (own, shared, or None) are module references, so
@@ -153,7 +200,8 @@ class LilyDelta(AdapterModule):
     """
 
     def __init__(self, site_name: str, lily_A: nn.Linear, lily_B: LilyExperts, lily_router: nn.Linear | None,
-                 scale: float, routing: str, relu: bool, out_slice: tuple[int, int] | None) -> None:
+                 scale: float, routing: str, relu: bool, out_slice: tuple[int, int] | None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.site_name = site_name
         self.lily_A = lily_A
@@ -163,17 +211,21 @@ class LilyDelta(AdapterModule):
         self.routing = routing
         self.relu = relu
         self.out_slice = out_slice
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.naive = False  # True: expert-by-expert mixture (reference path)
         experts = lily_B.weight.shape[0]
         self.register_buffer("weight_sum", torch.zeros(experts), persistent=False)
         self.register_buffer("weight_count", torch.zeros(()), persistent=False)
 
     def expert_weights(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(batch, ne_b) per-example weights, or (ne_b,) for ``batch`` routing / no router."""
+        """(batch, tokens, ne_b) for ``token`` routing, (batch, ne_b) per example, (ne_b,) for
+        ``batch`` routing or no router."""
         experts = self.lily_B.weight.shape[0]
         if self.lily_router is None:
             return hidden.new_full((experts,), 1.0 / experts)
         logits = self.lily_router(hidden)  # (batch, tokens, ne_b)
+        if self.routing == "token":
+            return F.softmax(logits, dim=-1)
         if self.routing == "sample":
             return F.softmax(logits, dim=-1).mean(dim=1)
         if self.routing == "eq2":
@@ -190,6 +242,7 @@ class LilyDelta(AdapterModule):
         hidden = self.lily_A(x)
         if self.relu:
             hidden = F.relu(hidden)
+        hidden = self.dropout(hidden)  # official Vim: on the A output, before router and B
         # (batch, tokens, r); a 2-D input is a batch of single-token examples.
         hidden = hidden.unsqueeze(1) if x.dim() == 2 else hidden.reshape(x.shape[0], -1, hidden.shape[-1])
         weights = self.expert_weights(hidden)
@@ -199,12 +252,20 @@ class LilyDelta(AdapterModule):
         if self.naive:
             delta = (self._mixture(hidden, weights, experts) * self.scale).reshape(*x.shape[:-1], width)
             return delta if base is None else base + delta
+        flat_base = None if base is None else base.reshape(-1, width)
+        if weights.dim() == 3:
+            # Per token: sum_i S_ti (x'_t B_i) = [S_t1 x'_t, ..., S_tn x'_t] @ [B_1; ...; B_n], one
+            # (tokens, ne_b*r) x (ne_b*r, C_out) matmul; no per-token combined B, no expert loop.
+            spread = ((weights * self.scale).unsqueeze(-1) * hidden.unsqueeze(-2)).reshape(-1, count * rank)
+            stacked = experts.reshape(count * rank, width)
+            out = spread @ stacked if base is None else torch.addmm(flat_base, spread, stacked)
+            return out.reshape(*x.shape[:-1], width)
         # Eq. 3: combine the experts (and the scale, on the small r x C matrix), then one matmul.
         combined = (weights * self.scale) @ experts.reshape(count, rank * width)
         if weights.dim() == 1:  # one matrix for the whole call ("batch" routing, no router)
             flat = hidden.reshape(-1, rank)
             combined = combined.reshape(rank, width)
-            out = flat @ combined if base is None else torch.addmm(base.reshape(-1, width), flat, combined)
+            out = flat @ combined if base is None else torch.addmm(flat_base, flat, combined)
         else:
             combined = combined.reshape(-1, rank, width)
             out = (torch.bmm(hidden, combined) if base is None
@@ -216,12 +277,20 @@ class LilyDelta(AdapterModule):
         """Reference: every expert's output ``x' B_i``, then the weighted sum."""
         delta = 0
         for i in range(experts.shape[0]):
-            w = weights[i] if weights.dim() == 1 else weights[:, i, None, None]
+            if weights.dim() == 1:
+                w = weights[i]
+            elif weights.dim() == 2:
+                w = weights[:, i, None, None]
+            else:
+                w = weights[:, :, i, None]
             delta = delta + w * (hidden @ experts[i])
         return delta
 
     @torch.no_grad()
     def _record(self, weights: torch.Tensor, batch: int) -> None:
+        """Weights per example (a token-routed example: its tokens' mean), summed over examples."""
+        if weights.dim() == 3:
+            weights = weights.mean(dim=1)
         if weights.dim() == 1:
             self.weight_sum += weights.float() * batch
         else:
@@ -258,7 +327,8 @@ def inject_lily(model: nn.Module, config: LilyConfig) -> None:
                 if has_router and config.router == "per_site":
                     router = nn.Linear(hidden, plan["ne_b"], bias=False)
                 delta = LilyDelta(site.name, a_modules[group_of[site.layer]], experts, router, config.scale,
-                                  config.routing, relu=part.style == "parallel", out_slice=site.out_slice)
+                                  config.routing, relu=part.style == "parallel", out_slice=site.out_slice,
+                                  dropout=plan["dropout"])
                 if site.style == "parallel":
                     set_submodule(model, site.path, ParallelAdapter(model.get_submodule(site.path), delta))
                 else:

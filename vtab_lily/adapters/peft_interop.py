@@ -115,6 +115,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
 def _lora_export(model: nn.Module) -> tuple[dict, dict]:
     cfg = model.adapter_config
     family = model_family(model)
+    if cfg.dropout > 0 and getattr(cfg, "dropout_position", "input") != "input":
+        raise UserError("export_peft: LoRA dropout after A cannot be expressed in HF PEFT (dropout on the input)")
     tensors: dict[str, torch.Tensor] = {}
     patterns: dict[str, tuple[int, float]] = {}  # PEFT target -> (rank, alpha)
     for path, layer, deltas in _linears(model, LoraDelta):
@@ -167,6 +169,8 @@ def _lily_export(model: nn.Module) -> tuple[dict, dict]:
         why.append("targets differ in rank, ne_a or ne_b (PEFT has one r, stride_A and num_B)")
     if any(p["ne_b"] < 2 for p in plans):
         why.append("PEFT needs ne_b >= 2")
+    if any(p.get("dropout", 0.0) > 0 for p in plans):
+        why.append("dropout > 0 (PEFT's Lily has none)")
     stride = _stride_for(model_depth(model), plans[0]["ne_a"])
     if stride is None:
         why.append(f"ne_a={plans[0]['ne_a']} groups of {model_depth(model)} layers are not PEFT's "

@@ -165,3 +165,38 @@ def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, attr, new)
+
+
+def nested_per_target(raw: object, method: str) -> dict[str, dict[str, object]]:
+    """``per_target`` as ``{target: {key: value}}``.
+
+    Also accepts the flat form a command line gives, ``{"dt_proj.rank": "4", "in_proj.ne_b": 6}``
+    (``--adapter-opt per_target=dt_proj.rank=4;in_proj.ne_b=6``); numeric strings become numbers.
+    Keys and values are validated by the adapter's ``resolve``.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{method}: per_target must be a dict such as {{'dt_proj': {{'rank': 4}}}} or "
+                        f"'dt_proj.rank=4', got {raw!r}")
+    out: dict[str, dict[str, object]] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.setdefault(str(key), {}).update({k: _number_from(v) for k, v in value.items()})
+        elif isinstance(key, str) and "." in key:
+            target, _, sub = key.partition(".")
+            out.setdefault(target, {})[sub] = _number_from(value)
+        else:
+            raise UserError(f"{method}: per_target[{key!r}] must be a dict such as {{'rank': 4}} "
+                            f"(or use the key '{key}.rank'), got {value!r}")
+    return out
+
+
+def _number_from(value: object) -> object:
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import UserError, unknown_name
 from .registry import BackboneSpec
 from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
-from .vit import VIT_SPECS, build_vit, load_vit_checkpoint
+from .vit import VIT_SPECS, attach_pre_logits, build_vit, load_vit_checkpoint
 
 __all__ = [
     "ALIASES",
@@ -63,6 +63,7 @@ def create_backbone(
     checkpoint: str | os.PathLike | None = None,
     img_size: int | None = 224,
     drop_path: float | None = None,
+    pre_logits: bool | None = None,
 ) -> nn.Module:
     """Build backbone ``name`` with a fresh ``num_classes`` head, optionally from weights.
 
@@ -71,7 +72,10 @@ def create_backbone(
     never used, and position embeddings are interpolated when ``img_size`` differs from the
     checkpoint's. ``img_size=None`` means the config's native size (224, or 32 for the test
     configs). ``drop_path=None`` means the recipe's rate for the family (ViT 0.1, Vim 0.05,
-    test configs 0). Bad names, files or shapes raise ``UserError``.
+    test configs 0). ``pre_logits`` (ViT): keep the checkpoint's frozen pre-logits layer
+    (Linear + tanh) before the new head, as timm 0.4.12 and the official code did: None = the
+    backbone's default (vit-b16-in21k: keep when the file has it), True = required, False =
+    drop. ``model.pre_logits_kept`` says which. Bad names, files or shapes raise ``UserError``.
     """
     spec = get_spec(name)
     if num_classes < 1:
@@ -84,12 +88,24 @@ def create_backbone(
     if not 0.0 <= rate < 1.0:
         raise UserError(f"drop_path must be in [0, 1), got {rate}")
 
+    if pre_logits is not None and not isinstance(pre_logits, bool):
+        raise UserError(f"pre_logits must be true, false or unset, got {pre_logits!r}")
+    kept = False
     if spec.family == "vit":
         model = build_vit(spec, num_classes, size, rate)
+        layer = None
         if checkpoint is not None:
-            load_vit_checkpoint(model, checkpoint, spec.name)
+            layer = load_vit_checkpoint(model, checkpoint, spec.name)
             model.reset_classifier(num_classes)
+        if pre_logits and layer is None:
+            where = f"{checkpoint}: has no pre_logits layer" if checkpoint is not None else "no checkpoint given"
+            raise UserError(f"pre_logits=True needs a checkpoint with a pre-logits layer ({where})")
+        if layer is not None and (pre_logits if pre_logits is not None else spec.pre_logits):
+            attach_pre_logits(model, layer, checkpoint)
+            kept = True
     else:
+        if pre_logits:
+            raise UserError(f"pre_logits=True: {spec.name} (Vim) has no pre-logits layer")
         model = build_vim(spec, num_classes, size, rate)
         if checkpoint is not None:
             load_vim_checkpoint(model, checkpoint, spec.name)
@@ -97,4 +113,5 @@ def create_backbone(
     model.family = spec.family
     model.depth = len(model.blocks) if spec.family == "vit" else len(model.layers)
     model.backbone_name = spec.name
+    model.pre_logits_kept = kept
     return model

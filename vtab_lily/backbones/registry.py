@@ -21,6 +21,9 @@ class BackboneSpec:
     ``backbones/README.md``); ``None`` for test configs. ``drop_path`` is the recipe's
     stochastic-depth rate, used when ``create_backbone(drop_path=None)``. ``mean``/``std`` is
     the normalisation the weights were trained with (informational: the data layer decides).
+    ``pre_logits``: keep the checkpoint's frozen pre-logits layer (Linear + tanh) before the new
+    head when the file has one and ``create_backbone(pre_logits=None)`` (timm 0.4.12, which the
+    official ViT code used, kept it; timm 1.x drops it).
     """
 
     name: str
@@ -34,3 +37,4 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     test_only: bool = False  # tiny configs for tests and the demo
+    pre_logits: bool = False
