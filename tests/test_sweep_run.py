@@ -24,7 +24,7 @@ from vtab_lily.tasks import task_names
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = task_names("demo")[0]
-LABEL = "lily (val-selected: scale; --epochs 1)"
+LABEL = "lily (val-selected: scale={0.1,10}; seeds 0 scored on 0; --epochs 1)"
 WALL: dict[str, float] = {}  # backend -> seconds, printed at the end (pytest -s)
 
 
@@ -114,7 +114,7 @@ def test_leaderboard_row_carries_the_selection_label(local_sweep):
     out = subprocess.run([sys.executable, "-m", "vtab_lily.leaderboard", "--runs", str(base / "runs"), "--format", "md",
                           "--no-reference"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "val-selected: scale" in out.stdout
+    assert "val-selected: scale={0.1,10}" in out.stdout
 
 
 def test_ray_backend_gives_the_same_selection_without_seeing_test_labels(local_sweep, scrambled_root, tmp_path):
