@@ -251,3 +251,15 @@ def test_locator_skips_unreadable_configs_and_ignores_report_and_unresolved_valu
     other.mkdir()
     (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
     assert locator.find([]) == good
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=r"--out: cannot create .*a-file/runs/sweeps"):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--demo", "--tasks", "colours", "--grid", "scale=1",
+                    "--out", str(blocker / "runs"), "--no-progress", "--", "--epochs", "1"])
+    spec = spec_of()
+    assert "/" not in build_spec({}, "x", flags={"backbone": "../../vit", "adapter": "lily", "tasks": "dtd",
+                                                  "grid": [("scale", ["1"])]}).sweep_id()
+    assert spec.sweep_id().startswith("vit-lily-val-")

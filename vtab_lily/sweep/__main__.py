@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
         print(plan_summary(spec, args.out))
         return 0
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UserError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and (args.backend != "ray" or args.address):
         raise UserError("--num-cpus is only for a local Ray instance (--backend ray without --address)")
     if not 1 <= args.trials_per_gpu <= 64:

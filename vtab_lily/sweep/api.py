@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..fsutil import atomic_write_json
 from .backends import make_backend
 from .driver import Locator, SweepDriver, SweepState, sweep_dir_for, write_selection
@@ -63,7 +64,11 @@ def run_sweep(spec: SweepSpec, out: str = "runs", backend: str = "local", addres
     locator = RunLocator()
     check_trials(spec, run_out, locator)
     sweep_dir = sweep_dir_for(out, spec)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    for folder, flag in ((sweep_dir, "--out"), (Path(leaderboards) / "sweeps", "--leaderboards")):
+        try:  # before any trial: a folder we cannot write is one line now, not a traceback later
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{flag}: cannot create {folder} ({err.strerror or err})") from None
     atomic_write_json(sweep_dir / "sweep.json", {"sweep_id": spec.sweep_id(), "spec": spec.identity(),
                                                  "method": method_label(spec), "out": out})
     executor = make_backend(backend, address, num_cpus, trials_per_gpu, batch)
@@ -82,13 +87,17 @@ def check_trials(spec: SweepSpec, out: str, locator: RunLocator) -> None:
     point with the runner's own parser and checks before anything starts (nan, inf, negative or
     out-of-range numbers, typos): a bad value fails the sweep now, naming its grid key, not
     each trial later. Raises UserError (exit 2)."""
-    from ..errors import UserError
-
     task = spec.tasks[0]
     base = spec.points()[0]
+    first = grid_trials(spec, task)[0]
+    try:  # what every trial shares (names, adapter, fixed options), with the first grid values
+        locator.config(first.run_argv(spec, out))
+    except UserError as err:
+        if len(spec.points()) == 1 or not any(f"{k}" in str(err) for k in spec.grid):
+            raise UserError(f"{err} (in every trial of this sweep)") from None
     for key, values in spec.grid.items():  # one value at a time: the message names it
         for value in values:
-            trial = grid_trials(spec, task)[0]
+            trial = first
             point = tuple((k, value if k == key else base[k]) for k in spec.grid)
             argv = Trial(task, trial.seed, trial.protocol, point, trial.stage).run_argv(spec, out)
             try:
@@ -105,8 +114,6 @@ def check_trials(spec: SweepSpec, out: str, locator: RunLocator) -> None:
 
 
 def _check(locator: RunLocator, argv: list[str], trial: Trial) -> None:
-    from ..errors import UserError
-
     try:
         locator.config(argv)
     except UserError as err:

@@ -89,7 +89,8 @@ def check_grid_key(key: str, where: str) -> argparse.Action | None:
         return action
     if has_run_option(ADAPTER_OPT):
         return None
-    raise _unknown(key, f"{where}: grid key")
+    err = _unknown(key, f"{where}: grid key")
+    raise UserError(f"{err}; nor can it go to the adapter: this vtab_lily.run has no --{ADAPTER_OPT}")
 
 
 def normal_value(key: str, action: argparse.Action | None, text: str, where: str) -> Any:

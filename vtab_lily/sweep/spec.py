@@ -63,7 +63,8 @@ class SweepSpec:
     def sweep_id(self) -> str:
         """Stable name of the sweep folder: the same spec always maps to the same folder."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.backbone}-{self.adapter}-{self.select}-{digest}"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.backbone}-{self.adapter}-{self.select}").lstrip(".")
+        return f"{name[:80]}-{digest}"  # a folder name: never a path, whatever the names hold
 
 
 def show_value(value: Any) -> str:
