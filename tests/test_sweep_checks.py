@@ -64,6 +64,9 @@ def test_machine_settings_and_spelling_do_not_change_label_or_id():
     # data paths stay out of the label (the method), but other data is another sweep folder
     data = spec_of(seeds="2", run_args=["--epochs", "5", "--rank", "16", "--data-root", "/d"])
     assert method_label(data) == method_label(base) and data.sweep_id() != base.sweep_id()
+    spec_of(run_args=["--data-root", "inf", "--device", "nan"])  # paths and names are free text
+    with pytest.raises(UserError, match="lr = 'nan' is not a finite number"):
+        spec_of(run_args=["--lr", "nan"])
 
 
 def test_label_is_safe_for_tables_and_unambiguous():

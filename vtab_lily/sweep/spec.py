@@ -92,8 +92,9 @@ def canonical_fixed(run_args: list[str]) -> list[tuple[str, str | None]]:
     """Fixed run options as sorted (name, value) pairs, values spelled one way."""
     pairs = []
     for name, value in runopts.parse_fixed(run_args):
-        if value is not None and name != "checkpoint":
-            value = show_value(runopts.normal_value(name, runopts.run_actions()[name], value, "run options"))
+        action = runopts.run_actions()[name]
+        if value is not None and callable(action.type):  # typed (numbers, lists): one spelling
+            value = show_value(runopts.normal_value(name, action, value, "run options"))
         pairs.append((name, value))
     return sorted(pairs, key=lambda p: (p[0], p[1] or ""))
 
@@ -297,7 +298,8 @@ def check_run_args(run_args: list[str], grid: dict[str, list[str]]) -> None:
     for name, value in runopts.parse_fixed(run_args):
         if name in taken or (name.startswith("no-") and name[3:] in taken):
             raise UserError(f"run option '--{name}' is also a grid key; drop one of them")
-        if value is not None and name not in ("checkpoint", "data-root", "adapter-opt"):
-            runopts.normal_value(name, runopts.run_actions()[name], value, "run option")
+        action = runopts.run_actions()[name]
+        if value is not None and callable(action.type):  # numbers: parsed and finite (paths stay free text)
+            runopts.normal_value(name, action, value, "run option")
         if name == runopts.ADAPTER_OPT and value is not None and value.partition("=")[0] in grid:
             raise UserError(f"run option '--adapter-opt {value}' is also a grid key; drop one of them")
