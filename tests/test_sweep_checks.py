@@ -147,6 +147,7 @@ def test_sweep_parser_takes_no_abbreviations(capsys):
     (["--grid", "threads=1,2"], "does not change the numbers"),
     (["--grid", "protocol=val,test"], "not a tunable run option"),
     (["--grid", "epochs=1,2", "--", "--epochs", "3"], "also a grid key"),
+    (["--grid", "epochs=1", "--grid", "epochs=2"], "--grid epochs=... is given twice"),
 ])
 def test_reserved_options_cannot_be_reached_by_abbreviation(argv, message):
     base = ["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--dry-run"]

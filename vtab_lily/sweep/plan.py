@@ -30,7 +30,7 @@ GRID, FINAL = "grid", "final"
 # Machine settings: where or how a run executes, not what it computes. Left out of labels
 # (the weights file stays in, by its file name: other weights are another method).
 _NOT_IN_LABEL = tuple(n for n in runopts.MACHINE if n != "checkpoint")
-_LABEL_MAX = 200
+_LABEL_MAX = 150  # with the hash appended, a label has at most 161 characters
 # values that read unambiguously inside a label (a comma would, inside a grid's braces)
 _PLAIN, _PLAIN_FIXED = re.compile(r"^[A-Za-z0-9_.+\-]*$"), re.compile(r"^[A-Za-z0-9_.,+/=\-]*$")
 

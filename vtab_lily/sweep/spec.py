@@ -233,7 +233,11 @@ def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tup
     for key, values in config.get("grid", {}).items():
         values = values if isinstance(values, list) else [values]
         grid[key] = [format_value(v, f"{where}: grid.{key}") for v in values]
+    flagged: set[str] = set()
     for key, values in flags.get("grid", []):
+        if key in flagged:
+            raise UserError(f"--grid {key}=... is given twice; give all its values in one flag")
+        flagged.add(key)
         grid[key] = values  # a flag replaces that key of the file's grid
     if not grid:
         raise UserError(f"{where}: empty grid; give --grid NAME=V1,V2 (e.g. --grid scale=0.1,1)")
