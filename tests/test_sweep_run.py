@@ -24,7 +24,7 @@ from vtab_lily.tasks import task_names
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = task_names("demo")[0]
-LABEL = "lily (val-selected: scale; --epochs 1)"
+LABEL = "lily (val-selected: scale={0.1,10}; seeds 0 scored on 0; --epochs 1)"
 WALL: dict[str, float] = {}  # backend -> seconds, printed at the end (pytest -s)
 
 
@@ -114,7 +114,7 @@ def test_leaderboard_row_carries_the_selection_label(local_sweep):
     out = subprocess.run([sys.executable, "-m", "vtab_lily.leaderboard", "--runs", str(base / "runs"), "--format", "md",
                           "--no-reference"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "val-selected: scale" in out.stdout
+    assert "val-selected: scale={0.1,10}" in out.stdout
 
 
 def test_ray_backend_gives_the_same_selection_without_seeing_test_labels(local_sweep, scrambled_root, tmp_path):
@@ -176,3 +176,65 @@ def test_killed_sweep_resumes_without_rerunning_and_reports_failures(demo_root, 
     assert len(logs) == 2  # one per trial
     (first_log,) = [log for log in logs if "scale=0.1-" in log.name]
     assert first_log.read_text().count("\n$ ") == 1  # started once, by the killed sweep
+
+
+def test_threads_change_neither_the_label_nor_the_runs(local_sweep, demo_root):
+    base, first = local_sweep
+    spec = demo_spec(demo_root, extra=("--threads", "2"))
+    assert spec.sweep_id() == first.state.spec.sweep_id()
+    before = {p: p.stat().st_mtime_ns for p in finished_runs(base / "runs")}
+    outcome = run_sweep(spec, out=str(base / "runs"), backend="local", leaderboards=base / "leaderboards",
+                        progress=False)
+    assert outcome.ok and set(outcome.state.status.values()) == {"skipped"}  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in finished_runs(base / "runs")} == before
+
+
+# A stand-in for the runner's `--batch FILE` (contract: JSON lines of run arguments, run in
+# order in one process, exit code the worst seen); it also records each process it starts.
+FAKE_BATCH = """
+import json, os, sys
+from vtab_lily import run
+from vtab_lily.errors import UserError
+path = sys.argv[sys.argv.index("--batch") + 1]
+with open(os.environ["FAKE_BATCH_PROCESSES"], "a") as f:
+    f.write(path + "\\n")
+worst = 0
+for line in open(path):
+    try:
+        code = run.main(json.loads(line)) or 0
+    except UserError as err:
+        print("error:", err)
+        code = 2
+    print("batch status", code, flush=True)
+    worst = max(worst, code)
+sys.exit(worst)
+"""
+
+
+def test_batch_workers_run_real_trials_and_result_json_decides(demo_root, tmp_path, monkeypatch):
+    from vtab_lily.sweep import backends
+
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "fake_batch_runner.py").write_text(FAKE_BATCH)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "mod"), os.environ.get("PYTHONPATH", "")]))
+    processes = tmp_path / "processes.txt"
+    monkeypatch.setenv("FAKE_BATCH_PROCESSES", str(processes))
+    real = backends.run_batch_process
+    monkeypatch.setattr(backends, "run_batch_process", lambda trials, log, env=None, root=None, module="":
+                        real(trials, log, env, root, module="fake_batch_runner"))
+    out = tmp_path / "runs"
+    spec = demo_spec(demo_root, select="none")
+    monkeypatch.setenv("VTAB_LILY_FAULT", "nan_loss:1")  # the first run of each process fails
+    broken = run_sweep(spec, out=str(out), backend="local", leaderboards=tmp_path / "lb", progress=False, batch=True)
+    status = {t.params["scale"]: s for t, s in broken.state.status.items()}
+    assert status == {"0.1": "failed", "10": "done"}  # one process, exit 1; its second run finished
+    assert len(processes.read_text().splitlines()) == 1
+    (failed,) = broken.state.failed
+    assert "exit 1" in broken.state.failures[failed] and "batches" in broken.state.failures[failed]
+
+    monkeypatch.delenv("VTAB_LILY_FAULT")
+    again = run_sweep(spec, out=str(out), backend="local", leaderboards=tmp_path / "lb", progress=False, batch=True)
+    assert again.ok and sorted(again.state.status.values()) == ["done", "skipped"]
+    assert len(processes.read_text().splitlines()) == 2 and len(finished_runs(out)) == 2
+    trial_log = next((out / "sweeps").rglob("grid-*scale=0.1-*.log"))
+    assert trial_log.read_text().count("\n$ ") == 2 and "batches" in trial_log.read_text()

@@ -114,14 +114,14 @@ def test_val_selection_never_reads_a_test_result(tmp_path, monkeypatch):
     assert state.ok()
     record = selection_record(state)["tasks"]["dtd"]
     assert record["test"] == {"0": 50.0, "1": 50.0}
-    assert len(record["commands"]) == 2 and "--method-name 'lily (val-selected: scale)'" in record["commands"][0]
+    assert len(record["commands"]) == 2 and "--method-name 'lily (val-selected: scale={0.1,1}; seeds 0,1 scored on 0)'" in record["commands"][0]
 
 
 def test_test_best_chooses_on_test_and_says_so(tmp_path):
     state = run(make_spec("test-best"), FakeRuns(tmp_path / "runs"), tmp_path).state
     assert state.selections["dtd"].chosen == {"scale": "0.1"}
     record = selection_record(state)
-    assert record["method"] == "lily (test-best: scale)" and record["scored_on"].startswith("test")
+    assert record["method"] == "lily (test-best: scale={0.1,1}; seeds 0,1 scored on 0)" and record["scored_on"].startswith("test")
 
 
 def test_a_failed_grid_trial_blocks_only_its_task_and_is_reported(tmp_path):
@@ -154,7 +154,7 @@ def test_local_backend_runs_one_trial_per_gpu_with_its_own_device(monkeypatch, t
     seen: list[str] = []
     both_running = threading.Barrier(2, timeout=10)  # fails unless two trials run at once
 
-    def fake_process(argv, log_path, env=None, package_root=None):
+    def fake_process(argv, log_path, env=None, package_root=None, module="vtab_lily.run"):
         seen.append(env["CUDA_VISIBLE_DEVICES"])
         both_running.wait()
         time.sleep(0.05)

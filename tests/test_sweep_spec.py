@@ -57,8 +57,8 @@ def test_reserved_and_conflicting_options_are_refused():
         spec_from_flags(run_args=["--scale", "3"])
     with pytest.raises(UserError, match="sweep sets --protocol"):
         spec_from_flags(run_args=["--protocol", "test"])
-    with pytest.raises(UserError, match="repeats a value"):
-        spec_from_flags(grid=[("ne", ["2", "2"])])
+    with pytest.raises(UserError, match="not an option of python -m vtab_lily.run"):
+        spec_from_flags(run_args=["--epoch", "3"])
     with pytest.raises(UserError, match="missing --backbone"):
         build_spec({}, "command line", flags={"adapter": "lily", "grid": [("ne", ["2"])]})
 
@@ -70,7 +70,8 @@ def test_toml_file_and_flag_override(tmp_path):
     spec = build_spec(load_toml(path), str(path), flags={"grid": [("ne", ["4"])], "run_args": ["--batch-size", "8"]})
     assert spec.grid == {"scale": ["0.1", "10"], "ne": ["4"]}  # the flag replaced ne only
     assert spec.tasks == ["dtd"] and spec.seeds == [0, 1]
-    assert spec.run_args == ["--epochs", "5", "--no-tensorboard", "--batch-size", "8"]
+    # normalize = false turns it off (not "leave it out": the run's default could be on)
+    assert spec.run_args == ["--epochs", "5", "--no-normalize", "--no-tensorboard", "--batch-size", "8"]
 
 
 def test_toml_errors_name_the_file(tmp_path):
@@ -106,17 +107,20 @@ def test_stages_per_selection_mode():
     assert all(t.stage == GRID and t.method_name is None for t in grid)
     finals = final_trials(val, "dtd", {"scale": "1", "ne": "2"})
     assert [t.seed for t in finals] == [0, 1, 2] and {t.protocol for t in finals} == {"test"}
-    assert {t.method_name for t in finals} == {"lily (val-selected: scale x ne)"} and finals[0].stage == FINAL
+    assert {t.method_name for t in finals} == {"lily (val-selected: scale={0.1,1} x ne={2,4}; seeds 0,1,2 scored on 0)"}
+    assert finals[0].stage == FINAL
     best = spec_from_flags(tasks="dtd", seeds="3", select="test-best")
     assert {t.protocol for t in grid_trials(best, "dtd")} == {"test"}
-    assert method_label(best) == "lily (test-best: scale x ne)"
+    assert method_label(best) == "lily (test-best: scale={0.1,1} x ne={2,4}; seeds 0,1,2 scored on 0)"
     none = spec_from_flags(tasks="dtd", seeds="3", select="none")
     assert len(grid_trials(none, "dtd")) == 12 and method_label(none) is None
 
 
 def test_label_keeps_recipe_options_and_drops_paths():
-    spec = spec_from_flags(run_args=["--epochs", "50", "--data-root", "/data/v", "--device=cuda:1", "--rank", "16"])
-    assert method_label(spec) == "lily (val-selected: scale x ne; --epochs 50 --rank 16)"
+    spec = spec_from_flags(run_args=["--epochs", "50", "--data-root", "/data/v", "--device=cuda:1", "--rank", "16",
+                                     "--threads", "4", "--eval-every", "5"])
+    assert method_label(spec) == ("lily (val-selected: scale={0.1,1} x ne={2,4}; seeds 0 scored on 0; "
+                                  "--epochs 50 --eval-every 5 --rank 16)")
 
 
 def test_command_repeats_the_trial_exactly():
@@ -124,7 +128,8 @@ def test_command_repeats_the_trial_exactly():
     trial = final_trials(spec, "dtd", {"scale": "0.1", "ne": "4"})[0]
     words = shlex.split(trial.command(spec, "my runs"))
     assert words[:3] == ["python", "-m", "vtab_lily.run"] and words[3:] == trial.run_argv(spec, "my runs")
-    assert words[words.index("--method-name") + 1] == "lily (val-selected: scale x ne; --epochs 5)"
+    assert words[words.index("--method-name") + 1] == ("lily (val-selected: scale={0.1,1} x ne={2,4}; "
+                                                       "seeds 0 scored on 0; --epochs 5)")
     assert words[words.index("--out") + 1] == "my runs"
 
 

@@ -19,7 +19,7 @@ from .spec import BACKENDS, SELECT_MODES, build_spec, load_toml, parse_grid_flag
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vtab_lily.sweep",
+        prog="python -m vtab_lily.sweep", allow_abbrev=False,
         description="Run a grid of vtab_lily.run configurations over tasks and seeds, locally or on Ray, "
                     "and pick the best point per task without looking at test labels (--select val). "
                     "Options after '--' go to every run unchanged.")
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: start a local one")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a local Ray instance (default: all)")
     parser.add_argument("--demo", action="store_true", default=None, help="the demo suite (tiny backbone, no downloads)")
+    parser.add_argument("--paper", action="store_true", default=None,
+                        help="--paper on every run, and export the test-selected number (best test accuracy over "
+                             "the evaluations, the paper's rule) beside the final one")
+    parser.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
+                        help="trials sharing each GPU (CPU-only machine: trials at once); with several workers each "
+                             "trial gets --threads cores//workers unless given after '--'. Ray: num_gpus=1/N")
+    parser.add_argument("--one-process-per-trial", action="store_true",
+                        help="local backend: start a process per trial even when vtab_lily.run has --batch")
     parser.add_argument("--out", default="runs", help="run folder, shared by all nodes with Ray (default: runs)")
     parser.add_argument("--leaderboards", default="leaderboards",
                         help="where the selection table goes, as <folder>/sweeps/<sweep-id>.md (default: leaderboards)")
@@ -72,9 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.config:
         config, where = load_toml(args.config), args.config
     flags = {"backbone": args.backbone, "adapter": args.adapter, "tasks": args.tasks, "seeds": args.seeds,
-             "select": args.select, "select_seeds": args.select_seeds, "demo": args.demo,
+             "select": args.select, "select_seeds": args.select_seeds, "demo": args.demo, "paper": args.paper,
              "grid": args.grid or [], "run_args": run_args}
     spec = build_spec(config, where, flags=flags)
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
+    from .runopts import flag_is_supported
+
+    if spec.paper and not flag_is_supported("paper"):
+        print("note: this vtab_lily.run has no --paper; the test-selected number is still read from each "
+              "result.json's accuracy.best", file=sys.stderr)
 
     from .api import check_trials, plan_summary, run_sweep
     from .locate import RunLocator
@@ -83,10 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
         print(plan_summary(spec, args.out))
         return 0
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UserError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and (args.backend != "ray" or args.address):
         raise UserError("--num-cpus is only for a local Ray instance (--backend ray without --address)")
+    if not 1 <= args.trials_per_gpu <= 64:
+        raise UserError(f"--trials-per-gpu must be between 1 and 64, got {args.trials_per_gpu}")
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
-                        leaderboards=args.leaderboards, progress=not args.no_progress)
+                        leaderboards=args.leaderboards, progress=not args.no_progress,
+                        trials_per_gpu=args.trials_per_gpu, batch=False if args.one_process_per_trial else None)
     print(outcome.summary())
     return 0 if outcome.ok else 1
 

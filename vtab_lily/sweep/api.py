@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..fsutil import atomic_write_json
 from .backends import make_backend
 from .driver import Locator, SweepDriver, SweepState, sweep_dir_for, write_selection
 from .locate import RunLocator
-from .plan import final_trials, grid_trials, method_label
+from .plan import Trial, final_trials, grid_trials, method_label
 from .report import write_markdown, write_tensorboard
 from .spec import SweepSpec
 
@@ -50,21 +51,27 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, out: str = "runs", backend: str = "local", address: str | None = None,
               num_cpus: int | None = None, leaderboards: str | Path = "leaderboards", progress: bool = True,
-              locate: Locator | None = None) -> SweepOutcome:
+              locate: Locator | None = None, trials_per_gpu: int = 1, batch: bool | None = None) -> SweepOutcome:
     """Run (or finish) a sweep and write its selection, table and TensorBoard view.
 
     Runs write under ``out``; the sweep's own files under ``<out>/sweeps/<sweep-id>/``. Calling
-    it again with the same spec repeats nothing that finished.
+    it again with the same spec repeats nothing that finished. ``trials_per_gpu`` trials share
+    each GPU; ``batch`` (local backend): one ``vtab_lily.run --batch`` process per worker
+    (None: when the runner has it; False: one process per trial).
     """
     # Runs get an absolute folder: Ray workers do not share our working directory.
     run_out = str(Path(out).resolve())
     locator = RunLocator()
     check_trials(spec, run_out, locator)
     sweep_dir = sweep_dir_for(out, spec)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    for folder, flag in ((sweep_dir, "--out"), (Path(leaderboards) / "sweeps", "--leaderboards")):
+        try:  # before any trial: a folder we cannot write is one line now, not a traceback later
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"{flag}: cannot create {folder} ({err.strerror or err})") from None
     atomic_write_json(sweep_dir / "sweep.json", {"sweep_id": spec.sweep_id(), "spec": spec.identity(),
                                                  "method": method_label(spec), "out": out})
-    executor = make_backend(backend, address, num_cpus)
+    executor = make_backend(backend, address, num_cpus, trials_per_gpu, batch)
     try:
         driver = SweepDriver(spec, run_out, sweep_dir, executor, locate or locator.find, progress,
                              on_update=write_selection, shown_out=out)
@@ -76,14 +83,42 @@ def run_sweep(spec: SweepSpec, out: str = "runs", backend: str = "local", addres
 
 
 def check_trials(spec: SweepSpec, out: str, locator: RunLocator) -> None:
-    """Resolve every grid trial's options, and a selected run's for every grid point, with the
-    runner's own parser before anything starts: a typo fails the sweep now, not each trial."""
+    """Resolve every grid value, every grid trial's options and a selected run's for every grid
+    point with the runner's own parser and checks before anything starts (nan, inf, negative or
+    out-of-range numbers, typos): a bad value fails the sweep now, naming its grid key, not
+    each trial later. Raises UserError (exit 2)."""
+    task = spec.tasks[0]
+    base = spec.points()[0]
+    first = grid_trials(spec, task)[0]
+    try:  # what every trial shares (names, adapter, fixed options), with the first grid values
+        locator.config(first.run_argv(spec, out))
+    except UserError as err:
+        if len(spec.points()) == 1 or not any(f"{k}" in str(err) for k in spec.grid):
+            raise UserError(f"{err} (in every trial of this sweep)") from None
+    for key, values in spec.grid.items():  # one value at a time: the message names it
+        for value in values:
+            trial = first
+            point = tuple((k, value if k == key else base[k]) for k in spec.grid)
+            argv = Trial(task, trial.seed, trial.protocol, point, trial.stage).run_argv(spec, out)
+            try:
+                locator.config(argv)
+            except UserError as err:
+                raise UserError(f"grid {key}={value}: {err}") from None
     for task in spec.tasks:
         for trial in grid_trials(spec, task):
-            locator.config(trial.run_argv(spec, out))
+            _check(locator, trial.run_argv(spec, out), trial)
     if spec.select != "none":
         for point in spec.points():
-            locator.config(final_trials(spec, spec.tasks[0], point)[0].run_argv(spec, out))
+            trial = final_trials(spec, spec.tasks[0], point)[0]
+            _check(locator, trial.run_argv(spec, out), trial)
+
+
+def _check(locator: RunLocator, argv: list[str], trial: Trial) -> None:
+    try:
+        locator.config(argv)
+    except UserError as err:
+        point = ", ".join(f"{k}={v}" for k, v in trial.point)
+        raise UserError(f"grid point {point} (task {trial.task}): {err}") from None
 
 
 def plan_summary(spec: SweepSpec, out: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..fsutil import atomic_write_json
-from ..results import run_status
+from ..results import RunStatus, run_status
 from .backends import Backend
 from .plan import GRID, Trial, choose_point, final_trials, grid_protocol, grid_trials, method_label
 from .spec import SweepSpec
@@ -24,6 +24,7 @@ from .spec import SweepSpec
 # run argv -> the run directory ``python -m vtab_lily.run`` uses for it (None: not started yet)
 Locator = Callable[[list[str]], "Path | None"]
 METRIC = "final"
+PAPER_METRIC = "best"  # --paper: the test-selected number (best test accuracy over the evaluations)
 TIE_RULE = ("highest mean final accuracy over the scoring seeds; ties (within 1e-9) go to the "
             "point listed first in grid order (first key slowest, values in the order given)")
 
@@ -51,6 +52,13 @@ class SweepState:
     failures: dict[Trial, str] = field(default_factory=dict)
     selections: dict[str, TaskSelection] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, line: str) -> None:
+        """Print a warning once (a malformed result is seen at every look-up)."""
+        if line not in self.warnings:
+            self.warnings.append(line)
+            print(f"warning: {line}", file=sys.stderr)
 
     @property
     def failed(self) -> list[Trial]:
@@ -90,12 +98,21 @@ class WrongRun(Exception):
     """The run directory found for a trial holds a different run."""
 
 
-def read_finished(run_dir: Path | None, trial: Trial) -> dict | None:
-    """The trial's complete result, or None; raises WrongRun when it is not the run asked for."""
+def read_finished(run_dir: Path | None, trial: Trial, warn: Callable[[str], None] | None = None) -> dict | None:
+    """The trial's complete result, or None; raises WrongRun when it is not the run asked for.
+
+    A malformed result.json (bad UTF-8, wrong types, a number too large to parse) is never
+    fatal: it counts as not finished and ``warn`` gets one line naming the file."""
     if run_dir is None:
         return None
-    status = run_status(run_dir)
-    if status.state != "complete":
+    try:
+        status = run_status(run_dir)
+    except Exception as err:  # noqa: BLE001 - whatever the reader trips on, the sweep goes on
+        status = RunStatus(Path(run_dir), "malformed", f"{Path(run_dir) / 'result.json'}: unreadable "
+                                                     f"({err.__class__.__name__}: {err})"[:500])
+    if status.state == "malformed" and warn is not None:
+        warn(f"skipped {status.run_dir} (malformed result): {status.detail}")
+    if status.state != "complete" or not isinstance(status.result, dict):
         return None
     result = status.result
     if result.get("protocol") != trial.protocol or result.get("seed") != trial.seed or result.get("task") != trial.task:
@@ -148,7 +165,7 @@ class SweepDriver:
                 while pending:
                     trial = pending.popleft()
                     try:
-                        result = read_finished(self.trial_dir(trial), trial)
+                        result = read_finished(self.trial_dir(trial), trial, state.warn)
                     except WrongRun:
                         result = None  # start it: the runner decides, and the check below reports it
                     if result is not None:  # finished earlier: never started again
@@ -157,19 +174,21 @@ class SweepDriver:
                         continue
                     log = state.sweep_dir / "logs" / f"{trial.name}.log"
                     inflight[self.backend.submit(trial.run_argv(spec, self.out), str(log))] = trial
+                flush = getattr(self.backend, "flush", None)
+                if flush is not None:  # a batching backend starts its processes now
+                    flush()
                 progress.update(self.backend.running())
                 if not inflight:
                     continue
                 for handle, outcome in self.backend.wait(list(inflight)):
                     trial = inflight.pop(handle)
-                    why = f"exit {outcome.returncode}"
+                    # result.json is the truth: in a batch, the exit code is the worst of all its runs
+                    why = f"exit {outcome.returncode}" + ("" if outcome.returncode else " but no result.json")
                     result = None
-                    if outcome.returncode == 0:
-                        why = "exit 0 but no result.json"
-                        try:
-                            result = read_finished(self.trial_dir(trial), trial)
-                        except WrongRun as err:
-                            why = f"exit 0 but {err}"
+                    try:
+                        result = read_finished(self.trial_dir(trial), trial, state.warn)
+                    except WrongRun as err:
+                        why = f"exit {outcome.returncode} but {err}"
                     if result is None:
                         state.failures[trial] = f"{why}; log: {outcome.log}" + (f"\n{outcome.tail}" if outcome.tail else "")
                         self._finish(trial, "failed", None, pending, progress)
@@ -235,9 +254,19 @@ def selection_record(state: SweepState) -> dict:
                 finals = final_trials(spec, task, selection.chosen)
                 entry["commands"] = [t.command(spec, state.out) for t in finals]
                 entry["test"] = {str(t.seed): state.results[t]["accuracy"][METRIC] for t in finals if t in state.results}
+                if spec.paper:
+                    entry["test_selected"] = {str(t.seed): state.results[t]["accuracy"].get(PAPER_METRIC)
+                                              for t in finals if t in state.results}
                 entry["run_dirs"] = {str(t.seed): state.results[t]["run_dir"] for t in finals if t in state.results}
         else:
             entry["commands"] = [t.command(spec, state.out) for t in grid_trials(spec, task)]
+            if spec.paper:
+                for row in entry["grid"]:
+                    trials = [t for t in grid_trials(spec, task) if t.params == row["point"] and t in state.results]
+                    best = {str(t.seed): state.results[t]["accuracy"].get(PAPER_METRIC) for t in trials}
+                    row["test_selected"] = best
+                    numbers = [v for v in best.values() if v is not None]
+                    row["test_selected_mean"] = sum(numbers) / len(numbers) if numbers else None
         tasks[task] = entry
     return {
         "schema": 1,
@@ -252,10 +281,14 @@ def selection_record(state: SweepState) -> dict:
         "select_seeds": spec.seeds[: spec.select_seeds] if spec.select != "none" else None,
         "scored_on": grid_scored_on(spec) if spec.select != "none" else None,
         "metric": METRIC,
+        "paper": spec.paper,
+        "test_selected_metric": ("accuracy.best: best test accuracy over the evaluations (the paper's rule)"
+                                 if spec.paper else None),
         "rule": TIE_RULE if spec.select != "none" else None,
         "run_args": spec.run_args,
         "tasks": tasks,
         "failed": {t.name: state.failures.get(t, "") for t in state.failed},
+        "warnings": state.warnings,
         "complete": state.ok() and all(s in ("done", "skipped") for s in state.status.values()),
     }
 

@@ -22,7 +22,9 @@ from ..rundir import CONFIG, LOCAL_KEYS, RESULT, json_normal
 # The runner also leaves out ``adapter_options`` because the resolved ``adapter_config`` it
 # hashes carries them; we cannot resolve that without building the model, so we compare the
 # options themselves. The weights file is compared by name, as the runner records it.
-IGNORED = (set(LOCAL_KEYS) | {"out", "data_root", "device", "tensorboard", "threads", "checkpoint"}) - {"adapter_options"}
+# ``report`` (--paper) only says which number a run prints: the same run either way.
+IGNORED = (set(LOCAL_KEYS) | {"out", "data_root", "device", "tensorboard", "threads", "checkpoint", "report"}) \
+    - {"adapter_options"}
 
 
 class RunLocator:
@@ -59,14 +61,24 @@ class RunLocator:
         for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             try:
                 saved = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # unreadable or hand-edited: not ours
                 continue
-            if isinstance(saved, dict) and all(json_normal(saved.get(k)) == v for k, v in wanted.items()):
-                matches.append(run_dir)
-        finished = [d for d in matches if (d / RESULT).exists()]
+            # A value the runner resolves only once the model is built (e.g. pre_logits: None =
+            # the backbone's default) is written back resolved: None here matches any value.
+            if isinstance(saved, dict) and all(v is None or json_normal(saved.get(k)) == v for k, v in wanted.items()):
+                exact = sum(json_normal(saved.get(k)) == v for k, v in wanted.items())
+                matches.append((exact, run_dir))
+        finished = [(exact, _mtime(d / RESULT), d) for exact, d in matches if (d / RESULT).exists()]
         if finished:
-            return max(finished, key=lambda d: (d / RESULT).stat().st_mtime)
-        return matches[0] if matches else None
+            return max(finished, key=lambda m: m[:2])[2]
+        return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed since we looked
+        return 0.0
 
 
 _default = RunLocator()

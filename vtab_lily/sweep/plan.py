@@ -16,15 +16,23 @@ order given).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
-from .spec import SweepSpec, option_flag
+from . import runopts
+from .spec import SweepSpec, canonical_fixed, canonical_grid
 
 GRID, FINAL = "grid", "final"
-# Run options that say where or how a run executes, not what it computes: left out of labels.
-_NOT_IN_LABEL = ("data-root", "device", "checkpoint", "tensorboard", "no-tensorboard", "eval-every", "debug")
+# Machine settings: where or how a run executes, not what it computes. Left out of labels
+# (the weights file stays in, by its file name: other weights are another method).
+_NOT_IN_LABEL = tuple(n for n in runopts.MACHINE if n != "checkpoint")
+_LABEL_MAX = 150  # with the hash appended, a label has at most 161 characters
+# values that read unambiguously inside a label (a comma would, inside a grid's braces)
+_PLAIN, _PLAIN_FIXED = re.compile(r"^[A-Za-z0-9_.+\-]*$"), re.compile(r"^[A-Za-z0-9_.,+/=\-]*$")
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,11 @@ class Trial:
         argv = ["--backbone", spec.backbone, "--adapter", spec.adapter, "--task", self.task,
                 "--protocol", self.protocol, "--seed", str(self.seed), "--out", out]
         for key, value in self.point:
-            argv += [option_flag(key), value]
+            argv += runopts.option_args(key, value)
         if spec.demo:
             argv.append("--demo")
+        if spec.paper and runopts.flag_is_supported("paper"):
+            argv.append("--paper")
         if self.method_name:
             argv += ["--method-name", self.method_name]
         return argv + list(spec.run_args)
@@ -62,8 +72,11 @@ class Trial:
     def name(self) -> str:
         """Readable, file-name-safe id, e.g. ``grid-dtd-val-scale=0.1-ne=2-s0``."""
         point = "-".join(f"{k}={v}" for k, v in self.point)
-        text = f"{self.stage}-{self.task}-{self.protocol}-{point}-s{self.seed}"
-        return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
+        text = re.sub(r"[^A-Za-z0-9_.=+-]", "_", f"{self.stage}-{self.task}-{self.protocol}-{point}-s{self.seed}")
+        if len(text) > 120:  # file names stay well under the 255-byte limit, and distinct
+            digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+            text = f"{text[:100]}-{digest}-s{self.seed}"
+        return text
 
 
 def point_key(point: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -71,29 +84,34 @@ def point_key(point: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def method_label(spec: SweepSpec) -> str | None:
-    """Method name of the tuned runs, the same for every task so they form one leaderboard row:
-    e.g. ``lily (val-selected: scale x ne)``; fixed recipe options are appended."""
+    """Method name of the tuned runs, the same for every task so they form one leaderboard row,
+    and different for any two sweeps whose numbers could differ: the selection rule, the grid's
+    keys and values, the seeds (and the scoring ones) and every fixed run option that changes a
+    number are in it; machine settings (threads, device, data paths) are not. E.g.
+    ``lily (val-selected: scale={0.1,1} x ne={2,4}; seeds 0,1 scored on 0; --epochs 50)``.
+    Values that could make two labels read alike get an 8-digit hash of it all appended."""
     if spec.select == "none":
         return None
     how = "val-selected" if spec.select == "val" else "test-best"
-    label = f"{spec.adapter} ({how}: {' x '.join(spec.grid)}"
-    fixed = _label_args(spec.run_args)
-    return label + (f"; {fixed})" if fixed else ")")
-
-
-def _label_args(run_args: list[str]) -> str:
-    kept: list[str] = []
-    skip_value = False
-    for arg in run_args:
-        if skip_value:
-            skip_value = False
-            if not arg.startswith("--"):
-                continue
-        if arg.startswith("--") and arg[2:].split("=", 1)[0] in _NOT_IN_LABEL:
-            skip_value = "=" not in arg
-            continue
-        kept.append(arg)
-    return " ".join(kept)
+    grid = canonical_grid(spec.grid)
+    scored = spec.seeds[: spec.select_seeds]
+    fixed = [(n, v) for n, v in canonical_fixed(spec.run_args) if n not in _NOT_IN_LABEL]
+    fixed = [(n, Path(v).name if n == "checkpoint" and v else v) for n, v in fixed]
+    parts = [" x ".join(f"{k}={{{','.join(vs)}}}" for k, vs in grid.items()),
+             f"seeds {','.join(map(str, spec.seeds))} scored on {','.join(map(str, scored))}"]
+    if fixed:
+        parts.append(" ".join(f"--{n}" + ("" if v is None else f" {v}") for n, v in fixed))
+    label = f"{spec.adapter} ({how}: {'; '.join(parts)})"
+    plain = all(_PLAIN.match(v) for vs in grid.values() for v in vs) and all(
+        v is None or _PLAIN_FIXED.match(v) for _, v in fixed)
+    if plain and len(label) <= _LABEL_MAX:
+        return label
+    identity = {"how": how, "grid": grid, "seeds": spec.seeds, "scored": scored, "fixed": fixed}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    readable = re.sub(r"[|`\s]+", " ", label)  # never a table separator or a line break
+    if len(readable) > _LABEL_MAX:
+        readable = readable[: _LABEL_MAX - 4] + " ...)"
+    return f"{readable} #{digest}"
 
 
 def grid_protocol(spec: SweepSpec) -> str:

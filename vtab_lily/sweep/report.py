@@ -31,11 +31,15 @@ def selection_markdown(state: SweepState) -> str:
              + (f" Fixed run options: `{' '.join(spec.run_args)}`." if spec.run_args else ""), ""]
     if spec.select == "none":
         lines += [f"No selection: every grid point on the test protocol; {METRIC} test accuracy, mean over seeds.", ""]
+        if spec.paper:
+            lines += [f"`--paper`: test-selected = {record['test_selected_metric']}.", ""]
         rows = []
         for task, entry in record["tasks"].items():
             for row in entry["grid"]:
-                rows.append([task, *(row["point"][k] for k in keys), _fmt(row["mean"]), len(row["scores"])])
-        lines.append(tabulate(rows, headers=["task", *keys, "test acc", "seeds"], tablefmt="github",
+                paper = [_fmt(row.get("test_selected_mean"))] if spec.paper else []
+                rows.append([task, *(row["point"][k] for k in keys), _fmt(row["mean"]), *paper, len(row["scores"])])
+        extra = ["test-selected acc"] if spec.paper else []
+        lines.append(tabulate(rows, headers=["task", *keys, "test acc", *extra, "seeds"], tablefmt="github",
                               disable_numparse=True))
         return "\n".join(lines) + "\n"
 
@@ -46,17 +50,26 @@ def selection_markdown(state: SweepState) -> str:
               f"{', '.join(map(str, record['select_seeds']))}; rule: {TIE_RULE}. The chosen point is "
               f"retrained on train800val200 and tested with every seed.{caution}", "",
               f"Leaderboard row: `{method_label(spec)}`.", ""]
+    if spec.paper:
+        lines += [f"`--paper`: test-selected = {record['test_selected_metric']}; the final-epoch number "
+                  "is beside it.", ""]
     rows = []
+    extra = [""] if spec.paper else []
     for task, entry in record["tasks"].items():
         chosen = entry.get("chosen")
         if chosen is None:
-            rows.append([task, *([""] * len(keys)), "", "", entry.get("error") or "pending", ""])
+            rows.append([task, *([""] * len(keys)), "", "", *extra, entry.get("error") or "pending", ""])
             continue
         tests = list(entry.get("test", {}).values())
         test = f"{_fmt(_mean(tests))} ({len(tests)}/{len(spec.seeds)} seeds)" if tests else "pending"
-        rows.append([task, *(chosen[k] for k in keys), _fmt(entry["chosen_score"]), test, "",
+        if spec.paper:
+            best = [v for v in entry.get("test_selected", {}).values() if v is not None]
+            extra = [_fmt(_mean(best)) if best else "pending"]
+        rows.append([task, *(chosen[k] for k in keys), _fmt(entry["chosen_score"]), test, *extra, "",
                      f"`{entry['commands'][0]}`"])
-    lines.append(tabulate(rows, headers=["task", *keys, f"{scored} acc", "test acc", "note", "command (first seed)"],
+    headers = ["task", *keys, f"{scored} acc", "test acc (final)" if spec.paper else "test acc"]
+    headers += ["test acc (test-selected)"] if spec.paper else []
+    lines.append(tabulate(rows, headers=[*headers, "note", "command (first seed)"],
                           tablefmt="github", disable_numparse=True))
     lines += ["", "The other seeds: the same command with `--seed N`; all commands are in "
               f"`{state.sweep_dir / 'selection.json'}`."]

@@ -1,0 +1,169 @@
+"""What the sweep knows about ``python -m vtab_lily.run``'s options, read from the runner's parser.
+
+Names are matched exactly (no abbreviations): ``--ou`` is not ``--out`` and ``see`` is not
+``seed``. A grid key or fixed option is one of three kinds:
+
+- reserved: set by the sweep itself on every run (``--seed``, ``--out``, ...); never per run;
+- machine: where or how a run executes (``--threads``, ``--device``, paths); allowed as fixed
+  options, never in the grid, and left out of labels and the sweep id;
+- everything else changes the numbers: allowed in the grid and in the label.
+
+A grid key that is not a run option goes to the adapter as ``--adapter-opt KEY=VALUE`` when
+the runner has that option (its own coercion then validates the value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+from typing import Any
+
+from ..errors import UserError, suggest
+
+# option -> what to use instead (the sweep's own flag), for the error message
+RESERVED = {"backbone": "the sweep's --backbone", "adapter": "the sweep's --adapter", "task": "the sweep's --tasks",
+            "protocol": "the sweep's --select", "seed": "the sweep's --seeds", "out": "the sweep's --out",
+            "demo": "the sweep's --demo", "method-name": "the sweep labels selected runs itself",
+            "force": "delete the run folder to redo a run", "paper": "the sweep's --paper",
+            "batch": "the sweep's --backend", "dry-run": "the sweep's --dry-run", "list-tasks": "--dry-run",
+            "help": "python -m vtab_lily.run --help"}
+MACHINE = ("threads", "device", "data-root", "checkpoint", "tensorboard", "no-tensorboard", "debug")
+ADAPTER_OPT = "adapter-opt"
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@functools.lru_cache(maxsize=1)
+def run_actions() -> dict[str, argparse.Action]:
+    """Exact long option name (without ``--``) -> its argparse action in vtab_lily.run."""
+    from ..run import build_parser
+
+    parser = build_parser()
+    return {s[2:]: a for s, a in parser._option_string_actions.items() if s.startswith("--")}
+
+
+def has_run_option(name: str) -> bool:
+    return name in run_actions()
+
+
+def flag_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def is_flag(action: argparse.Action) -> bool:
+    """Options that take no value (store_true, --x/--no-x)."""
+    return action.nargs == 0
+
+
+def _unknown(name: str, where: str) -> UserError:
+    names = sorted(run_actions())
+    hint = suggest(name, names)
+    near = hint.split("'")[1] if "'" in hint else ""
+    if near in RESERVED:
+        hint += f" (the sweep sets --{near} itself: use {RESERVED[near]})"
+    return UserError(f"{where}: {name!r} is not an option of python -m vtab_lily.run{hint} "
+                     "(names must match exactly)")
+
+
+def check_fixed_name(name: str, where: str) -> argparse.Action:
+    """A fixed run option (after ``--`` or in ``[run]``): exact, not reserved. Returns its action."""
+    if name in RESERVED:
+        raise UserError(f"{where}: the sweep sets --{name} itself; use {RESERVED[name]}")
+    action = run_actions().get(name)
+    if action is None:
+        raise _unknown(name, where)
+    return action
+
+
+def check_grid_key(key: str, where: str) -> argparse.Action | None:
+    """A grid key: an exact run option that changes numbers, or (None) an adapter option passed
+    with ``--adapter-opt`` when the runner has it."""
+    name = flag_name(key)
+    if name in RESERVED:
+        raise UserError(f"{where}: grid key {key!r} is not a tunable run option: the sweep sets --{name} "
+                        f"itself; use {RESERVED[name]}")
+    if name in MACHINE or name == ADAPTER_OPT:
+        raise UserError(f"{where}: grid key {key!r} is not a tunable run option (it does not change the numbers)")
+    action = run_actions().get(name)
+    if action is not None:
+        return action
+    if has_run_option(ADAPTER_OPT):
+        return None
+    err = _unknown(key, f"{where}: grid key")
+    raise UserError(f"{err}; nor can it go to the adapter: this vtab_lily.run has no --{ADAPTER_OPT}")
+
+
+def normal_value(key: str, action: argparse.Action | None, text: str, where: str) -> Any:
+    """The value ``text`` as the run would parse it (so "1" and "1.0" compare equal), checked finite."""
+    if action is not None and is_flag(action):
+        low = text.lower()
+        if low not in _TRUE + _FALSE:
+            raise UserError(f"{where}: {key} = {text!r}: expected true or false")
+        return low in _TRUE
+    value: Any = text
+    convert = getattr(action, "type", None) if action is not None else None
+    if callable(convert):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise UserError(f"{where}: {key} = {text!r} is not a valid value ({err})") from None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise UserError(f"{where}: {key} = {text!r} is not a finite number")
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+    return value
+
+
+def option_args(key: str, value: str) -> list[str]:
+    """Run arguments for one grid value: ``--scale 0.1``, ``--normalize``/``--no-normalize``,
+    or ``--adapter-opt key=value`` for adapter options the runner has no flag for."""
+    name = flag_name(key)
+    action = run_actions().get(name)
+    if action is None:
+        return ["--" + ADAPTER_OPT, f"{key}={value}"]
+    if is_flag(action):
+        on = value.lower() in _TRUE
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return [f"--{name}" if on else f"--no-{name}"]
+        return [f"--{name}"] if on else []
+    return [f"--{name}", value]
+
+
+def parse_fixed(run_args: list[str], where: str = "run options") -> list[tuple[str, str | None]]:
+    """``["--epochs", "5", "--x=1", "--no-tensorboard"]`` -> [("epochs", "5"), ("x", "1"),
+    ("no-tensorboard", None)], each name checked exactly against the runner's options."""
+    pairs: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(run_args):
+        arg = run_args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise UserError(f"{where}: unexpected argument {arg!r} (run options are --name value)")
+        name, eq, inline = arg[2:].partition("=")
+        action = check_fixed_name(name, f"{where}: {arg!r}")
+        if is_flag(action):
+            if eq:
+                raise UserError(f"{where}: {arg!r}: --{name} takes no value")
+            pairs.append((name, None))
+        elif eq:
+            pairs.append((name, inline))
+        elif i + 1 < len(run_args) and not run_args[i + 1].startswith("--"):
+            pairs.append((name, run_args[i + 1]))
+            i += 1
+        else:
+            raise UserError(f"{where}: --{name} needs a value")
+        i += 1
+    return pairs
+
+
+def flag_is_supported(name: str) -> bool:
+    """Whether this vtab_lily.run has ``--name`` (e.g. ``--paper``, ``--batch``): newer runners do."""
+    try:
+        return has_run_option(name)
+    except Exception:  # noqa: BLE001 - an unimportable runner fails later, with its own message
+        return False
