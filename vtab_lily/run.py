@@ -25,76 +25,17 @@ from .errors import UserError, run_cli
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, RunDir, config_hash, json_normal
-from .runconfig import build_parser, check_args, parse, resolve_config  # noqa: F401 - re-exported
+from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
+    build_parser,
+    check_args,
+    official_pre_logits,
+    parse,
+    resolve_checkpoint,
+    resolve_config,
+)
 from .tasks import task_names
 
 EXIT_FAILED, EXIT_LOCKED = 1, 75  # 2: UserError and 130: interrupted come from errors.run_cli
-
-
-# --- weights -----------------------------------------------------------------------------------
-def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
-    """The backbone weights file (None: random init); UserError when it is missing and needed."""
-    from .backbones import get_spec
-
-    given = config["checkpoint"]
-    if isinstance(given, str) and given.lower() == "none":
-        return None
-    if given:
-        path, how = Path(given), "the file given by --checkpoint"
-    else:
-        file = get_spec(config["backbone"]).checkpoint_file
-        if file is None:
-            raise UserError(f"backbone {config['backbone']} has no published weights (a test config): "
-                            "pass --checkpoint none for random init, or --checkpoint PATH")
-        path, how = Path("backbones") / file, f"where {config['backbone']}'s weights are expected"
-    if must_exist and not path.is_file():
-        raise UserError(f"backbone checkpoint {path} not found ({how}); see backbones/README.md for how to get it, "
-                        "or pass --checkpoint PATH (--checkpoint none: random init, for tests only)")
-    return path
-
-
-def checkpoint_has_pre_logits(path: Path) -> bool | None:
-    """Whether a weights file holds a pre_logits layer (None: cannot tell without it). Reads
-    only the file's index (npz directory, safetensors header, memory-mapped torch file)."""
-    if not path.is_file():
-        return None
-    try:
-        if path.suffix == ".npz":
-            import numpy as np
-
-            with np.load(path) as npz:
-                keys = list(npz.files)
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                keys = list(f.keys())
-        else:
-            import torch
-
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            state = state.get("model", state) if isinstance(state, dict) else {}
-            keys = list(state) if isinstance(state, dict) else []
-    except Exception as err:  # noqa: BLE001 - the real load reports the file's problem in detail
-        raise UserError(f"backbone checkpoint {path} is unreadable: {err.__class__.__name__}: {err}") from None
-    return any("pre_logits" in key for key in keys)
-
-
-def resolve_pre_logits(config: dict, weights: Path | None) -> tuple[bool, bool]:
-    """(pre_logits to use, what the official code would do with these weights)."""
-    from .backbones import backbone_family
-    from .official import PRE_LOGITS_PUBLISHED
-
-    if backbone_family(config["backbone"]) != "vit" or weights is None:
-        official = False
-    else:
-        has = checkpoint_has_pre_logits(weights)
-        official = PRE_LOGITS_PUBLISHED.get(config["backbone"], False) if has is None else has
-    wanted = official if config["pre_logits"] is None else bool(config["pre_logits"])
-    if wanted and not official and config["pre_logits"]:
-        raise UserError(f"--pre-logits: {weights or 'random init (--checkpoint none)'} has no pre_logits layer "
-                        f"for {config['backbone']}")
-    return wanted, official
 
 
 def _backbone_kwargs(config: dict) -> dict:
@@ -110,8 +51,7 @@ def _backbone_kwargs(config: dict) -> dict:
 
 def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict, list[str]]:
     """Resolve everything that names the run without loading weights or data: the model is
-    built on the ``meta`` device. Fills ``adapter_config``, ``pretrained`` and ``pre_logits``
-    into ``config``; returns (config, run dir, parameter counts, deviations)."""
+    built on the ``meta`` device. Fills ``adapter_config`` and ``pretrained`` into ``config``; returns (config, run dir, parameter counts, deviations)."""
     import dataclasses
 
     import torch
@@ -120,14 +60,13 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     from .backbones import backbone_family, create_backbone
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
-    config["pre_logits"], official_pre_logits = resolve_pre_logits(config, weights)
     with torch.device("meta"):
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
                                 **_backbone_kwargs(config))
         model = apply_adapter(model, config["adapter"], **config["adapter_options"])  # validates the options
     config["adapter_config"] = json_normal(dataclasses.asdict(model.adapter_config))
     config["pretrained"] = weights.name if weights else None
-    devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits)
+    devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import typing
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError, unknown_name
@@ -237,6 +238,78 @@ def check_numbers(config: dict) -> None:
         raise UserError(f"--dropout must be below 1, got {config['adapter_options']['dropout']}")
 
 
+# --- weights (only their index is read here) -----------------------------------------------------------------------------------
+def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
+    """The backbone weights file (None: random init); UserError when it is missing and needed."""
+    from .backbones import get_spec
+
+    given = config["checkpoint"]
+    if isinstance(given, str) and given.lower() == "none":
+        return None
+    if given:
+        path, how = Path(given), "the file given by --checkpoint"
+    else:
+        file = get_spec(config["backbone"]).checkpoint_file
+        if file is None:
+            raise UserError(f"backbone {config['backbone']} has no published weights (a test config): "
+                            "pass --checkpoint none for random init, or --checkpoint PATH")
+        path, how = Path("backbones") / file, f"where {config['backbone']}'s weights are expected"
+    if must_exist and not path.is_file():
+        raise UserError(f"backbone checkpoint {path} not found ({how}); see backbones/README.md for how to get it, "
+                        "or pass --checkpoint PATH (--checkpoint none: random init, for tests only)")
+    return path
+
+
+def checkpoint_has_pre_logits(path: Path) -> bool | None:
+    """Whether a weights file holds a pre_logits layer (None: cannot tell without it). Reads
+    only the file's index (npz directory, safetensors header, memory-mapped torch file)."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as npz:
+                keys = list(npz.files)
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                keys = list(f.keys())
+        else:
+            import torch
+
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = state.get("model", state) if isinstance(state, dict) else {}
+            keys = list(state) if isinstance(state, dict) else []
+    except Exception as err:  # noqa: BLE001 - the real load reports the file's problem in detail
+        raise UserError(f"backbone checkpoint {path} is unreadable: {err.__class__.__name__}: {err}") from None
+    return any("pre_logits" in key for key in keys)
+
+
+def official_pre_logits(config: dict) -> bool:
+    """What the official code does with these weights: keep the checkpoint's pre_logits layer
+    when it has one (ViT only; a missing file is assumed to be the published one)."""
+    from .backbones import backbone_family
+    from .official import PRE_LOGITS_PUBLISHED
+
+    weights = resolve_checkpoint(config, must_exist=False)
+    if backbone_family(config["backbone"]) != "vit" or weights is None:
+        return False
+    has = checkpoint_has_pre_logits(weights)
+    return PRE_LOGITS_PUBLISHED.get(config["backbone"], False) if has is None else has
+
+
+def resolve_pre_logits(config: dict, asked: bool | None) -> bool:
+    """``--pre-logits/--no-pre-logits`` (None: the official choice) against the weights."""
+    official = official_pre_logits(config)
+    if asked and not official:
+        weights = resolve_checkpoint(config, must_exist=False)
+        what = f"{weights} has" if weights else "random init (--checkpoint none) has"
+        raise UserError(f"--pre-logits: {what} no pre_logits layer to keep for {config['backbone']}")
+    return official if asked is None else bool(asked)
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
     """Every option after defaults, with the task optional (``--list-tasks``). No I/O."""
     from .backbones import backbone_family, resolve_backbone_name
@@ -266,7 +339,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "lr_schedule": args.lr_schedule, "drop_last": args.drop_last, "precision": args.precision,
         "eval_batch_size": pick("eval_batch_size", recipe["eval_batch_size"]),
         "eval_batch_auto": args.eval_batch_size is None, "eval_limit": args.eval_limit, "compile": args.compile,
-        "pre_logits": args.pre_logits,  # resolved against the checkpoint before hashing (run.identify)
+        "pre_logits": args.pre_logits,  # resolved against the checkpoint below, before hashing
         "report": "test-selected" if args.paper else "final",
         # machine-local (not hashed): where things are and where it runs
         "data_root": pick("data_root", local.get("data_root", "data/vtab-1k")), "out": args.out,
@@ -274,6 +347,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
     }
     check_numbers(config)
+    config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
     return config
 
 
