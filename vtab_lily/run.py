@@ -51,7 +51,8 @@ def _backbone_kwargs(config: dict) -> dict:
 
 def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict, list[str]]:
     """Resolve everything that names the run without loading weights or data: the model is
-    built on the ``meta`` device. Fills ``adapter_config`` and ``pretrained`` into ``config``; returns (config, run dir, parameter counts, deviations)."""
+    built on the ``meta`` device. Fills ``adapter_config`` and ``pretrained`` into ``config``;
+    returns (config, run dir, parameter counts, deviations)."""
     import dataclasses
 
     import torch
@@ -109,6 +110,17 @@ def build_model(config: dict, weights: Path | None) -> Any:
             _WEIGHTS.clear()  # one backbone at a time: bounded memory
             _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in head}
     return apply_adapter(model, config["adapter"], **config["adapter_options"])
+
+
+def _same_as_identified(model: Any, config: dict) -> None:
+    """The real model must be the one the meta build named (else the run folder would lie)."""
+    import dataclasses
+
+    real = json_normal(dataclasses.asdict(model.adapter_config))
+    kept = getattr(model, "pre_logits_kept", config["pre_logits"])
+    if real != config["adapter_config"] or bool(kept) != bool(config["pre_logits"]):
+        raise RuntimeError(f"the loaded model differs from its meta-device description: adapter {real} vs "
+                           f"{config['adapter_config']}, pre_logits {kept} vs {config['pre_logits']}")
 
 
 def _head_keys(model: Any) -> list[str]:
@@ -209,6 +221,7 @@ def execute(argv: list[str]) -> tuple[int, str]:
 
         torch.set_num_threads(config["threads"])
     model = build_model(config, weights)
+    _same_as_identified(model, config)
     train_set, eval_set = load_data(config)
     from .runexec import run_locked
 
