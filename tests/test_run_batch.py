@@ -105,3 +105,47 @@ def test_backbone_weights_are_loaded_once_and_give_the_same_model(tmp_path, spy)
     assert torch.equal(second["patch_embed.proj.weight"], frozen["patch_embed.proj.weight"])
     cells = dict(config, num_classes=2, task="cells")  # another task: a fresh head of its own size
     assert run.build_model(cells, weights).get_classifier().out_features == 2 and len(spy) == 3
+
+
+def test_router_history_covers_each_evaluation_only_and_survives_a_resume(tmp_path):
+    """before_eval resets the routers' window, so each history entry (and router_weights.json,
+    the last one) averages the evaluation's forward passes only, not the training epoch's."""
+    from vtab_lily.adapters import apply_adapter, lily_router_weights, reset_router_weights
+    from vtab_lily.rundir import RunDir
+    from vtab_lily.runexec import EvalRecorder
+
+    torch.manual_seed(0)
+    model = apply_adapter(backbones.create_backbone("vit-tiny-test", num_classes=3, img_size=16), "lily", rank=4).eval()
+    config = {"adapter": "lily", "epochs": 2}
+    run_dir = RunDir(tmp_path / "run")
+    recorder = EvalRecorder(model, run_dir, None, config, start_epoch=0, window_reset_by_loop=True)
+    train_images, eval_images = torch.randn(8, 3, 16, 16) * 5, torch.randn(4, 3, 16, 16)
+    reset_router_weights(model)
+    model(eval_images)
+    eval_only = lily_router_weights(model)
+    for epoch in (1, 2):
+        model(train_images)  # a training epoch
+        recorder.before_eval()
+        model(eval_images)  # the evaluation
+        recorder.on_eval(epoch, 50.0)
+    history = run_dir.read_router_history()
+    assert history["epochs"] == [1, 2] and history["sites"] == list(eval_only)
+    expected = [w for ws in eval_only.values() for w in ws]
+    for weights in history["weights"]:
+        assert [w for ws in weights for w in ws] == pytest.approx(expected, abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    resumed = EvalRecorder(model, run_dir, None, config, start_epoch=1, window_reset_by_loop=True)
+    assert resumed.history["epochs"] == [1]  # evaluations after the checkpoint are redone
+
+
+def test_ctrl_c_stops_the_whole_batch_with_130(demo_root, tmp_path, monkeypatch, capsys):
+    from vtab_lily import rundir
+
+    common = [*TINY, "--data-root", str(demo_root), "--out", str(tmp_path / "runs")]
+    batch = write_batch(tmp_path / "b.jsonl", [[*common, "--task", "colours"], [*common, "--task", "count"]])
+    rundir._fault_counts.clear()
+    monkeypatch.setenv("VTAB_LILY_FAULT", "train_step:3:INT")
+    assert run.main(["--batch", str(batch)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during vit lily colours" in err and "count" not in err  # the second run never started
+    assert not list((tmp_path / "runs").rglob("result.json"))

@@ -123,6 +123,8 @@ def test_bad_adapter_options_name_the_option(opt, message):
     (["--warmup", "20", "--epochs", "10"], "--warmup 20 is longer than --epochs 10"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
     (["--eval-limit", "0"], "--eval-limit must be >= 1"),
+    (["--img-size", "100000000"], "--img-size must be <= 4,096"),
+    (["--epochs", "99999999999999999999"], "--epochs must be <= 100,000"),
     (["--adapter", "lora", "--adapter-opt", "per_target=q.alpha=nan"], "--per-target.q.alpha must be a finite"),
     (["--paper", "--protocol", "val"], "--paper"),
     (["--ou", "x"], "unrecognized arguments: --ou"),  # no abbreviations (issue 16.14)

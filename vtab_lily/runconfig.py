@@ -215,9 +215,17 @@ def _finite_numbers(value: Any, where: str) -> None:
             _finite_numbers(item, where)
 
 
+# Upper bounds far beyond any real use: a typo (an extra digit run) fails here, not hours later.
+UPPER = {"epochs": 100_000, "batch_size": 1_000_000, "accum_steps": 100_000, "img_size": 4096,
+         "eval_every": 100_000, "eval_batch_size": 1_000_000, "threads": 4096, "eval_limit": 10**9}
+
+
 def check_numbers(config: dict) -> None:
     for key in ("epochs", "batch_size", "accum_steps", "img_size", "eval_every", "eval_batch_size"):
         _at_least(key, config[key], 1)
+    for key, limit in UPPER.items():
+        if config[key] is not None and config[key] > limit:
+            raise UserError(f"--{key.replace('_', '-')} must be <= {limit:,}, got {config[key]:,}")
     for key in ("threads", "eval_limit"):
         if config[key] is not None:
             _at_least(key, config[key], 1)
