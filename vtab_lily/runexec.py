@@ -97,7 +97,7 @@ def kernels_for(config: dict, device: Any) -> dict | None:
         return None
     scan_paths = getattr(backbones, "scan_paths", None)  # INTEGRATION: the gpu helper's function
     if scan_paths is None:
-        return {"scan": "pytorch", "conv": "pytorch"}
+        return {"scan": "unknown", "conv": "unknown"}
     return dict(scan_paths(device))
 
 
