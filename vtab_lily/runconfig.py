@@ -220,7 +220,7 @@ UPPER = {"epochs": 100_000, "batch_size": 1_000_000, "accum_steps": 100_000, "im
          "eval_every": 100_000, "eval_batch_size": 1_000_000, "threads": 4096, "eval_limit": 10**9}
 
 
-def check_numbers(config: dict) -> None:
+def check_numbers(config: dict, warmup_given: bool = True) -> None:
     for key in ("epochs", "batch_size", "accum_steps", "img_size", "eval_every", "eval_batch_size"):
         _at_least(key, config[key], 1)
     for key, limit in UPPER.items():
@@ -235,7 +235,7 @@ def check_numbers(config: dict) -> None:
         raise UserError(f"--lr must be a finite number > 0, got {config['lr']}")
     _at_least("wd", config["wd"], 0)
     _at_least("warmup", config["warmup"], 0)
-    if config["warmup"] > config["epochs"]:
+    if warmup_given and config["warmup"] > config["epochs"]:  # a default warmup with a short --epochs is fine
         raise UserError(f"--warmup {config['warmup']} is longer than --epochs {config['epochs']}")
     _at_least("drop_path", config["drop_path"], 0)
     if config["drop_path"] >= 1:
@@ -354,7 +354,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "device": args.device, "threads": pick("threads", local.get("threads")),
         "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
     }
-    check_numbers(config)
+    check_numbers(config, warmup_given=args.warmup is not None)
     config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
     return config
 
