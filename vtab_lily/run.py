@@ -172,8 +172,8 @@ def load_data(config: dict) -> tuple[Any, Any]:
 
 def print_setup(config: dict, run: RunDir, params: dict, devs: list[str]) -> None:
     """The dry run's report: the resolved setup, its differences from the official one, counts."""
-    print(json.dumps({"config": config, "config_hash": config_hash(config), "run_dir": str(run),
-                      "method": config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs),
+    label = config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs)
+    print(json.dumps({"config": config, "config_hash": config_hash(config), "run_dir": str(run), "method": label,
                       "deviations": devs, "params": params}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")

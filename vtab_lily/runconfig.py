@@ -141,7 +141,8 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if origin is dict or hint is dict:
             return _coerce_dict(text, args[1] if len(args) == 2 else Any, where)
     except (ValueError, TypeError) as err:
-        raise UserError(f"--adapter-opt {where}: cannot read {text!r} as {getattr(hint, '__name__', hint)} ({err})") from None
+        kind = getattr(hint, "__name__", hint)
+        raise UserError(f"--adapter-opt {where}: cannot read {text!r} as {kind} ({err})") from None
     return text
 
 
@@ -246,7 +247,7 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
         raise UserError(f"--dropout must be below 1, got {config['adapter_options']['dropout']}")
 
 
-# --- weights (only their index is read here) -----------------------------------------------------------------------------------
+# --- weights (only their index is read here) --------------------------------------------------
 def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
     """The backbone weights file (None: random init); UserError when it is missing and needed."""
     from .backbones import get_spec
