@@ -202,3 +202,5 @@ def test_method_hash_groups_seeds_and_tasks_and_named_methods():
     assert method_hash(named) == method_hash(tuned)
     assert method_hash(named) != method_hash(dict(named, protocol="val"))
     assert method_hash(named) != method_hash(dict(named, method_name="another"))
+    for key, value in (("precision", "bf16"), ("normalize", True), ("eval_limit", 100)):  # setup switches split it
+        assert method_hash(dict(named, **{key: value})) != method_hash(named)

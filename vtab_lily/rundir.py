@@ -35,6 +35,9 @@ from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 # ``--rank 32`` and the default rank 32 are the same run.
 # ``report`` only says which accuracy the CLI prints and the leaderboard exports.
 LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options", "report")
+# Setup switches (round 2) that a named method's row must not mix.
+SETUP_KEYS = ("precision", "normalize", "pre_logits", "lr_schedule", "drop_last", "eval_batch_size", "eval_limit",
+              "compile", "pretrained")
 # method_hash also drops what varies inside one method's group of runs.
 PER_RUN_KEYS = ("task", "seed", "num_classes")
 
@@ -66,7 +69,11 @@ def method_hash(config: dict) -> str:
     whatever its per-task hyperparameters: only the name, backbone, adapter, protocol and suite count.
     """
     if config.get("method_name"):
-        return _short_hash({k: config.get(k) for k in ("method_name", "backbone", "adapter", "protocol", "suite")})
+        # Plus the setup switches no sweep tunes per task: a named row never mixes fp32 and bf16
+        # runs, or runs from before and after a default changed (absent keys hash as before).
+        named = {k: config.get(k) for k in ("method_name", "backbone", "adapter", "protocol", "suite")}
+        named.update({k: config[k] for k in SETUP_KEYS if k in config})
+        return _short_hash(named)
     return _short_hash({k: v for k, v in config.items() if k not in LOCAL_KEYS + PER_RUN_KEYS})
 
 
