@@ -149,3 +149,24 @@ def test_check_validates_without_running(tmp_path, capsys):
     with pytest.raises(UserError, match="exceed the model depth"):  # checked on the meta model
         run.main(["--demo", "--task", "colours", "--ne-a", "9", "--check"])
     assert not any(tmp_path.iterdir())
+
+
+def test_pre_logits_follows_the_checkpoint_read_from_its_index_only(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from vtab_lily.runconfig import checkpoint_has_pre_logits
+
+    with_layer, without = tmp_path / "with.npz", tmp_path / "without.npz"
+    np.savez(with_layer, **{"pre_logits/kernel": np.zeros((2, 2)), "pre_logits/bias": np.zeros(2)})
+    np.savez(without, **{"head/kernel": np.zeros((2, 2))})
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"pre_logits.fc.weight": torch.zeros(2, 2)}, legacy, _use_new_zipfile_serialization=False)
+    assert [checkpoint_has_pre_logits(p) for p in (with_layer, without, legacy, tmp_path / "absent.npz")] == [
+        True, False, True, None]
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--checkpoint", str(without))
+    assert setup["config"]["pre_logits"] is False and last.endswith("none")  # nothing to keep: official too
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--checkpoint", str(with_layer), "--no-pre-logits")
+    assert setup["deviations"] == ["pre_logits=off"] and setup["method"].endswith(" pre_logits=off")
+    with pytest.raises(UserError, match="has no pre_logits layer to keep"):
+        check_args(["--task", "dtd", "--checkpoint", str(without), "--pre-logits"])

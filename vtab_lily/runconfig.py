@@ -288,7 +288,10 @@ def checkpoint_has_pre_logits(path: Path) -> bool | None:
         else:
             import torch
 
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:  # memory-mapped: reads the index only
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (non-zip) torch file cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("model", state) if isinstance(state, dict) else {}
             keys = list(state) if isinstance(state, dict) else []
     except Exception as err:  # noqa: BLE001 - the real load reports the file's problem in detail
