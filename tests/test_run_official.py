@@ -170,3 +170,18 @@ def test_pre_logits_follows_the_checkpoint_read_from_its_index_only(tmp_path, ca
     assert setup["deviations"] == ["pre_logits=off"] and setup["method"].endswith(" pre_logits=off")
     with pytest.raises(UserError, match="has no pre_logits layer to keep"):
         check_args(["--task", "dtd", "--checkpoint", str(without), "--pre-logits"])
+
+
+def test_adapter_differences_come_from_the_adapters_official_settings(monkeypatch):
+    """The contract's ``official_adapter_settings(family, adapter)``: every resolved setting that
+    differs is listed (nested ones by path); the label shows those the core label lacks."""
+    from vtab_lily.official import adapter_deviations
+
+    monkeypatch.delattr(adapters, "adapter_deviations", raising=False)
+    official = {"rank": 32, "routing": "batch", "targets": ("k", "v", "mlp"), "per_target": {"k": {"rank": 32}}}
+    monkeypatch.setattr(adapters, "official_adapter_settings", lambda family, adapter: official, raising=False)
+    ours = {"rank": 16, "routing": "sample", "targets": ["k", "v", "mlp"], "scale": 1.0,
+            "per_target": {"k": {"rank": 16}}}
+    devs = adapter_deviations("vit", "lily", ours)
+    assert devs == ["rank=16", "routing=sample", "per_target.k.rank=16"]
+    assert method_label("lily", ours, devs) == "lily r=16 k,v,mlp s=1 routing=sample"

@@ -14,7 +14,6 @@ with its own short recipe (``DEMO``), so a plain ``--demo`` run has no deviation
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -93,16 +92,27 @@ def adapter_deviations(family: str, adapter: str, adapter_config: dict) -> list[
 
     own = getattr(adapters, "adapter_deviations", None)
     if own is not None:
-        n_params = len(inspect.signature(own).parameters)
-        result = own(family, adapter, adapter_config) if n_params >= 3 else own(adapter, adapter_config)
-        return [str(d) for d in result]
+        try:
+            return [str(d) for d in own(family, adapter, adapter_config)]
+        except TypeError:  # another signature: fall back to the contract's settings dict
+            pass
     settings = getattr(adapters, "official_adapter_settings", None)
     if settings is None:
         return []
-    official = settings(family, adapter) or {}
-    return [f"{key}={_show(adapter_config.get(key))}" for key, ref in official.items()
-            if key in adapter_config and adapter_config.get(key) != ref
-            and not (isinstance(ref, (list, tuple)) and list(ref) == adapter_config.get(key))]
+    official = _flat(settings(family, adapter) or {})
+    ours = _flat(adapter_config)
+    return [f"{key}={_show(ours.get(key))}" for key, ref in official.items() if key in ours and ours[key] != ref]
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """``{"per_target": {"dt_proj": {"rank": 4}}}`` -> ``{"per_target.dt_proj.rank": 4}``; tuples as lists."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
@@ -156,5 +166,6 @@ def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] =
     """The adapter's core settings then the deviations not already shown, e.g.
     ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``."""
     core, shown = core_label(adapter, adapter_config)
-    extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown]
+    # per-target settings are in the core label already (``dt_proj:r=4``)
+    extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")]
     return " ".join([core, *extra])
