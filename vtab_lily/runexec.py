@@ -146,6 +146,10 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
         print(f"Vim kernels on {device}: scan {kernels['scan']}, conv {kernels['conv']}")
 
     model.to(device)
+    if device.type == "cuda":  # a --batch process runs many: each result gets its own peak
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
     train_dev = train_set.to(device) if device.type == "cuda" else train_set  # whole train split on GPU
     writer = None
     if config["tensorboard"]:
