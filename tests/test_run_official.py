@@ -129,6 +129,8 @@ def test_bad_adapter_options_name_the_option(opt, message):
     (["--paper", "--protocol", "val"], "--paper"),
     (["--ou", "x"], "unrecognized arguments: --ou"),  # no abbreviations (issue 16.14)
     (["--precision", "fp16"], "invalid choice"),
+    (["--method-name", "lily\n| fake | row |"], "no control characters"),
+    (["--method-name", "  "], "needs visible text"),
 ])
 def test_bad_numbers_exit_2_before_any_work(tmp_path, capsys, extra, message):
     out = tmp_path / "runs"

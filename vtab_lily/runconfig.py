@@ -336,6 +336,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
     local = DEMO if args.demo else {}
     pick = lambda key, default: default if getattr(args, key) is None else getattr(args, key)  # noqa: E731
     train_split, eval_split = PROTOCOLS[args.protocol]
+    if args.method_name is not None and (not args.method_name.strip()
+                                         or any(ord(c) < 32 or ord(c) == 127 for c in args.method_name)):
+        raise UserError(f"--method-name {args.method_name!r}: a label needs visible text and no control "
+                        "characters (newlines, tabs)")
     if args.paper and args.protocol != "test":
         raise UserError("--paper reports the best test accuracy: it needs --protocol test")
     config = {
