@@ -101,10 +101,11 @@ def test_vim_lily_s_through_adapter_options(capsys):
     ("rank=four", "cannot read 'four' as int"),
     ("rank", "expected KEY=VALUE"),
     ("per_target=dt_proj.rank=x", "cannot read 'x'"),
+    ("scale=2", "given twice"),  # --scale 1 is on the command line too
 ])
 def test_bad_adapter_options_name_the_option(opt, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        check_args(["--task", "dtd", "--adapter-opt", opt])
+        check_args(["--task", "dtd", "--scale", "1", "--adapter-opt", opt])
 
 
 @pytest.mark.parametrize("extra, message", [

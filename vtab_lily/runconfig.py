@@ -191,6 +191,8 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
 
             raise UserError(f"--adapter-opt {key}: adapter {adapter!r} has no option {key!r}{suggest(key, hints)}; "
                             f"options: {', '.join(hints) or 'none'}")
+        if key in options:
+            raise UserError(f"--adapter-opt {key}: {key} is given twice (flag or --adapter-opt); give it once")
         options[key] = _coerce(value, hints[key], key)
     return options
 
