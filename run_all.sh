@@ -3,11 +3,14 @@
 #
 #   ./run_all.sh <backbone> <adapter> [--demo] [--tasks a,b] [extra python -m vtab_lily.run args]
 #   ./run_all.sh vit lily --demo                 # the demo suite, a few minutes on CPU
-#   ./run_all.sh vit lora --rank 8 --out runs     # all 19 VTAB-1K tasks
+#   ./run_all.sh vit lily --paper                # all 19 VTAB-1K tasks, the official setup;
+#                                                # leaderboards with final and test-selected numbers
+#   ./run_all.sh vit lora --rank 8 --out runs     # any other run option applies to every task
 #
-# Finished tasks are skipped and interrupted ones resume (each run does that itself). A failing
-# task does not stop the others; a task locked by another process is reported as running
-# elsewhere, not as failed. Exits 1 listing the failed tasks, 130 on Ctrl-C, else 0.
+# All tasks run in one process (python -m vtab_lily.run --batch), so the backbone weights are
+# loaded once. Finished tasks are skipped before any model is built and interrupted ones resume.
+# A failing task does not stop the others; a task locked by another process is reported as
+# running elsewhere, not as failed. Exits 1 listing the failed tasks, 130 on Ctrl-C, else 0.
 # PYTHON overrides the interpreter (default python3), LEADERBOARD_DIR the leaderboard folder
 # (default leaderboards).
 set -u -o pipefail
@@ -25,13 +28,14 @@ backbone=$1 adapter=$2
 shift 2
 
 python=${PYTHON:-python3}
-tasks="" out="runs" demo=()
+tasks="" out="runs" demo=() paper=()
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tasks) tasks=${2:?--tasks needs a comma-separated list}; shift 2 ;;
         --tasks=*) tasks=${1#--tasks=}; shift ;;
         --demo) demo=(--demo); shift ;;
+        --paper) paper=(--paper); shift ;;
         --out) out=${2:?--out needs a folder}; extra+=("$1" "$2"); shift 2 ;;
         --out=*) out=${1#--out=}; extra+=("$1"); shift ;;
         -h|--help) usage; exit 0 ;;
@@ -41,7 +45,7 @@ done
 
 # Paths stay relative to where you call it from; the package is found next to this script.
 export PYTHONPATH="$(cd "$(dirname "$0")" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-run=("$python" -m vtab_lily.run --backbone "$backbone" --adapter "$adapter" "${demo[@]}" "${extra[@]}")
+run=("$python" -m vtab_lily.run --backbone "$backbone" --adapter "$adapter" "${demo[@]}" "${paper[@]}" "${extra[@]}")
 
 # Check the arguments once (names, adapter options) and get the suite's task list.
 all_tasks=$("${run[@]}" --list-tasks) || exit 2
@@ -57,25 +61,50 @@ else
     mapfile -t selected <<< "$all_tasks"
 fi
 
+# All tasks in one process (imports, CUDA context and backbone weights paid once); each line of
+# the batch file is one run's arguments. The batch reports each run as "code<TAB>label<TAB>status".
+work=$(mktemp -d "${TMPDIR:-/tmp}/run_all.XXXXXX") || exit 1
+trap 'rm -rf "$work"' EXIT
+"$python" -c '
+import json, sys
+path, tasks, args = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+with open(path, "w", encoding="utf-8") as f:
+    for task in tasks:
+        f.write(json.dumps([*args, "--task", task]) + "\n")
+' "$work/batch.jsonl" "$(IFS=,; echo "${selected[*]}")" "${run[@]:3}" || exit 1
+
 failed=() elsewhere=() done_ok=()
 start=$SECONDS
-for task in "${selected[@]}"; do
-    echo "=== $backbone $adapter $task ($(( ${#done_ok[@]} + ${#failed[@]} + ${#elsewhere[@]} + 1 ))/${#selected[@]})"
-    "${run[@]}" --task "$task"
-    rc=$?
-    case $rc in
-        0) done_ok+=("$task") ;;
-        75) elsewhere+=("$task") ;;
-        130) echo "interrupted during $task; rerun the same command to resume" >&2; exit 130 ;;
-        *) failed+=("$task (exit $rc)") ;;
-    esac
-done
+VTAB_LILY_BATCH_REPORT="$work/report.tsv" "$python" -m vtab_lily.run --batch "$work/batch.jsonl"
+rc=$?
+if [[ $rc -eq 130 ]]; then
+    echo "interrupted; rerun the same command to resume" >&2
+    exit 130
+fi
+if [[ -f "$work/report.tsv" ]]; then
+    while IFS=$'\t' read -r code label status; do
+        task=${label##* }
+        case $code in
+            0) done_ok+=("$task") ;;
+            75) elsewhere+=("$task") ;;
+            *) failed+=("$task (exit $code)") ;;
+        esac
+    done < "$work/report.tsv"
+fi
+if [[ $rc -ne 0 && ${#failed[@]} -eq 0 && ${#elsewhere[@]} -eq 0 ]]; then
+    failed+=("batch (exit $rc)")  # the batch itself could not run
+fi
 echo "=== ${#done_ok[@]} done, ${#elsewhere[@]} running elsewhere, ${#failed[@]} failed in $(( SECONDS - start )) s"
 
-"$python" -m vtab_lily.leaderboard --runs "$out" --out "${LEADERBOARD_DIR:-leaderboards}" || {
-    echo "error: leaderboard export failed" >&2
-    failed+=("leaderboard export")
-}
+# --paper: the paper's test-selected number beside the honest final-epoch one.
+metrics=(final)
+[[ ${#paper[@]} -gt 0 ]] && metrics+=(best)
+for metric in "${metrics[@]}"; do
+    "$python" -m vtab_lily.leaderboard --runs "$out" --out "${LEADERBOARD_DIR:-leaderboards}" --metric "$metric" || {
+        echo "error: leaderboard export (--metric $metric) failed" >&2
+        failed+=("leaderboard export ($metric)")
+    }
+done
 
 if [[ ${#elsewhere[@]} -gt 0 ]]; then
     echo "running elsewhere (locked by another process, not failed): ${elsewhere[*]}"

@@ -291,8 +291,8 @@ def test_disk_full_keeps_the_last_checkpoint_and_records_no_result(demo_root, tm
     saves = []
 
     def enospc_on_second_checkpoint(obj, f, *a, **k):
-        saves.append(1)
-        if len(saves) == 2:
+        saves.append("progress" in obj)  # checkpoints only, not the snapshots
+        if saves.count(True) == 2 and saves[-1]:
             f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **k)
@@ -339,3 +339,49 @@ def test_unreadable_checkpoint_is_set_aside_never_unpickled(demo_root, tmp_path,
     assert "checkpoint.pt is unreadable" in captured.err and "(new)" in captured.out
     assert (ckpt.parent / "checkpoint.pt.unreadable").exists()
     assert json.loads((ckpt.parent / "result.json").read_text())["status"] == "complete"
+
+
+# --- issue 16: Ctrl-C mid-epoch, unusable output folders, file permissions -------------------
+def test_ctrl_c_mid_epoch_says_where_the_rerun_resumes(demo_root, tmp_path, fault, monkeypatch, capsys):
+    fault("train_step:3:INT")  # epoch 1, after its third step: finish the step, save, stop
+    with pytest.raises(KeyboardInterrupt):
+        run.main(two_epochs(demo_root, tmp_path))
+    monkeypatch.delenv("VTAB_LILY_FAULT")
+    old = os.umask(0o022)
+    try:
+        assert run.main(two_epochs(demo_root, tmp_path)) == 0
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out
+    assert "resuming in epoch 1 at step 4" in out and "after epoch 0" not in out
+    run_dir = only_run_dir(tmp_path)
+    for name in ("result.json", "checkpoint.pt", "config.json", "snapshots/epoch_0002.pt"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o644, name  # umask 022, not mkstemp's 0600
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    from vtab_lily.fsutil import atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("where", ["--out", "--data-root"])
+def test_output_folder_under_a_regular_file_is_one_line_exit_2(demo_root, tmp_path, capsys, where):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = [*TINY, "--out", str(tmp_path / "runs"), "--data-root", str(demo_root)]
+    argv[argv.index(where) + 1] = str(blocker / "sub")
+    with pytest.raises(SystemExit) as exit_info:
+        from vtab_lily.errors import run_cli
+
+        run_cli(run.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {where} {blocker / 'sub'} cannot be created: {blocker} is a regular file\n"
+    assert not (tmp_path / "runs").exists()

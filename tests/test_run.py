@@ -20,7 +20,7 @@ TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--ta
         "--img-size", "16", "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
 RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
                "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
-               "versions", "git_commit", "finished_at"}
+               "versions", "git_commit", "finished_at", "deviations", "data", "precision"}
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,13 @@ def test_end_to_end_run_writes_every_file(finished):
     assert (result["backbone"], result["adapter"], result["task"], result["suite"]) == (
         "vit-tiny-test", "lily", "colours", "demo")
     assert re.fullmatch(r"[0-9a-f]{8}", result["method_hash"]) and result["method"].startswith("lily r=4")
+    # TINY's settings differ from the demo recipe; each one is listed and in the label
+    assert result["deviations"] == ["epochs=2", "batch_size=100", "img_size=16", "eval_every=1"]
+    assert result["method"].endswith(" epochs=2 batch_size=100 img_size=16 eval_every=1")
+    assert result["precision"] == "fp32"
+    assert set(result["data"]) == {"fingerprint", "encoding", "source"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["finished_at"])  # UTC
+    assert config["normalize"] is False and config["drop_last"] is True and config["eval_batch_size"] == 256
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and [m["step"] for m in metrics] == [10, 20]
@@ -66,7 +73,7 @@ def test_end_to_end_run_writes_every_file(finished):
     acc = result["accuracy"]
     assert acc["final"] == metrics[-1]["eval_acc"] and 0 <= acc["final"] <= 100
     assert acc["best"] == max(m["eval_acc"] for m in metrics) and acc["best_epoch"] in (1, 2)
-    assert acc["eval_split"] == "test" and acc["best_is_test_selected"] is True
+    assert acc["eval_split"] == "test" and acc["best_is_test_selected"] is True and acc["reported"] == "final"
 
     params = result["params"]
     assert params["head"] == 48 * 8 + 8  # embed 48, 8 classes
@@ -85,6 +92,13 @@ def test_end_to_end_run_writes_every_file(finished):
     assert routers["experts"] == 4 and len(routers["sites"]) == 4 * 3  # 4 blocks x k, v, mlp
     for weights in routers["weights"]:
         assert len(weights) == 4 and sum(weights) == pytest.approx(1.0, abs=1e-4)
+    history = json.loads((run_dir / "router_history.json").read_text())
+    assert history["epochs"] == [1, 2] and history["sites"] == routers["sites"] and history["experts"] == 4
+    assert history["weights"][-1] == routers["weights"]  # router_weights.json: the final evaluation
+    snapshots = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert snapshots == ["epoch_0001.pt", "epoch_0002.pt"]
+    last = torch.load(run_dir / "snapshots" / "epoch_0002.pt", weights_only=True)
+    assert last.keys() == ckpt["model"].keys() and all(torch.equal(last[k], ckpt["model"][k]) for k in last)
 
     events = list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
@@ -188,3 +202,5 @@ def test_method_hash_groups_seeds_and_tasks_and_named_methods():
     assert method_hash(named) == method_hash(tuned)
     assert method_hash(named) != method_hash(dict(named, protocol="val"))
     assert method_hash(named) != method_hash(dict(named, method_name="another"))
+    for key, value in (("precision", "bf16"), ("normalize", True), ("eval_limit", 100)):  # setup switches split it
+        assert method_hash(dict(named, **{key: value})) != method_hash(named)

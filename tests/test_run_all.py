@@ -83,3 +83,22 @@ def test_run_all_refuses_bad_arguments_before_running(tmp_path):
     assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
     assert not (tmp_path / "runs").exists()
     assert run_all().returncode == 2
+
+
+def test_run_all_paper_runs_in_one_process_and_exports_both_numbers(demo_root, tmp_path):
+    out, boards = tmp_path / "runs", tmp_path / "boards"
+    common = ["--data-root", str(demo_root), "--out", str(out), *TINY]
+    proc = run_all("vit", "lily", "--demo", "--paper", "--tasks", "colours,count", *common,
+                   env={"LEADERBOARD_DIR": str(boards)})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "=== batch: 2 done or skipped" in text and "2 done, 0 running elsewhere, 0 failed" in text
+    assert text.count("test-selected") >= 2  # each run prints the paper's number beside the final one
+    names = {p.name for p in boards.iterdir()}
+    assert any(n.endswith(".best.md") for n in names) and any(n.endswith(".md") and ".best" not in n for n in names)
+    results = [json.loads(p.read_text()) for p in out.rglob("result.json")]
+    assert [r["accuracy"]["reported"] for r in results] == ["test-selected"] * 2
+    again = run_all("vit", "lily", "--demo", "--paper", "--tasks", "colours,count", *common,
+                    env={"LEADERBOARD_DIR": str(boards)})
+    assert again.returncode == 0 and again.stdout.count("skipped (complete)") == 2
+    assert "epoch 1/1" not in again.stdout + again.stderr  # nothing trained again

@@ -18,12 +18,31 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting
+    it, which would briefly affect files other threads create)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it into place."""
+    """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it into place.
+
+    The file gets the permissions a plain ``open()`` would give it (0666 minus the umask), not
+    mkstemp's private 0600: a shared runs folder stays readable by the group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -63,6 +82,22 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_creatable_dir(path: str | os.PathLike, what: str) -> None:
+    """Raise UserError (one line) when folder ``path`` neither exists nor can be created
+    (a regular file on the way, or no write permission), before any work starts."""
+    from .errors import UserError
+
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        kind = "a regular file" if probe.is_file() else "not a folder"
+        raise UserError(f"{what} {path} cannot be created: {probe} is {kind}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be {'written' if probe == Path(os.path.abspath(path)) else 'created'}: "
+                        f"no write permission on {probe}")
 
 
 class LockBusy(Exception):

@@ -1,7 +1,9 @@
 """One run's directory: layout, config hashing, checkpoints, metrics, result and failure files.
 
 Layout (see ARCHITECTURE.md): ``<out>/<backbone>/<adapter>/<task>/<config hash>/`` holding
-``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json``, and
+``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json`` (Lily: the
+final evaluation's mean expert weights), ``router_history.json`` (Lily: one entry per evaluation),
+``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), and
 either ``result.json`` (success, written last) or ``failed.json``. Every file except the
 append-only ``metrics.jsonl`` is written atomically (``vtab_lily.fsutil``), so a process killed
 at any point leaves the previous version or the new one, never a torn file.
@@ -31,12 +33,17 @@ from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 # run's identity, so moving the data or resuming on another device finds the same directory.
 # ``adapter_options`` (what the user typed) is hashed through ``adapter_config`` (resolved), so
 # ``--rank 32`` and the default rank 32 are the same run.
-LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options")
+# ``report`` only says which accuracy the CLI prints and the leaderboard exports.
+LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options", "report")
+# Setup switches (round 2) that a named method's row must not mix.
+SETUP_KEYS = ("precision", "normalize", "pre_logits", "lr_schedule", "drop_last", "eval_batch_size", "eval_limit",
+              "compile", "pretrained")
 # method_hash also drops what varies inside one method's group of runs.
 PER_RUN_KEYS = ("task", "seed", "num_classes")
 
 CONFIG, METRICS, TB, CHECKPOINT = "config.json", "metrics.jsonl", "tb", "checkpoint.pt"
 RESULT, FAILED, ROUTER = "result.json", "failed.json", "router_weights.json"
+ROUTER_HISTORY, SNAPSHOTS = "router_history.json", "snapshots"
 
 
 def _short_hash(obj: Any) -> str:
@@ -62,7 +69,11 @@ def method_hash(config: dict) -> str:
     whatever its per-task hyperparameters: only the name, backbone, adapter, protocol and suite count.
     """
     if config.get("method_name"):
-        return _short_hash({k: config.get(k) for k in ("method_name", "backbone", "adapter", "protocol", "suite")})
+        # Plus the setup switches no sweep tunes per task: a named row never mixes fp32 and bf16
+        # runs, or runs from before and after a default changed (absent keys hash as before).
+        named = {k: config.get(k) for k in ("method_name", "backbone", "adapter", "protocol", "suite")}
+        named.update({k: config[k] for k in SETUP_KEYS if k in config})
+        return _short_hash(named)
     return _short_hash({k: v for k, v in config.items() if k not in LOCAL_KEYS + PER_RUN_KEYS})
 
 
@@ -129,13 +140,14 @@ class RunDir:
     # --- writing -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything of a previous attempt (``--force``); keeps the lock file."""
-        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, CONFIG):
+        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, ROUTER_HISTORY, CONFIG):
             (self / name).unlink(missing_ok=True)
         shutil.rmtree(self / TB, ignore_errors=True)
+        shutil.rmtree(self / SNAPSHOTS, ignore_errors=True)
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete ``.<name>.tmp-*`` files of writers killed mid-write (call under the lock)."""
-        stale = list(self.path.glob(".*.tmp-*"))
+        stale = list(self.path.glob(".*.tmp-*")) + list((self / SNAPSHOTS).glob(".*.tmp-*"))
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
@@ -196,6 +208,24 @@ class RunDir:
 
     def write_router_weights(self, weights: dict) -> None:
         atomic_write_json(self / ROUTER, weights)
+
+    def write_router_history(self, history: dict) -> None:
+        atomic_write_json(self / ROUTER_HISTORY, history)
+
+    def read_router_history(self) -> dict | None:
+        try:
+            history = read_json(self / ROUTER_HISTORY)
+        except (OSError, ValueError):
+            return None
+        return history if isinstance(history, dict) else None
+
+    def save_snapshot(self, epoch: int, state: dict) -> Path:
+        """``snapshots/epoch_XXXX.pt``: the trainable tensors at one evaluation (atomic)."""
+        import torch
+
+        path = self / SNAPSHOTS / f"epoch_{epoch:04d}.pt"
+        atomic_write(path, lambda f: torch.save(state, f))
+        return path
 
     def write_result(self, result: dict) -> None:
         """Atomic, and always the last file a successful run writes."""

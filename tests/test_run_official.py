@@ -1,0 +1,190 @@
+"""The official setup by default (issue 12) and numbers refused before any work (issue 16):
+``--dry-run`` resolves everything on the meta device, lists what differs from the official
+setup, and needs no weights or data; bad numbers exit 2 with nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vtab_lily import adapters, run
+from vtab_lily.errors import UserError, run_cli
+from vtab_lily.official import method_label
+from vtab_lily.runconfig import check_args
+
+# The full-size backbones: built on the meta device, so no weights, no data and ~0.2 s.
+VIT = ["--task", "dtd", "--dry-run", "--checkpoint", "none"]
+HAS_ADAPTER_OFFICIAL = hasattr(adapters, "official_adapter_settings") or hasattr(adapters, "adapter_deviations")
+
+
+def dry_run(capsys, *argv: str) -> tuple[dict, str]:
+    assert run.main(list(argv)) == 0
+    out = capsys.readouterr().out
+    setup = json.loads(out.split("\nparameters:")[0])
+    return setup, out.splitlines()[-1]
+
+
+def test_dry_run_of_the_defaults_has_no_differences(capsys, tmp_path):
+    setup, last = dry_run(capsys, *VIT, "--out", str(tmp_path / "runs"))
+    assert last == "differences from the official setup: none"
+    config = setup["config"]
+    assert (config["lr"], config["wd"], config["warmup"], config["drop_path"], config["epochs"]) == (1e-3, 1e-4, 10, 0.1, 100)
+    assert (config["batch_size"], config["drop_last"], config["eval_batch_size"], config["precision"]) == (64, True, 256, "fp32")
+    assert (config["normalize"], config["lr_schedule"], config["eval_limit"], config["compile"]) == (False, "official", None, False)
+    assert config["pre_logits"] is False  # random init: no npz layer to keep, as the official code would do
+    assert setup["deviations"] == [] and setup["method"] == method_label("lily", config["adapter_config"])
+    assert setup["params"]["backbone"] > 80_000_000 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra, listed", [
+    (["--normalize"], ["normalize=imagenet"]),
+    (["--precision", "bf16", "--no-drop-last"], ["drop_last=off", "precision=bf16"]),
+    (["--lr-schedule", "aligned", "--eval-batch-size", "64", "--eval-limit", "500"],
+     ["lr_schedule=aligned", "eval_batch_size=64", "eval_limit=500"]),
+    (["--lr", "5e-4", "--epochs", "50", "--compile"], ["epochs=50", "lr=0.0005", "compile=on"]),
+])
+def test_dry_run_lists_every_difference_and_labels_with_them(capsys, extra, listed):
+    setup, last = dry_run(capsys, *VIT, *extra)
+    assert setup["deviations"] == listed
+    assert last == "differences from the official setup: " + ", ".join(listed)
+    assert setup["method"].endswith(" " + " ".join(listed))
+
+
+@pytest.mark.skipif(not HAS_ADAPTER_OFFICIAL, reason="INTEGRATION: needs adapters.official_adapter_settings")
+def test_dry_run_lists_adapter_differences(capsys):
+    setup, last = dry_run(capsys, *VIT, "--routing", "sample")
+    assert "routing=sample" in setup["deviations"] and "routing=sample" in last
+    assert "routing=sample" in setup["method"]
+
+
+def test_runs_that_differ_in_any_setting_never_share_a_directory_or_row(capsys):
+    seen = set()
+    for extra in ([], ["--normalize"], ["--precision", "bf16"], ["--no-drop-last"], ["--eval-limit", "100"],
+                  ["--lr-schedule", "aligned"], ["--compile"]):
+        setup, _ = dry_run(capsys, *VIT, *extra)
+        seen.add((setup["config_hash"], setup["method"]))
+    assert len({h for h, _ in seen}) == len({m for _, m in seen}) == 7
+    plain, _ = dry_run(capsys, *VIT)
+    paper, _ = dry_run(capsys, *VIT, "--paper")  # which number is printed: not part of the identity
+    assert paper["config_hash"] == plain["config_hash"] and paper["config"]["report"] == "test-selected"
+
+
+def test_dry_run_never_needs_the_weights(capsys, tmp_path):
+    """The default checkpoint path does not exist here: a dry run still resolves the setup on the
+    meta device, assuming the published in21k npz (which keeps pre_logits)."""
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--out", str(tmp_path))
+    assert not Path("backbones/ViT-B_16.npz").exists()
+    assert setup["config"]["pre_logits"] is True and setup["config"]["pretrained"] == "ViT-B_16.npz"
+    assert last == "differences from the official setup: none"
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--no-pre-logits", "--checkpoint",
+                          str(tmp_path / "missing.npz"))
+    assert setup["deviations"] == ["pre_logits=off"]
+    vim, last = dry_run(capsys, "--backbone", "vim", *VIT[:2], "--dry-run")
+    assert vim["config"]["pre_logits"] is False and vim["params"]["adapter"] > 0
+
+
+def test_vim_lily_s_through_adapter_options(capsys):
+    setup, _ = dry_run(capsys, "--backbone", "vim", *VIT, "--rank", "4", "--ne-b", "3",
+                       "--adapter-opt", "per_target=dt_proj.rank=4;dt_proj.ne_b=1")
+    plan = setup["config"]["adapter_config"]["per_target"]
+    assert plan["in_proj"]["rank"] == 4 and plan["in_proj"]["ne_b"] == 3 and plan["dt_proj"]["rank"] == 4
+    assert setup["method"].endswith(" dt_proj:ne_b=1")  # per-target settings unlike the global ones
+    default, _ = dry_run(capsys, "--backbone", "vim", *VIT, "--rank", "4", "--ne-b", "3")  # dt rank r//2
+    assert default["method"].endswith(" dt_proj:r=2,ne_b=1") and default["config_hash"] != setup["config_hash"]
+
+
+@pytest.mark.parametrize("opt, message", [
+    ("rnak=4", "did you mean 'rank'"),
+    ("rank=four", "cannot read 'four' as int"),
+    ("rank", "expected KEY=VALUE"),
+    ("per_target=dt_proj.rank=x", "cannot read 'x'"),
+    ("scale=2", "given twice"),  # --scale 1 is on the command line too
+])
+def test_bad_adapter_options_name_the_option(opt, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_args(["--task", "dtd", "--scale", "1", "--adapter-opt", opt])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--seed", str(2**32)], "--seed must be in [0, 2**32)"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--wd", "nan"], "--wd must be >= 0"),
+    (["--wd=-1e-4"], "--wd must be >= 0"),
+    (["--scale", "nan"], "--scale must be a finite number >= 0"),
+    (["--scale", "inf"], "--scale must be a finite number >= 0"),
+    (["--alpha=-inf"], "--alpha must be a finite number >= 0"),
+    (["--dropout", "1.5"], "--dropout must be below 1"),
+    (["--drop-path", "nan"], "--drop-path must be >= 0"),
+    (["--warmup", "20", "--epochs", "10"], "--warmup 20 is longer than --epochs 10"),
+    (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
+    (["--eval-limit", "0"], "--eval-limit must be >= 1"),
+    (["--img-size", "100000000"], "--img-size must be <= 4,096"),
+    (["--epochs", "99999999999999999999"], "--epochs must be <= 100,000"),
+    (["--adapter", "lora", "--adapter-opt", "per_target=q.alpha=nan"], "--per-target.q.alpha must be a finite"),
+    (["--paper", "--protocol", "val"], "--paper"),
+    (["--ou", "x"], "unrecognized arguments: --ou"),  # no abbreviations (issue 16.14)
+    (["--precision", "fp16"], "invalid choice"),
+    (["--method-name", "lily\n| fake | row |"], "no control characters"),
+    (["--method-name", "  "], "needs visible text"),
+])
+def test_bad_numbers_exit_2_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    argv = ["--demo", "--task", "colours", "--data-root", str(tmp_path / "data"), "--out", str(out), *extra]
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_args(argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "data").exists()  # nothing written, no orphan run folder
+
+
+def test_check_validates_without_running(tmp_path, capsys):
+    assert run.main(["--demo", "--task", "colours", "--out", str(tmp_path), "--check"]) == 0
+    assert capsys.readouterr().out.startswith("ok: lily ")
+    with pytest.raises(UserError, match="exceed the model depth"):  # checked on the meta model
+        run.main(["--demo", "--task", "colours", "--ne-a", "9", "--check"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_pre_logits_follows_the_checkpoint_read_from_its_index_only(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from vtab_lily.runconfig import checkpoint_has_pre_logits
+
+    with_layer, without = tmp_path / "with.npz", tmp_path / "without.npz"
+    np.savez(with_layer, **{"pre_logits/kernel": np.zeros((2, 2)), "pre_logits/bias": np.zeros(2)})
+    np.savez(without, **{"head/kernel": np.zeros((2, 2))})
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"pre_logits.fc.weight": torch.zeros(2, 2)}, legacy, _use_new_zipfile_serialization=False)
+    assert [checkpoint_has_pre_logits(p) for p in (with_layer, without, legacy, tmp_path / "absent.npz")] == [
+        True, False, True, None]
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--checkpoint", str(without))
+    assert setup["config"]["pre_logits"] is False and last.endswith("none")  # nothing to keep: official too
+    setup, last = dry_run(capsys, "--task", "dtd", "--dry-run", "--checkpoint", str(with_layer), "--no-pre-logits")
+    assert setup["deviations"] == ["pre_logits=off"] and setup["method"].endswith(" pre_logits=off")
+    with pytest.raises(UserError, match="has no pre_logits layer to keep"):
+        check_args(["--task", "dtd", "--checkpoint", str(without), "--pre-logits"])
+
+
+def test_adapter_differences_come_from_the_adapters_official_settings(monkeypatch):
+    """The contract's ``official_adapter_settings(family, adapter)``: every resolved setting that
+    differs is listed (nested ones by path); the label shows those the core label lacks."""
+    from vtab_lily.official import adapter_deviations
+
+    monkeypatch.delattr(adapters, "adapter_deviations", raising=False)
+    official = {"rank": 32, "routing": "batch", "targets": ("k", "v", "mlp"), "per_target": {"k": {"rank": 32}}}
+    monkeypatch.setattr(adapters, "official_adapter_settings", lambda family, adapter: official, raising=False)
+    ours = {"rank": 16, "routing": "sample", "targets": ["k", "v", "mlp"], "scale": 1.0,
+            "per_target": {"k": {"rank": 16}}}
+    devs = adapter_deviations("vit", "lily", ours)
+    assert devs == ["rank=16", "routing=sample", "per_target.k.rank=16"]
+    assert method_label("lily", ours, devs) == "lily r=16 k,v,mlp s=1 routing=sample"

@@ -1,0 +1,171 @@
+"""The official setups the harness reproduces by default, and what a run changes from them.
+
+The recipe values come from the official Lily code (REFERENCE.md sections 3 and 7): timm cosine
+schedule stepped after each epoch, batch 64 with ``drop_last``, test every 10 epochs at batch
+256, fp32, no input normalisation, the in21k npz's frozen ``pre_logits`` kept. The adapter's
+official settings come from ``vtab_lily.adapters`` (``adapter_deviations`` or
+``official_adapter_settings``, when that module provides them).
+
+:func:`deviations` lists every setting of a resolved run config that differs from the official
+setup of its backbone family and adapter, as ``key=value`` strings (empty: the official setup);
+:func:`method_label` puts them after the adapter's core settings. The demo suite is compared
+with its own short recipe (``DEMO``), so a plain ``--demo`` run has no deviations either.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# The VTAB-1K recipe per backbone family: AdamW, cosine with linear warmup from warmup_lr to lr,
+# then down to min_lr.
+RECIPES = {
+    "vit": {"lr": 1e-3, "wd": 1e-4, "warmup": 10, "drop_path": 0.1},
+    "vim": {"lr": 1.25e-3, "wd": 1e-3, "warmup": 5, "drop_path": 0.05},
+}
+WARMUP_LR, MIN_LR = 1e-6, 1e-5
+# Settings shared by both families' official code.
+COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
+          "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",
+          "normalize": False, "eval_limit": None, "compile": False, "warmup_lr": WARMUP_LR, "min_lr": MIN_LR}
+# --demo: the generated demo suite and tiny random-init backbones, a schedule short enough for
+# all demo tasks to finish on 2 CPU cores in a few minutes. The frozen tiny backbones are random,
+# so the adapters need a higher lr, and no warmup epoch.
+DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
+        "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
+# Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
+# (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
+PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
+
+# Order of the recipe deviations in labels (the adapter's come first, then these).
+RECIPE_KEYS = ("epochs", "batch_size", "accum_steps", "lr", "wd", "warmup", "warmup_lr", "min_lr", "drop_path",
+               "lr_schedule", "drop_last", "img_size", "eval_every", "eval_batch_size", "eval_limit",
+               "precision", "normalize", "pre_logits", "compile")
+
+
+def official_recipe(family: str, demo: bool = False) -> dict:
+    """The official recipe of a backbone family (the demo recipe with ``demo``); no machine keys."""
+    recipe = {**COMMON, **RECIPES[family]}
+    if demo:
+        recipe.update({k: v for k, v in DEMO.items() if k in recipe})
+    return recipe
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def recipe_deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
+    """``key=value`` for every recipe setting of ``config`` that differs from the official one."""
+    official = official_recipe(family, demo=config.get("suite") == "demo")
+    official["pre_logits"] = official_pre_logits
+    out = []
+    for key in RECIPE_KEYS:
+        if key not in config:
+            continue
+        value, ref = config[key], official.get(key)
+        if isinstance(value, float) and isinstance(ref, (int, float)) and math.isclose(value, ref, rel_tol=1e-9):
+            continue
+        if value == ref:
+            continue
+        if key == "normalize":
+            out.append("normalize=imagenet" if value else "normalize=none")
+        else:
+            out.append(f"{key}={_show(value)}")
+    return out
+
+
+def adapter_deviations(family: str, adapter: str, adapter_config: dict) -> list[str]:
+    """The adapter's settings that differ from its official ones, from ``vtab_lily.adapters``.
+
+    Uses ``adapters.adapter_deviations`` when present, else compares with
+    ``adapters.official_adapter_settings(family, adapter)``; an adapters module with neither
+    reports nothing (it cannot say what is official).
+    """
+    from . import adapters
+
+    own = getattr(adapters, "adapter_deviations", None)
+    if own is not None:
+        try:
+            return [str(d) for d in own(family, adapter, adapter_config)]
+        except TypeError:  # another signature: fall back to the contract's settings dict
+            pass
+    settings = getattr(adapters, "official_adapter_settings", None)
+    if settings is None:
+        return []
+    official = _flat(settings(family, adapter) or {})
+    ours = _flat(adapter_config)
+    return [f"{key}={_show(ours.get(key))}" for key, ref in official.items() if key in ours and ours[key] != ref]
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """``{"per_target": {"dt_proj": {"rank": 4}}}`` -> ``{"per_target.dt_proj.rank": 4}``; tuples as lists."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
+    """Adapter deviations first, then the recipe's (see the module docstring)."""
+    return (adapter_deviations(family, config["adapter"], config.get("adapter_config") or {})
+            + recipe_deviations(config, family, official_pre_logits))
+
+
+# Adapter settings the core label shows, with their short names; the rest appear only as deviations.
+_SHORT = {"rank": "r", "scale": "s"}
+_NOT_CORE = ("routing", "router", "dropout", "variant", "placement", "per_target")
+
+
+def core_label(adapter: str, adapter_config: dict) -> tuple[str, set[str]]:
+    """(``lily r=32 ne=4 s=1 k,v,mlp``, the adapter keys it shows)."""
+    cfg = dict(adapter_config)
+    if cfg.get("ne_a") is not None and cfg.get("ne_a") == cfg.get("ne_b"):
+        cfg["ne"] = cfg.pop("ne_a")
+        cfg.pop("ne_b")
+    parts, shown = [adapter], set()
+    for key, value in cfg.items():
+        if value is None or isinstance(value, dict) or key in _NOT_CORE:
+            continue
+        shown.add(key)
+        if isinstance(value, (list, tuple)):
+            parts.append(",".join(map(str, value)))
+        else:
+            parts.append(f"{_SHORT.get(key, key)}={_show(value)}")
+    if "ne" in shown:
+        shown |= {"ne_a", "ne_b"}
+    parts += _per_target_parts(adapter_config)
+    return " ".join(parts), shown
+
+
+def _per_target_parts(adapter_config: dict) -> list[str]:
+    """``dt_proj:r=4,ne_b=1`` for each target whose settings differ from the adapter-wide ones."""
+    per_target = adapter_config.get("per_target")
+    if not isinstance(per_target, dict):
+        return []
+    parts = []
+    for target, plan in per_target.items():
+        if not isinstance(plan, dict):
+            continue
+        diff = [f"{_SHORT.get(k, k)}={_show(v)}" for k, v in plan.items() if adapter_config.get(k) != v]
+        if diff:
+            parts.append(f"{target}:{','.join(diff)}")
+    return parts
+
+
+def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = ()) -> str:
+    """The adapter's core settings then the deviations not already shown, e.g.
+    ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``."""
+    core, shown = core_label(adapter, adapter_config)
+    # per-target settings are in the core label already (``dt_proj:r=4``)
+    extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")]
+    return " ".join([core, *extra])

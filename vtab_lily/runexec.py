@@ -1,0 +1,225 @@
+"""The part of one run that holds its directory's lock: resume, train, record (run.py calls it).
+
+Besides the training loop's checkpoint and metrics it writes, at each evaluation, the trainable
+tensors (``snapshots/epoch_XXXX.pt``) and, for Lily, the router's mean expert weights over that
+evaluation (``router_history.json``; the last one is ``router_weights.json``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__, provenance
+from .official import method_label
+from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, config_hash, method_hash
+
+EXIT_FAILED = 1
+
+
+def versions() -> dict:
+    return {**provenance.versions(("torch", "timm")), "vtab_lily": __version__}
+
+
+def utc_now() -> str:
+    """ISO 8601 in UTC with a Z, so results from machines in other time zones sort correctly."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EvalRecorder:
+    """``before_eval``/``on_eval`` hooks for the training loop: TensorBoard router scalars,
+    router history (Lily) and a snapshot of the trainable tensors at each evaluation."""
+
+    def __init__(self, model: Any, run: RunDir, writer: Any, config: dict, start_epoch: int,
+                 window_reset_by_loop: bool):
+        self.model, self.run, self.writer, self.config = model, run, writer, config
+        self.lily = config["adapter"] == "lily"
+        self.snapshots = config["adapter"] != "full"  # full fine-tuning: 86M parameters per snapshot
+        self.window_reset_by_loop = window_reset_by_loop
+        old = run.read_router_history() if start_epoch > 0 else None
+        self.history = {"sites": [], "experts": 0, "epochs": [], "weights": []}
+        if old and isinstance(old.get("epochs"), list):  # keep the evaluations the checkpoint covers
+            kept = [i for i, e in enumerate(old["epochs"]) if isinstance(e, int) and e <= start_epoch]
+            self.history = {"sites": old.get("sites", []), "experts": old.get("experts", 0),
+                            "epochs": [old["epochs"][i] for i in kept],
+                            "weights": [old["weights"][i] for i in kept if i < len(old.get("weights", []))]}
+
+    def before_eval(self) -> None:
+        if self.lily:
+            from .adapters import reset_router_weights
+
+            reset_router_weights(self.model)  # the window is this evaluation only
+
+    def on_eval(self, epoch: int, acc: float) -> None:
+        if self.lily:
+            self._routers(epoch)
+        if self.snapshots:
+            from .train import trainable_state
+
+            self.run.save_snapshot(epoch, trainable_state(self.model))
+
+    def _routers(self, epoch: int) -> None:
+        from .adapters import lily_router_weights, reset_router_weights
+
+        weights = {site: [float(w) for w in ws] for site, ws in lily_router_weights(self.model).items()}
+        if self.writer is not None:
+            for site, ws in weights.items():
+                for i, w in enumerate(ws):
+                    self.writer.add_scalar(f"router/{site}/expert{i}", w, epoch)
+        if weights:
+            self.history["sites"] = list(weights)
+            self.history["experts"] = max(len(w) for w in weights.values())
+            self.history["epochs"].append(epoch)
+            self.history["weights"].append(list(weights.values()))
+            self.run.write_router_history(self.history)
+        if not self.window_reset_by_loop and epoch < self.config["epochs"]:
+            reset_router_weights(self.model)  # INTEGRATION: old loop without before_eval
+
+
+def router_weights_json(model: Any) -> dict | None:
+    """``{"sites", "experts", "weights"}`` from the Lily routers' last recorded window."""
+    from .adapters import lily_router_weights
+
+    weights = {site: [float(w) for w in ws] for site, ws in lily_router_weights(model).items()}
+    if not weights:
+        return None
+    return {"sites": list(weights), "experts": max(len(w) for w in weights.values()),
+            "weights": list(weights.values())}
+
+
+def kernels_for(config: dict, device: Any) -> dict | None:
+    """The Vim scan/conv path on ``device`` (``backbones.scan_paths``), None for ViT."""
+    from . import backbones
+
+    if backbones.backbone_family(config["backbone"]) != "vim":
+        return None
+    scan_paths = getattr(backbones, "scan_paths", None)  # INTEGRATION: the gpu helper's function
+    if scan_paths is None:
+        return {"scan": "unknown", "conv": "unknown"}
+    return dict(scan_paths(device))
+
+
+def data_provenance(config: dict) -> dict:
+    """Fingerprint, encoding and source of the task's data (from its manifest, when it has one)."""
+    from . import data
+
+    try:
+        read_manifest = getattr(data, "read_manifest")  # INTEGRATION: the data helper's function
+        manifest = read_manifest(config["data_root"], config["task"])
+    except (AttributeError, OSError, ValueError):
+        manifest = None
+    manifest = manifest if isinstance(manifest, dict) else {}
+    return {key: manifest.get(key) for key in ("fingerprint", "encoding", "source")}
+
+
+def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, devs: list[str],
+               train_set: Any, eval_set: Any, device: Any) -> tuple[int, str]:
+    from .train import RunFailed, train
+
+    done = run.read_result()
+    if done and not args.force:  # another process finished it while we were loading
+        print(f"already complete: {run / RESULT}")
+        return 0, "skipped (complete)"
+    if args.force:
+        run.reset()
+    run.remove_stale_temp_files()  # we hold the lock: their writers are dead
+    failed = run.read_failed()
+    if failed:
+        print(f"previous attempt failed at epoch {failed.get('epoch')}: {failed.get('reason')}; "
+              "resuming from its last good checkpoint (--force starts clean)", file=sys.stderr)
+        run.clear_failed()
+    run.write_config(config)
+    checkpoint = run.load_checkpoint()
+    if checkpoint is not None and checkpoint.get("config_hash") != config_hash(config):
+        print(f"warning: {run / CHECKPOINT} belongs to another config; starting from scratch", file=sys.stderr)
+        checkpoint = None
+    progress = checkpoint["progress"] if checkpoint else {}
+    start, step = progress.get("epoch", 0), progress.get("step_in_epoch", 0)
+    state = "new" if not checkpoint else (f"resuming in epoch {start + 1} at step {step + 1}" if step
+                                          else f"resuming after epoch {start}")
+    print(f"run {run} ({state}): {config['backbone']} {config['adapter']} on {config['task']}, "
+          f"{params['total']:,} trainable parameters, {device}")
+    kernels = kernels_for(config, device)
+    if kernels:
+        print(f"Vim kernels on {device}: scan {kernels['scan']}, conv {kernels['conv']}")
+
+    model.to(device)
+    if device.type == "cuda":  # a --batch process runs many: each result gets its own peak
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    train_dev = train_set.to(device) if device.type == "cuda" else train_set  # whole train split on GPU
+    writer = None
+    if config["tensorboard"]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
+    hooks = inspect.signature(train).parameters
+    recorder = EvalRecorder(model, run, writer, config, start, window_reset_by_loop="before_eval" in hooks)
+    extra = {"before_eval": recorder.before_eval} if "before_eval" in hooks else {}
+    recipe = dict(config, config_hash=config_hash(config))
+    try:
+        outcome = train(model, train_dev, eval_set, recipe, run, device, checkpoint, writer, recorder.on_eval, **extra)
+        routers = router_weights_json(model) if config["adapter"] == "lily" else None
+        if routers:
+            run.write_router_weights(routers)
+        run.write_result(build_result(config, params, devs, outcome, device, kernels))
+    except RunFailed as err:
+        _record_failure(run, err.reason, err.epoch)
+        print(f"error: run failed at epoch {err.epoch}: {err.reason} (recorded in {run / FAILED})", file=sys.stderr)
+        return EXIT_FAILED, f"failed at epoch {err.epoch}: {err.reason}"
+    except OSError as err:  # disk full, read-only folder: the previous checkpoint stays intact
+        reason = f"write failed: {err}"
+        _record_failure(run, reason, None)
+        print(f"error: {reason}; the last checkpoint in {run} is kept, no result recorded", file=sys.stderr)
+        return EXIT_FAILED, f"failed: {reason}"
+    finally:
+        if writer is not None:
+            writer.close()
+    split = config["eval_split"]
+    selected = f"test-selected {outcome.best_acc:.2f}% at epoch {outcome.best_epoch}" if split == "test" else \
+        f"best on {split} {outcome.best_acc:.2f}% at epoch {outcome.best_epoch}"
+    if config["report"] == "test-selected":
+        print(f"done: {selected} (paper rule); final {split} accuracy {outcome.final_acc:.2f}%, "
+              f"{outcome.train_s:.1f} s training -> {run / RESULT}")
+    else:
+        print(f"done: {split} accuracy {outcome.final_acc:.2f}% ({selected}), "
+              f"{outcome.train_s:.1f} s training -> {run / RESULT}")
+    return 0, f"done: final {outcome.final_acc:.2f}%, {selected}"
+
+
+def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
+    try:
+        run.write_failed(reason, epoch)
+    except OSError as err:  # the disk may be the problem; the message below still says what happened
+        print(f"warning: could not write {run / FAILED}: {err}", file=sys.stderr)
+
+
+def build_result(config: dict, params: dict, devs: list[str], outcome: Any, device: Any,
+                 kernels: dict | None) -> dict:
+    """result.json as specified in ARCHITECTURE.md (schema 1, round-2 keys optional for readers)."""
+    from .train import peak_memory_mb
+
+    result = {
+        "schema": 1, "status": "complete",
+        "backbone": config["backbone"], "adapter": config["adapter"], "task": config["task"],
+        "suite": config["suite"], "protocol": config["protocol"], "seed": config["seed"],
+        "method": config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs),
+        "method_hash": method_hash(config), "deviations": list(devs),
+        "config": config, "config_hash": config_hash(config),
+        "accuracy": {"final": outcome.final_acc, "best": outcome.best_acc, "best_epoch": outcome.best_epoch,
+                     "eval_split": config["eval_split"], "best_is_test_selected": config["eval_split"] == "test",
+                     "reported": config["report"]},
+        "params": params, "precision": config["precision"], "data": data_provenance(config),
+        "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
+                 "train_images_per_s": round(outcome.train_images_per_s, 2)},
+        "memory": {"peak_mb": round(peak_memory_mb(device), 1),
+                   "kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"},
+        "device": str(device), "versions": versions(), "git_commit": provenance.git_commit(),
+        "finished_at": utc_now(),
+    }
+    if kernels:
+        result["kernels"] = kernels
+    return result
