@@ -157,3 +157,11 @@ def train_tiny_cnn(root: Path, task) -> float:
     with torch.no_grad():
         images, labels = val.batch(torch.arange(len(val)))
         return (net(images).argmax(1) == labels).float().mean().item()
+
+
+def test_no_lock_file_is_left_in_the_data_folder(reference):
+    root, _, _ = reference
+    assert not [p for p in root.iterdir() if "lock" in p.name]
+    (root / ".demo.lock").write_text("left by an older version")
+    demo.ensure_demo(root)
+    assert not (root / ".demo.lock").exists()

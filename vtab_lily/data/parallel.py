@@ -50,3 +50,43 @@ def waiting_lock(folder: Path, name: str, poll_s: float = 0.5) -> Iterator[None]
                     waited = True
                 time.sleep(poll_s)
         yield
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, poll_s: float = 0.5) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself (``flock`` on the directory), waiting while another
+    process holds it. Unlike :func:`waiting_lock` it leaves no lock file in a data folder; where a
+    directory cannot be flocked (some network file systems) it falls back to a lock file that is
+    removed afterwards.
+    """
+    import errno
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        fd = None
+    if fd is None:
+        with waiting_lock(folder, ".lock"):
+            yield
+        with contextlib.suppress(OSError):
+            (folder / ".lock").unlink()
+        return
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if not waited:
+                    print(f"waiting: another process is writing {folder}", file=sys.stderr)
+                    waited = True
+                time.sleep(poll_s)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
