@@ -23,6 +23,19 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for ``--workers``: an integer >= 1 (argparse turns the error into exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def map_with_progress(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None,
                       desc: str = "", progress: bool = True) -> Iterator[R]:
     """``fn`` over ``items`` on a few threads (PIL releases the GIL), results in order, with a

@@ -3,7 +3,8 @@
 For every task: each split's size against the registry, the label range against the
 task's class count, list-file problems (malformed lines, bad paths, duplicates) and
 unreadable images (missing, empty, truncated, corrupt; fully decoded unless ``--quick``).
-Prints a table per task, then every problem, and returns 1 when anything is off.
+Prints a table per task, then every problem, and returns 2 when anything is off (as every
+command does for bad data).
 A test split of an unexpected size is a warning only (kitti releases differ).
 """
 
@@ -18,8 +19,9 @@ from tabulate import tabulate
 from ..tasks import SPLITS, Task, suite
 from .images import check_image
 from .lists import check_root, parse_list, size_problem
-from .parallel import default_workers, map_with_progress
+from .parallel import default_workers, map_with_progress, positive_int
 
+BAD_DATA = 2  # exit status for bad or missing data (as a run refusing bad data; README's table)
 MAX_LISTED = 20  # problems printed per task; the rest are counted
 
 
@@ -117,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m vtab_lily.data verify",
+        prog="python -m vtab_lily.data verify", allow_abbrev=False,
         description="Check a VTAB-1K data root (NOAH layout): split sizes, labels, images.")
     parser.add_argument("--root", required=True, help="suite root, e.g. data/vtab-1k")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all of the suite)")
     parser.add_argument("--suite", default=None, help="vtab or demo (default: demo if the root is a demo suite)")
     parser.add_argument("--quick", action="store_true", help="only check that images exist and are non-empty")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="decoding threads (>= 1)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     root = check_root(args.root)
@@ -147,6 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"problems in: {', '.join(bad)}")
     if missing or bad:
-        return 1
+        return BAD_DATA
     print(f"all {len(reports)} tasks ok in {root} ({suite_name} suite)")
     return 0
