@@ -48,6 +48,12 @@ class CacheWarning(UserWarning):
     """The cache could not be read; data is decoded again."""
 
 
+def default_cache_dir(root: str | Path) -> Path:
+    """``$VTAB_LILY_CACHE_DIR`` when set, else ``<root>/.cache``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    return Path(env) if env else Path(root) / ".cache"
+
+
 def images_digest(split_list: SplitList) -> str:
     """Hash of every listed image's size and mtime (a missing image hashes as missing)."""
     digest = hashlib.sha256()
@@ -87,14 +93,13 @@ def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
     return shape, dtype, fortran
 
 
-def load_cache(path: Path, n: int, size: int) -> "torch.Tensor | None":
-    """The cached ``(n, 3, size, size)`` uint8 tensor, or None when absent or invalid.
+def open_cached(path: Path, n: int, size: int) -> np.ndarray | None:
+    """The cached ``(n, 3, size, size)`` uint8 array, memory-mapped copy-on-write, or None when
+    absent or invalid.
 
     Checks magic, header, dtype, shape and the exact file length first, so a truncated or
     foreign file is never half-loaded. Invalid files only warn; the caller rebuilds them.
     """
-    import torch  # here, not at the top: building a cache (and hashing pixels) needs no torch
-
     if not path.is_file():
         return None
     expected_shape = (n, 3, size, size)
@@ -111,10 +116,18 @@ def load_cache(path: Path, n: int, size: int) -> "torch.Tensor | None":
         # Mapped, not read: pages load as batches touch them, so a large split (a dsprites test
         # split is ~11 GB at 224 px) lives in the page cache, not in process memory. Copy-on-write
         # ("c") never changes the file and gives torch a writable array.
-        return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=expected_shape))
+        return np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=expected_shape)
     except (OSError, ValueError, SyntaxError) as err:
-        warnings.warn(f"ignoring invalid cache file {path}: {err}; decoding again", CacheWarning, stacklevel=2)
+        warnings.warn(f"ignoring invalid cache file {path}: {err}; decoding again", CacheWarning, stacklevel=3)
         return None
+
+
+def load_cache(path: Path, n: int, size: int) -> "torch.Tensor | None":
+    """:func:`open_cached` as a torch tensor (sharing the mapping)."""
+    import torch  # here, not at the top: building a cache (and hashing pixels) needs no torch
+
+    array = open_cached(path, n, size)
+    return None if array is None else torch.from_numpy(array)
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:

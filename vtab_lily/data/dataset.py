@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -121,12 +120,6 @@ def decode_split(split_list: SplitList, size: int, workers: int | None = None,
     return out
 
 
-def default_cache_dir(root: str | Path) -> Path:
-    """``$VTAB_LILY_CACHE_DIR`` when set, else ``<root>/.cache``."""
-    env = os.environ.get(cache.CACHE_DIR_ENV)
-    return Path(env) if env else Path(root) / ".cache"
-
-
 def cached_split(split_list: SplitList, task_name: str, split: str, img_size: int, cache_dir: Path,
                  workers: int | None = None, progress: bool = True) -> torch.Tensor:
     """The split's decoded images from the cache, building it first when missing (memory-mapped)."""
@@ -163,6 +156,6 @@ def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 2
     labels = torch.tensor(split_list.labels, dtype=torch.int64)
     if not use_cache:
         return SplitData(decode_split(split_list, img_size, workers, progress), labels, normalize, task, split)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir(root)
+    folder = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(root)
     data = cached_split(split_list, task.name, split, img_size, folder, workers, progress)
     return SplitData(data, labels, normalize, task, split)

@@ -27,6 +27,8 @@ from PIL import Image
 from ..errors import UserError
 from ..fsutil import atomic_write_json, read_json
 from ..tasks import DEMO_TASKS, DEMO_TEST_SIZE, SPLITS
+from .lists import read_list
+from .manifest import MANIFEST, compute_manifest, write_manifest
 from .parallel import folder_lock
 
 SIZE = 32  # image side; the demo runs models at img_size 32
@@ -148,10 +150,14 @@ def _draw_split(name: str, rng: np.random.Generator, count: int) -> Iterator[tup
 
 
 def _write_task(root: Path, index: int, name: str) -> None:
-    """Draw and write one task; each split has its own seed."""
+    """Draw and write one task (each split has its own seed), then its manifest.json."""
     write_task_folder(root / name, {
         split: _draw_split(name, np.random.default_rng([GENERATOR_VERSION, index, split_index]), count)
         for split_index, (split, count) in enumerate(SPLIT_COUNTS.items())})
+    # The fingerprint's pixels at the demo's own model size (32 px), not VTAB's 224.
+    lists = {split: read_list(root, DEMO_TASKS[name], split) for split in SPLITS}
+    write_manifest(root / name, compute_manifest(name, lists, f"demo generator v{GENERATOR_VERSION}", "jpeg",
+                                                 size=SIZE, progress=False))
 
 
 def is_complete(root: str | Path) -> bool:
@@ -163,7 +169,8 @@ def is_complete(root: str | Path) -> bool:
         return False
     if not isinstance(marker, dict) or marker.get("version") != GENERATOR_VERSION:
         return False
-    return all((root / name / f"{split}.txt").is_file() for name in DEMO_TASKS for split in SPLITS)
+    return all((root / name / f"{split}.txt").is_file() for name in DEMO_TASKS for split in SPLITS) and all(
+        (root / name / MANIFEST).is_file() for name in DEMO_TASKS)  # older suites had none: written again
 
 
 def generate(root: str | Path) -> Path:

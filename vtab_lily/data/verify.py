@@ -16,9 +16,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from ..errors import UserError
 from ..tasks import SPLITS, Task, suite
+from .cache import default_cache_dir
 from .images import check_image
 from .lists import check_root, parse_list, size_problem
+from .manifest import MANIFEST, compute_manifest, read_manifest, stale_problems, write_manifest
 from .parallel import default_workers, map_with_progress, positive_int
 
 BAD_DATA = 2  # exit status for bad or missing data (as a run refusing bad data; README's table)
@@ -32,6 +35,8 @@ class TaskReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     missing: bool = False
+    manifest: dict | None = None
+    split_lists: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -90,7 +95,33 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
                             len(set(labels)), n_bad, status])
     order = {s: i for i, s in enumerate(SPLITS)}
     report.rows.sort(key=lambda row: order[row[0]])
+    report.split_lists = parsed
+    try:
+        report.manifest = read_manifest(root, task.name)
+    except UserError as err:
+        report.problems.append(str(err))
+    if report.manifest is not None:
+        report.problems.extend(stale_problems(report.manifest, parsed, folder / MANIFEST))
     return report
+
+
+def write_task_manifest(root: Path, report: TaskReport, workers: int | None, progress: bool = True,
+                        cache_dir: Path | None = None) -> dict:
+    """Compute and write the manifest of a task that verified clean (reusing a decoded cache)."""
+    source = report.manifest.get("source") if report.manifest else None
+    manifest = compute_manifest(report.task.name, report.split_lists, source or "laid out by hand",
+                                cache_dir=cache_dir or default_cache_dir(root), workers=workers, progress=progress)
+    write_manifest(root / report.task.name, manifest)
+    report.manifest = manifest
+    return manifest
+
+
+def fingerprint_line(report: TaskReport) -> str:
+    manifest = report.manifest
+    if manifest is None:
+        return "  fingerprint: none (no manifest.json; `verify --write-manifest` computes it)"
+    return (f"  fingerprint: {manifest['fingerprint']} ({manifest['encoding']}, {manifest.get('pixels_px', 224)} px, "
+            f"source {manifest.get('source')})")
 
 
 def format_report(report: TaskReport) -> str:
@@ -100,7 +131,7 @@ def format_report(report: TaskReport) -> str:
         return f"{title}: MISSING"
     table = tabulate(report.rows, headers=["split", "images", "expected", "labels", "classes seen",
                                            "unreadable", "status"], tablefmt="github")
-    lines = [title, table]
+    lines = [title, table, fingerprint_line(report)]
     lines += [f"  warning: {w}" for w in report.warnings]
     lines += [f"  problem: {p}" for p in report.problems[:MAX_LISTED]]
     if len(report.problems) > MAX_LISTED:
@@ -126,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default=None, help="vtab or demo (default: demo if the root is a demo suite)")
     parser.add_argument("--quick", action="store_true", help="only check that images exist and are non-empty")
     parser.add_argument("--workers", type=positive_int, default=default_workers(), help="decoding threads (>= 1)")
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="compute each clean task's manifest.json (fingerprint) and write it; uses the "
+                             "decoded cache when there is one")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     root = check_root(args.root)
@@ -140,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for task in tasks:
         report = verify_task(root, task, quick=args.quick, workers=args.workers)
+        if args.write_manifest and report.ok and not report.missing:
+            write_task_manifest(root, report, args.workers)
         print(format_report(report) + "\n")
         reports.append(report)
     missing = [r.task.name for r in reports if r.missing]
