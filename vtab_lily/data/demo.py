@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tabulate import tabulate
 
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.data demo",
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.data demo", allow_abbrev=False,
                                      description="Write the small procedurally drawn demo suite (NOAH layout).")
     parser.add_argument("--root", default="data/vtab-demo", help="where to write it (default data/vtab-demo)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete suite is there")

@@ -1,0 +1,325 @@
+"""``python -m vtab_lily.data prepare --from PATH --root data/vtab-1k``: lay out VTAB-1K from what users have.
+
+PATH is a NOAH-layout archive (zip or tar, one task or all of them, possibly under one folder
+such as ``vtab-1k/``), a NOAH-layout folder, or a built TFDS data folder (recognised by its
+``dataset_info.json``; read by :mod:`vtab_lily.data.tfds`, no TensorFlow). Each task is written
+into ``<root>/.staging/<task>/``, checked as ``verify`` does, given its ``manifest.json``
+(fingerprint) and only then renamed to ``<root>/<task>`` in one step: a killed prepare leaves
+no task that anything reads, and a rerun skips the tasks already in place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..tasks import VTAB_TASKS, get_task
+from . import archive
+from .cache import default_cache_dir
+from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, write_manifest
+from .parallel import default_workers, folder_lock, positive_int
+from .verify import verify_task
+
+STAGING = ".staging"
+TFDS_SPLITS = ("train800", "val200", "test")
+
+
+class WriteFailed(UserError):
+    """The data could not be written (disk full, read-only): a failure during the work, exit 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class TaskRow:
+    task: str
+    source: str = "-"
+    counts: dict[str, int] = field(default_factory=dict)
+    encoding: str = "-"
+    fingerprint: str = "-"
+    status: str = ""
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Preparer:
+    root: Path
+    wanted: list[str] | None = None  # registry names; None = every task found
+    encoding: str = "png"  # for TFDS sources; archives keep their files as they are
+    workers: int | None = None
+    progress: bool = True
+    pixels_px: int = PIXELS_PX
+    build_cache: bool = False
+    rows: dict[str, TaskRow] = field(default_factory=dict)
+    claimed: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (source, folder as named)
+
+    def wants(self, task: str) -> bool:
+        return self.wanted is None or task in self.wanted
+
+    def finished(self, task: str) -> bool:
+        """The task is in place with its manifest (a finished task is not redone)."""
+        manifest = read_manifest(self.root, task) if (self.root / task / MANIFEST).is_file() else None
+        if manifest is None:
+            return False
+        row = self.rows.setdefault(task, TaskRow(task, manifest.get("source", "-")))
+        row.counts = {s: v["n"] for s, v in manifest["splits"].items()}
+        row.encoding, row.fingerprint, row.status = manifest["encoding"], manifest["fingerprint"], "already prepared"
+        return True
+
+    def claim(self, task: str, source: str, folder: str) -> bool:
+        """Whether this source should write ``task``; refuses a task found twice."""
+        if task in self.claimed:
+            if self.claimed[task] != (source, folder):
+                first = self.claimed[task]
+                raise UserError(f"task {task} is in two places: {first[0]} ({first[1]}/) and {source} ({folder}/); "
+                                "prepare one of them (--tasks, or fewer --from)")
+            return True
+        if not self.wants(task) or self.finished(task):
+            return False
+        self.claimed[task] = (source, folder)
+        staged = self.root / STAGING / task
+        shutil.rmtree(staged, ignore_errors=True)  # a half-written earlier attempt is started over
+        staged.mkdir(parents=True)
+        return True
+
+    # --- sources ------------------------------------------------------------------------------
+    def from_archive(self, source: Path, kind: str) -> list[str]:
+        """Copy every wanted task of a zip, tar or folder into staging; the tasks it held."""
+        tasks: list[str] = []
+        skipped: set[str] = set()
+        with tqdm(desc=f"reading {source.name}", unit="file", disable=not self.progress, leave=False) as bar:
+            for entry in archive.entries(source, kind):
+                if entry.task not in tasks:
+                    tasks.append(entry.task)
+                if entry.task in skipped:
+                    continue
+                if not self.claim(entry.task, str(source), entry.folder):
+                    skipped.add(entry.task)
+                    continue
+                try:
+                    archive.write_entry(entry, self.root / STAGING / entry.task, source)
+                except OSError as err:
+                    raise WriteFailed(f"cannot write {err.filename or self.root}: {err.strerror or err}") from None
+                bar.update()
+        return tasks
+
+    def from_tfds(self, source: Path) -> list[str]:
+        try:
+            tfds = importlib.import_module("vtab_lily.data.tfds")
+        except ImportError as err:
+            raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
+        builders = tfds.find_builders(source)
+        tasks = [t for t in VTAB_TASKS if t in builders and self.claim(t, str(source), "tfds")]
+        for task in tasks:
+            self.write_tfds_task(task, tfds.vtab_task_splits(source, task))
+            self.finish(task, f"tfds {source}", self.encoding)
+        return [t for t in VTAB_TASKS if t in builders]
+
+    def write_tfds_task(self, task: str, splits: dict) -> None:
+        staged = self.root / STAGING / task
+        lines = {split: self._write_split(staged, task, split, splits[split]) for split in TFDS_SPLITS}
+        lines["train800val200"] = lines["train800"] + lines["val200"]  # as NOAH: train800 then val200
+        for split, split_lines in lines.items():
+            (staged / f"{split}.txt").write_text("".join(split_lines))
+
+    def _write_split(self, staged: Path, task: str, split: str, source) -> list[str]:
+        num_classes, ext = VTAB_TASKS[task].num_classes, ("png" if self.encoding == "png" else "jpg")
+        (staged / "images" / split).mkdir(parents=True, exist_ok=True)
+        workers = self.workers or default_workers()
+        lines: list[str] = []
+        pending: deque = deque()
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(source), desc=f"{task} {split}", unit="img",
+                                                        disable=not self.progress, leave=False) as bar:
+            for i, item in enumerate(source):
+                image, label = _check_item(item, task, split, i, num_classes)
+                rel = f"images/{split}/{i:06d}.{ext}"
+                pending.append(pool.submit(_save, image, staged / rel, self.encoding))
+                lines.append(f"{rel} {label}\n")
+                while len(pending) > 4 * workers:  # bounded: never the whole split in memory
+                    pending.popleft().result()
+                    bar.update()
+            while pending:
+                pending.popleft().result()
+                bar.update()
+        if len(lines) != len(source):
+            raise UserError(f"TFDS {task}/{split}: yielded {len(lines)} images, its length says {len(source)}")
+        return lines
+
+    # --- checking and moving into place ---------------------------------------------------------
+    def finish(self, task: str, source_label: str, encoding: str | None) -> None:
+        """Verify the staged task; give it a manifest; move it into place (or match an existing one)."""
+        row = self.rows.setdefault(task, TaskRow(task, source_label))
+        staged, final = self.root / STAGING / task, self.root / task
+        report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
+                             show_progress=self.progress)
+        row.counts = {s: len(v) for s, v in report.split_lists.items()}
+        row.notes += report.warnings
+        if not report.ok:
+            row.problems += report.problems or [f"{staged}: incomplete"]
+            row.status = "NOT prepared (bad data)"
+            return
+        cache_dir = default_cache_dir(self.root) if self.build_cache else None
+        manifest = compute_manifest(task, report.split_lists, source_label, encoding, size=self.pixels_px,
+                                    cache_dir=cache_dir, build_cache=self.build_cache, workers=self.workers,
+                                    progress=self.progress)
+        row.encoding, row.fingerprint = manifest["encoding"], manifest["fingerprint"]
+        if final.exists():
+            differing = _differences(staged, final)
+            if differing:
+                row.problems.append(f"{final} exists and differs from the source ({differing}); it was left as it "
+                                    f"is: move it away to prepare {task} afresh")
+                row.status = "NOT prepared (exists, differs)"
+                return
+            write_manifest(final, manifest)
+            shutil.rmtree(staged)
+            row.status = "existing folder matches; manifest written"
+            return
+        write_manifest(staged, manifest)  # last file in: a staged task with a manifest is complete
+        os.rename(staged, final)  # one step: the task appears whole or not at all
+        row.status = "prepared"
+
+
+def _check_item(item, task: str, split: str, index: int, num_classes: int) -> tuple[np.ndarray, int]:
+    where = f"TFDS {task}/{split} item {index}"
+    try:
+        image, label = item
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected (image, label), got {type(item).__name__}") from None
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise UserError(f"{where}: expected a uint8 HxWx3 image, got {getattr(image, 'dtype', type(image))} {shape}")
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+        raise UserError(f"{where}: label {label!r} is not an integer in [0, {num_classes})")
+    return image, int(label)
+
+
+def _save(image: np.ndarray, path: Path, encoding: str) -> None:
+    try:
+        if encoding == "png":
+            Image.fromarray(image).save(path, "PNG")  # lossless
+        else:
+            Image.fromarray(image).save(path, "JPEG")  # PIL's default quality (75), as NOAH's exporter
+    except OSError as err:
+        raise WriteFailed(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _differences(staged: Path, final: Path) -> str | None:
+    """The first file of ``staged`` missing from ``final`` or different there, or None."""
+    import filecmp
+
+    for path in sorted(staged.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            theirs = final / path.relative_to(staged)
+            if not theirs.is_file():
+                return f"{theirs} is missing"
+            if not filecmp.cmp(path, theirs, shallow=False):
+                return f"{theirs} differs"
+    return None
+
+
+def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None = None, encoding: str = "png",
+            workers: int | None = None, progress: bool = True, pixels_px: int = PIXELS_PX,
+            build_cache: bool = False) -> dict[str, TaskRow]:
+    """Prepare every wanted task found in ``sources`` under ``root``; one :class:`TaskRow` per task.
+
+    Unsafe or damaged sources raise :class:`UserError` at once (nothing written outside
+    ``<root>/.staging``); bad data in a task is reported in its row and the task is not moved in.
+    Wanted tasks found in no source get a row with a problem.
+    """
+    if encoding not in ("png", "jpeg"):
+        raise UserError(f"--encoding {encoding!r}: choose png (lossless) or jpeg (as the common archive)")
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--root {root}: exists and is not a folder")
+    wanted = [get_task(name).name for name in tasks] if tasks else None
+    paths = [Path(s) for s in sources]
+    kinds = [archive.source_kind(p) for p in paths]  # every source checked before any work
+    for path in paths:
+        if path.is_dir() and path.resolve() in (root.resolve(), *root.resolve().parents):
+            raise UserError(f"--from {path}: is the target root (or holds it); for a tree already laid out run "
+                            f"`python -m vtab_lily.data verify --root {root} --write-manifest`")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--root {root}: cannot create it ({err.strerror or err})") from None
+    prep = Preparer(root, wanted, encoding, workers, progress, pixels_px, build_cache)
+    found: dict[Path, list[str]] = {}
+    with folder_lock(root):
+        for path, kind in zip(paths, kinds):
+            if kind == "tfds":
+                found[path] = prep.from_tfds(path)
+                continue
+            found[path] = prep.from_archive(path, kind)
+            for task in found[path]:
+                if prep.claimed.get(task, ("",))[0] == str(path):
+                    prep.finish(task, f"{kind} {path.name}", None)
+        with_staging = root / STAGING
+        if with_staging.is_dir() and not any(with_staging.iterdir()):
+            with_staging.rmdir()
+    if not any(found.values()):
+        raise UserError(f"no VTAB-1K task folders in {', '.join(map(str, paths))} (expected <task>/train800.txt ... "
+                        "or one folder above, e.g. vtab-1k/<task>/...; task names as in python -m vtab_lily.tasks)")
+    for task in wanted or VTAB_TASKS:
+        if task not in prep.rows and not prep.finished(task):
+            row = prep.rows[task] = TaskRow(task, status="not in the sources")
+            if wanted:
+                row.problems.append(f"task {task} is in none of: {', '.join(map(str, paths))}")
+    return {t: prep.rows[t] for t in VTAB_TASKS if t in prep.rows}
+
+
+def format_summary(rows: dict[str, TaskRow]) -> str:
+    table = [[r.task, r.source, *(r.counts.get(s, "-") for s in TFDS_SPLITS), r.encoding, r.fingerprint,
+              r.status + (f" ({len(r.problems)} problems)" if r.problems else "")] for r in rows.values()]
+    lines = [tabulate(table, headers=["task", "source", *TFDS_SPLITS, "encoding", "fingerprint", "status"],
+                      tablefmt="github")]
+    for row in rows.values():
+        lines += [f"  {row.task}: warning: {note}" for note in row.notes]
+        lines += [f"  {row.task}: problem: {problem}" for problem in row.problems[:20]]
+        if len(row.problems) > 20:
+            lines.append(f"  {row.task}: ... and {len(row.problems) - 20} more problems")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vtab_lily.data prepare", allow_abbrev=False,
+        description="Lay out VTAB-1K (NOAH layout, with a manifest.json fingerprint per task) from pre-converted "
+                    "archives or folders, or from a built TFDS data folder (no TensorFlow needed).")
+    parser.add_argument("--from", dest="sources", action="append", required=True, metavar="PATH",
+                        help="zip/tar archive, NOAH-layout folder or TFDS data folder (repeatable)")
+    parser.add_argument("--root", required=True, help="where the tasks go, e.g. data/vtab-1k")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: every task found)")
+    parser.add_argument("--encoding", choices=("png", "jpeg"), default="png",
+                        help="image files written from TFDS: png (lossless, default) or jpeg (PIL's default "
+                             "quality, as the common archive; for comparison with published numbers)")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="threads (>= 1)")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep the 224 px decoded cache built while fingerprinting (training reuses it)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    rows = prepare(args.sources, args.root, tasks, args.encoding, args.workers, build_cache=args.cache)
+    print(format_summary(rows))
+    bad = [r.task for r in rows.values() if r.problems]
+    absent = [r.task for r in rows.values() if r.status == "not in the sources" and not r.problems]
+    if absent:
+        print(f"\nnot in the sources (public uploads often hold 12 of the 19 tasks): {', '.join(absent)}")
+    if bad:
+        print(f"\nnot prepared, see the problems above: {', '.join(bad)}")
+        return 2
+    print(f"\nready in {args.root}: {sum(r.status != 'not in the sources' for r in rows.values())} tasks")
+    return 0
