@@ -99,7 +99,8 @@ class Preparer:
         """Copy every wanted task of a zip, tar or folder into staging; the tasks it held."""
         tasks: list[str] = []
         skipped: set[str] = set()
-        with tqdm(desc=f"reading {source.name}", unit="file", disable=not self.progress, leave=False) as bar:
+        bar = tqdm(desc=f"reading {source.name}", unit="file", disable=None if self.progress else True, leave=False)
+        with bar:
             for entry in archive.entries(source, kind):
                 if entry.task not in tasks:
                     tasks.append(entry.task)
@@ -141,7 +142,7 @@ class Preparer:
         lines: list[str] = []
         pending: deque = deque()
         with ThreadPoolExecutor(workers) as pool, tqdm(total=len(source), desc=f"{task} {split}", unit="img",
-                                                        disable=not self.progress, leave=False) as bar:
+                                                        disable=None if self.progress else True, leave=False) as bar:
             for i, item in enumerate(source):
                 image, label = _check_item(item, task, split, i, num_classes)
                 rel = f"images/{split}/{i:06d}.{ext}"
