@@ -166,7 +166,7 @@ def decode_chunks(split_list: SplitList, size: int, workers: int | None = None, 
         return None
 
     bar = tqdm(total=len(entries), desc=desc or f"decoding {split_list.file}", unit="img", leave=False,
-               disable=not progress or len(entries) < PROGRESS_MIN_ITEMS)
+               disable=True if not progress or len(entries) < PROGRESS_MIN_ITEMS else None)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, bar:
         for start in range(0, len(entries), per_chunk):
             stop = min(start + per_chunk, len(entries))

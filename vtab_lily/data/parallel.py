@@ -41,7 +41,7 @@ def map_with_progress(fn: Callable[[T], R], items: Sequence[T], workers: int | N
     """``fn`` over ``items`` on a few threads (PIL releases the GIL), results in order, with a
     tqdm bar for long runs."""
     bar = tqdm(total=len(items), desc=desc, unit="img", leave=False,
-               disable=not progress or len(items) < PROGRESS_MIN_ITEMS)
+               disable=True if not progress or len(items) < PROGRESS_MIN_ITEMS else None)  # None: a terminal only
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, bar:
         for result in pool.map(fn, items):
             bar.update()

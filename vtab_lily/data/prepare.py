@@ -185,10 +185,12 @@ class Preparer:
                 return
             write_manifest(final, manifest)
             shutil.rmtree(staged)
+            row.notes = [note.replace(str(staged), str(final)) for note in row.notes]
             row.status = "existing folder matches; manifest written"
             return
         write_manifest(staged, manifest)  # last file in: a staged task with a manifest is complete
         os.rename(staged, final)  # one step: the task appears whole or not at all
+        row.notes = [note.replace(str(staged), str(final)) for note in row.notes]
         row.status = "prepared"
 
 
