@@ -280,3 +280,19 @@ def test_cli_refuses_an_unsafe_archive_with_one_line_and_exit_2(noah, tmp_path):
         f"error: {source}: entry '../evil.txt' leaves the target folder ('..'); refusing the archive "
         "(nothing written outside it)"]
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_an_undecodable_test_image_keeps_the_task_out_unless_dropped(noah, tmp_path, capsys):
+    tree = tmp_path / "tree"
+    shutil.copytree(noah / "dtd", tree / "sun397")
+    (tree / "sun397" / "images" / "test" / "000003.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    assert prepare_main(["--from", str(tree), "--root", str(tmp_path / "a")]) == 2
+    assert "test.txt:4: images/test/000003.jpg: cannot decode image" in capsys.readouterr().out
+    assert not (tmp_path / "a" / "sun397").exists()
+    assert prepare_main(["--from", str(tree), "--root", str(tmp_path / "b"), "--drop-undecodable"]) == 0
+    assert "dropped 1 undecodable test image(s): images/test/000003.jpg" in capsys.readouterr().out
+    kept = listed(tmp_path / "b" / "sun397", "test")
+    assert [p for p, _ in kept] == [p for p, _ in listed(noah / "dtd", "test") if not p.endswith("000003.jpg")]
+    assert read_manifest(tmp_path / "b", "sun397")["dropped"] == ["images/test/000003.jpg"]
+    (tree / "sun397" / "images" / "train800" / "000001.jpg").write_bytes(b"junk")  # training images: never dropped
+    assert prepare_main(["--from", str(tree), "--root", str(tmp_path / "c"), "--drop-undecodable"]) == 2

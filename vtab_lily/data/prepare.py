@@ -62,6 +62,7 @@ class Preparer:
     progress: bool = True
     pixels_px: int = PIXELS_PX
     build_cache: bool = False
+    drop_undecodable: bool = False  # drop undecodable *test* images (SUN397 has one), recorded in the manifest
     rows: dict[str, TaskRow] = field(default_factory=dict)
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (source, folder as named)
 
@@ -165,6 +166,11 @@ class Preparer:
         staged, final = self.root / STAGING / task, self.root / task
         report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
                              show_progress=self.progress)
+        dropped = self._drop_undecodable(task, report) if self.drop_undecodable and report.unreadable else []
+        if dropped:
+            report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
+                                 show_progress=self.progress)
+            row.notes.append(f"dropped {len(dropped)} undecodable test image(s): {', '.join(dropped[:5])}")
         row.counts = {s: len(v) for s, v in report.split_lists.items()}
         row.notes += report.warnings
         if not report.ok:
@@ -175,6 +181,8 @@ class Preparer:
         manifest = compute_manifest(task, report.split_lists, source_label, encoding, size=self.pixels_px,
                                     cache_dir=cache_dir, build_cache=self.build_cache, workers=self.workers,
                                     progress=self.progress)
+        if dropped:
+            manifest["dropped"] = dropped
         row.encoding, row.fingerprint = manifest["encoding"], manifest["fingerprint"]
         if final.exists():
             differing = _differences(staged, final)
@@ -192,6 +200,19 @@ class Preparer:
         os.rename(staged, final)  # one step: the task appears whole or not at all
         row.notes = [note.replace(str(staged), str(final)) for note in row.notes]
         row.status = "prepared"
+
+    def _drop_undecodable(self, task: str, report) -> list[str]:
+        """Remove undecodable images from the staged test list (only there: the 800/200 training
+        splits must stay whole); the dropped paths, or [] when a training image is also bad."""
+        test = report.split_lists.get("test")
+        bad = {path for path in report.unreadable}
+        if test is None or any(test.image_path(e) in bad for s, v in report.split_lists.items() if s != "test"
+                               for e in v.entries):
+            return []
+        drop = {e.line for e in test.entries if test.image_path(e) in bad}
+        lines = test.file.read_text(encoding="utf-8-sig").split("\n")
+        test.file.write_text("\n".join(line for number, line in enumerate(lines, 1) if number not in drop))
+        return [e.path for e in test.entries if e.line in drop]
 
 
 def _check_item(item, task: str, split: str, index: int, num_classes: int) -> tuple[np.ndarray, int]:
@@ -234,7 +255,7 @@ def _differences(staged: Path, final: Path) -> str | None:
 
 def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None = None, encoding: str = "png",
             workers: int | None = None, progress: bool = True, pixels_px: int = PIXELS_PX,
-            build_cache: bool = False) -> dict[str, TaskRow]:
+            build_cache: bool = False, drop_undecodable: bool = False) -> dict[str, TaskRow]:
     """Prepare every wanted task found in ``sources`` under ``root``; one :class:`TaskRow` per task.
 
     Unsafe or damaged sources raise :class:`UserError` at once (nothing written outside
@@ -257,7 +278,7 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--root {root}: cannot create it ({err.strerror or err})") from None
-    prep = Preparer(root, wanted, encoding, workers, progress, pixels_px, build_cache)
+    prep = Preparer(root, wanted, encoding, workers, progress, pixels_px, build_cache, drop_undecodable)
     found: dict[Path, list[str]] = {}
     with folder_lock(root):
         for path, kind in zip(paths, kinds):
@@ -310,12 +331,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="image files written from TFDS: png (lossless, default) or jpeg (PIL's default "
                              "quality, as the common archive; for comparison with published numbers)")
     parser.add_argument("--workers", type=positive_int, default=default_workers(), help="threads (>= 1)")
+    parser.add_argument("--drop-undecodable", action="store_true",
+                        help="drop test images that cannot be decoded (one SUN397 image) from test.txt instead of "
+                             "keeping the task out; recorded in the manifest and the summary")
     parser.add_argument("--cache", action="store_true",
                         help="keep the 224 px decoded cache built while fingerprinting (training reuses it)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    rows = prepare(args.sources, args.root, tasks, args.encoding, args.workers, build_cache=args.cache)
+    rows = prepare(args.sources, args.root, tasks, args.encoding, args.workers, build_cache=args.cache,
+                   drop_undecodable=args.drop_undecodable)
     print(format_summary(rows))
     bad = [r.task for r in rows.values() if r.problems]
     absent = [r.task for r in rows.values() if r.status == "not in the sources" and not r.problems]

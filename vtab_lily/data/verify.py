@@ -37,6 +37,7 @@ class TaskReport:
     missing: bool = False
     manifest: dict | None = None
     split_lists: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)  # image path -> why it cannot be decoded
 
     @property
     def ok(self) -> bool:
@@ -73,7 +74,7 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
     for split_list in parsed.values():
         for entry in split_list.entries:
             first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
-    unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
+    unreadable = report.unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
     for path, why in unreadable.items():
         report.problems.append(f"{first_listed[path]}: {path.relative_to(folder)}: {why}")
     for split, split_list in parsed.items():
