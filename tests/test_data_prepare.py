@@ -296,3 +296,29 @@ def test_an_undecodable_test_image_keeps_the_task_out_unless_dropped(noah, tmp_p
     assert read_manifest(tmp_path / "b", "sun397")["dropped"] == ["images/test/000003.jpg"]
     (tree / "sun397" / "images" / "train800" / "000001.jpg").write_bytes(b"junk")  # training images: never dropped
     assert prepare_main(["--from", str(tree), "--root", str(tmp_path / "c"), "--drop-undecodable"]) == 2
+
+
+def test_hostile_odds_and_ends(noah, tmp_path):
+    # one task folder given itself, twice: prepared once
+    rows = run_prepare([noah / "dtd", noah / "dtd"], tmp_path / "data")
+    assert rows["dtd"].status == "prepared"
+    # a damaged manifest: the task is checked against the source again and the manifest rewritten
+    (tmp_path / "data" / "dtd" / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="manifest.json: not valid JSON"):
+        read_manifest(tmp_path / "data", "dtd")
+    again = run_prepare([noah / "dtd"], tmp_path / "data")
+    assert again["dtd"].status.startswith("existing folder matches") and read_manifest(tmp_path / "data", "dtd")
+    with pytest.raises(UserError, match="is not a folder name"):
+        read_manifest(tmp_path / "data", "../dtd")
+    # a root that is a file, a source that is the root, a source that is nothing
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        run_prepare([noah / "dtd"], tmp_path / "file")
+    with pytest.raises(UserError, match="is the target root"):
+        run_prepare([tmp_path / "data"], tmp_path / "data" / "vtab")
+    with pytest.raises(UserError, match="not a zip or tar archive"):
+        run_prepare([tmp_path / "file"], tmp_path / "other")
+    with pytest.raises(UserError, match="does not exist"):
+        run_prepare([tmp_path / "nope.zip"], tmp_path / "other")
+    with pytest.raises(UserError, match="unknown task 'cifr'.*did you mean 'cifar'"):
+        run_prepare([noah / "dtd"], tmp_path / "other", tasks=["cifr"])

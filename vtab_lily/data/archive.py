@@ -138,6 +138,8 @@ def _tar_entries(source: Path) -> Iterator[tuple[str, Callable[[], BinaryIO] | N
 
 
 def _folder_entries(source: Path) -> Iterator[tuple[str, Callable[[], BinaryIO] | None]]:
+    # A task folder given itself (``--from downloads/cifar100``): its entries are named under it.
+    prefix = f"{source.name}/" if source.name in _TASK_NAMES and (source / "train800.txt").is_file() else ""
     for folder, dirs, files in os.walk(source):
         here = Path(folder)
         for name in sorted(dirs + files):
@@ -149,7 +151,7 @@ def _folder_entries(source: Path) -> Iterator[tuple[str, Callable[[], BinaryIO] 
                 raise _refuse_link(source, rel, "special file")
         dirs[:] = sorted(d for d in dirs if d not in (".cache", ".staging"))
         for name in sorted(files):
-            yield (here / name).relative_to(source).as_posix(), (lambda p=here / name: open(p, "rb"))
+            yield prefix + (here / name).relative_to(source).as_posix(), (lambda p=here / name: open(p, "rb"))
 
 
 def entries(source: Path, kind: str) -> Iterator[Entry]:

@@ -117,7 +117,10 @@ def compute_manifest(task_name: str, split_lists: dict[str, SplitList], source: 
 
 def write_manifest(task_dir: Path, manifest: dict) -> Path:
     path = Path(task_dir) / MANIFEST
-    atomic_write_json(path, manifest)
+    try:
+        atomic_write_json(path, manifest)
+    except OSError as err:
+        raise UserError(f"cannot write {path} ({err.strerror or err})") from None
     return path
 
 
@@ -150,7 +153,10 @@ def read_manifest(root: str | Path, task_name: str) -> dict | None:
 
     A manifest that is not valid JSON or does not follow the schema is a :class:`UserError`.
     """
-    path = Path(root) / ALIASES.get(task_name, task_name) / MANIFEST
+    name = ALIASES.get(task_name, task_name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UserError(f"task name {task_name!r} is not a folder name")
+    path = Path(root) / name / MANIFEST
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -71,7 +71,10 @@ class Preparer:
 
     def finished(self, task: str) -> bool:
         """The task is in place with its manifest (a finished task is not redone)."""
-        manifest = read_manifest(self.root, task) if (self.root / task / MANIFEST).is_file() else None
+        try:
+            manifest = read_manifest(self.root, task) if (self.root / task / MANIFEST).is_file() else None
+        except UserError:  # damaged: the task is checked against the source again and its manifest rewritten
+            manifest = None
         if manifest is None:
             return False
         row = self.rows.setdefault(task, TaskRow(task, manifest.get("source", "-")))
@@ -268,7 +271,7 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     if root.exists() and not root.is_dir():
         raise UserError(f"--root {root}: exists and is not a folder")
     wanted = [get_task(name).name for name in tasks] if tasks else None
-    paths = [Path(s) for s in sources]
+    paths = list({Path(s).resolve(): Path(s) for s in sources}.values())  # each source once
     kinds = [archive.source_kind(p) for p in paths]  # every source checked before any work
     for path in paths:
         if path.is_dir() and path.resolve() in (root.resolve(), *root.resolve().parents):
