@@ -220,7 +220,12 @@ def test_cache_dir_from_the_environment(root, tmp_path_factory, monkeypatch):
     elsewhere = tmp_path_factory.mktemp("envcache")
     monkeypatch.setenv("VTAB_LILY_CACHE_DIR", str(elsewhere))
     load_split(root, TINY, "test", img_size=16)
-    assert len(list((elsewhere / TINY.name).glob("test-16px-*.npy"))) == 1 and cache_files(root) == []
+    [file] = elsewhere.glob(f"*/{TINY.name}/test-16px-*.npy")
+    assert file.parent.parent.name.startswith(root.name + "-") and cache_files(root) == []
+    other = root.parent / "copy"
+    shutil.copytree(root, other, ignore=shutil.ignore_patterns(".cache"))
+    load_split(other, TINY, "test", img_size=16)  # same task name, another root: its own folder
+    assert file.exists() and len(list(elsewhere.glob(f"*/{TINY.name}/test-16px-*.npy"))) == 2
 
 
 CONCURRENT = textwrap.dedent("""

@@ -49,9 +49,13 @@ class CacheWarning(UserWarning):
 
 
 def default_cache_dir(root: str | Path) -> Path:
-    """``$VTAB_LILY_CACHE_DIR`` when set, else ``<root>/.cache``."""
+    """``<root>/.cache``, or with ``$VTAB_LILY_CACHE_DIR`` set a folder there per data root (two roots
+    with the same task names, e.g. a PNG and a JPEG copy, must not evict each other's caches)."""
     env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env) if env else Path(root) / ".cache"
+    if not env:
+        return Path(root) / ".cache"
+    resolved = Path(root).resolve()
+    return Path(env) / f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
 def images_digest(split_list: SplitList) -> str:

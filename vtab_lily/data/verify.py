@@ -21,7 +21,7 @@ from ..tasks import SPLITS, Task, suite
 from .cache import default_cache_dir
 from .images import check_image
 from .lists import check_root, parse_list, size_problem
-from .manifest import MANIFEST, compute_manifest, read_manifest, stale_problems, write_manifest
+from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, stale_problems, write_manifest
 from .parallel import default_workers, map_with_progress, positive_int
 
 BAD_DATA = 2  # exit status for bad or missing data (as a run refusing bad data; README's table)
@@ -107,10 +107,10 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
 
 
 def write_task_manifest(root: Path, report: TaskReport, workers: int | None, progress: bool = True,
-                        cache_dir: Path | None = None) -> dict:
+                        cache_dir: Path | None = None, size: int = PIXELS_PX) -> dict:
     """Compute and write the manifest of a task that verified clean (reusing a decoded cache)."""
     source = report.manifest.get("source") if report.manifest else None
-    manifest = compute_manifest(report.task.name, report.split_lists, source or "laid out by hand",
+    manifest = compute_manifest(report.task.name, report.split_lists, source or "laid out by hand", size=size,
                                 cache_dir=cache_dir or default_cache_dir(root), workers=workers, progress=progress)
     write_manifest(root / report.task.name, manifest)
     report.manifest = manifest
@@ -172,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [get_task(name.strip(), suite_name) for name in args.tasks.split(",") if name.strip()]
     else:
         tasks = list(registry.values())
+    pixels_px = PIXELS_PX
+    if suite_name == "demo":  # the demo's fingerprints are taken at its own size, as its generator writes them
+        from .demo import SIZE as pixels_px
     reports = []
     for task in tasks:
         report = verify_task(root, task, quick=args.quick, workers=args.workers)
         if args.write_manifest and report.ok and not report.missing:
-            write_task_manifest(root, report, args.workers)
+            write_task_manifest(root, report, args.workers, size=pixels_px)
         print(format_report(report) + "\n")
         reports.append(report)
     missing = [r.task.name for r in reports if r.missing]
