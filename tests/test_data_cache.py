@@ -197,7 +197,8 @@ def test_crash_while_writing_leaves_no_cache(root, decodes, monkeypatch):
 def test_unwritable_cache_dir_is_an_error_naming_it(root, decodes):
     blocker = root / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(UserError, match=f"cannot create the decoded-image cache folder {blocker}"):
+    needed = f"{TEST_SIZE * 3 * 16 * 16 + 128:,} bytes"
+    with pytest.raises(UserError, match=f"cannot create the decoded-image cache folder {blocker}.*{needed}"):
         load_split(root, TINY, "test", img_size=16, cache_dir=blocker)
     assert decodes == []  # refused before decoding anything
 

@@ -134,6 +134,12 @@ def load_cache(path: Path, n: int, size: int) -> "torch.Tensor | None":
     return None if array is None else torch.from_numpy(array)
 
 
+def cache_bytes(n: int, size: int) -> int:
+    """Bytes of the cache file of ``n`` images at ``size`` px (header included)."""
+    shape = (n, 3, size, size)
+    return len(_npy_header(shape)) + int(np.prod(shape))
+
+
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     import io
 
@@ -223,15 +229,17 @@ def build_cache(path: Path, split_list: SplitList, size: int, workers: int | Non
 
 
 @contextlib.contextmanager
-def build_lock(path: Path) -> Iterator[None]:
+def build_lock(path: Path, needed: int | None = None) -> Iterator[None]:
     """Hold ``<path>.lock`` while building ``path``; wait while another process holds it.
 
-    A cache folder that cannot be created or written is a :class:`UserError` naming it.
+    A cache folder that cannot be created or written is a :class:`UserError` naming it (and the
+    bytes the cache file will need, when given).
     """
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(waiting_lock(path.parent, path.name + ".lock"))
         except OSError as err:
-            raise UserError(f"cannot create the decoded-image cache folder {path.parent} "
+            size = f" for {path.name} ({needed:,} bytes)" if needed else ""
+            raise UserError(f"cannot create the decoded-image cache folder {path.parent}{size} "
                             f"({err.strerror or err}); set {CACHE_DIR_ENV} to a writable folder") from None
         yield

@@ -126,7 +126,7 @@ def cached_split(split_list: SplitList, task_name: str, split: str, img_size: in
     path = cache.split_cache_path(cache_dir, task_name, split_list, split, img_size)
     data = cache.load_cache(path, len(split_list), img_size)
     if data is None:
-        with cache.build_lock(path):
+        with cache.build_lock(path, cache.cache_bytes(len(split_list), img_size)):
             data = cache.load_cache(path, len(split_list), img_size)  # another process may have built it
             if data is None:
                 cache.build_cache(path, split_list, img_size, workers, progress)
