@@ -322,3 +322,23 @@ def test_hostile_odds_and_ends(noah, tmp_path):
         run_prepare([tmp_path / "nope.zip"], tmp_path / "other")
     with pytest.raises(UserError, match="unknown task 'cifr'.*did you mean 'cifar'"):
         run_prepare([noah / "dtd"], tmp_path / "other", tasks=["cifr"])
+
+
+def test_damaged_archives_are_one_line_naming_the_file(noah, tmp_path):
+    with tarfile.open(tmp_path / "dtd.tar.gz", "w:gz") as tf:
+        tf.add(noah / "dtd", "dtd")
+    data = (tmp_path / "dtd.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"{tmp_path / 'cut.tar.gz'}: .*(damaged|truncated|cannot be read)"):
+        run_prepare([tmp_path / "cut.tar.gz"], tmp_path / "a")
+    assert not (tmp_path / "a" / "dtd").exists()
+    source = make_zip(tmp_path / "dtd.zip", noah / "dtd", prefix="dtd")
+    raw = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as zf:
+        info = zf.getinfo("dtd/train800.txt")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + 5] ^= 0xFF  # one flipped byte inside the entry's data: a CRC mismatch
+    (tmp_path / "flipped.zip").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="entry 'dtd/train800.txt' cannot be read"):
+        run_prepare([tmp_path / "flipped.zip"], tmp_path / "b")
+    assert not (tmp_path / "b" / "dtd").exists()

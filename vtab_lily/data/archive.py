@@ -11,13 +11,16 @@ one level down, by their second (``vtab-1k/cifar/...``); task aliases (``cifar10
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import re
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -25,6 +28,8 @@ from typing import BinaryIO, Callable, Iterator
 from ..errors import UserError
 from ..tasks import ALIASES, VTAB_TASKS
 
+# What a damaged archive raises while being read (gzip: BadGzipFile is an OSError; truncated: EOFError).
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SKIPPED_NAMES = {".DS_Store", "Thumbs.db", "manifest.json"}  # ours is computed, never copied
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -164,8 +169,8 @@ def entries(source: Path, kind: str) -> Iterator[Entry]:
             mapped = map_entry(safe_parts(name, source))
             if mapped is not None:
                 yield Entry(*mapped, name=name, open=opener)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
-        raise UserError(f"{source}: the archive is damaged ({type(err).__name__}: {err})") from None
+    except _DAMAGED as err:
+        raise UserError(f"{source}: the archive is damaged or truncated ({type(err).__name__}: {err})") from None
 
 
 def _same_content(path: Path, data: BinaryIO) -> bool:
@@ -191,7 +196,9 @@ def write_entry(entry: Entry, task_dir: Path, source: Path) -> None:
                 if target.is_dir() or not _same_content(target, data):
                     raise UserError(f"{source}: entry {entry.name!r} appears twice with different content; "
                                     "refusing to overwrite") from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError) as err:  # RuntimeError: encrypted
+    except (*_DAMAGED, RuntimeError) as err:  # RuntimeError: an encrypted zip entry
+        if isinstance(err, OSError) and err.filename:  # our own write failed, not the archive
+            raise
         raise UserError(f"{source}: entry {entry.name!r} cannot be read ({type(err).__name__}: {err})") from None
     except (NotADirectoryError, IsADirectoryError) as err:
         raise UserError(f"{source}: entry {entry.name!r} clashes with another entry (a file and a folder of "
