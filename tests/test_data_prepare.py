@@ -1,7 +1,6 @@
 """``python -m vtab_lily.data prepare``: NOAH archives (zip, tar, folders) extracted safely, TFDS sources
 written through the tfds module's contract (a fake module here), checked file by file, crash-safe."""
 
-import io
 import shutil
 import sys
 import tarfile
@@ -36,7 +35,8 @@ def make_zip(path: Path, tree: Path, prefix: str = "vtab-1k", extra: dict[str, b
     with zipfile.ZipFile(path, "w") as zf:
         for file in sorted(tree.rglob("*")):
             if file.is_file():
-                zf.write(file, f"{prefix}/{file.relative_to(tree).as_posix()}" if prefix else file.relative_to(tree).as_posix())
+                rel = file.relative_to(tree).as_posix()
+                zf.write(file, f"{prefix}/{rel}" if prefix else rel)
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return path
@@ -47,7 +47,8 @@ def run_prepare(sources, root, **kw):
 
 
 def listed(task_dir: Path, split: str) -> list[tuple[str, int]]:
-    return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in (task_dir / f"{split}.txt").read_text().splitlines()]
+    lines = (task_dir / f"{split}.txt").read_text().splitlines()
+    return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in lines]
 
 
 def test_zip_with_an_alias_is_prepared_file_by_file(noah, tmp_path, capsys):
@@ -259,7 +260,8 @@ def test_verify_write_manifest_matches_prepare_and_flags_later_edits(noah, tmp_p
     prepared = prepare([str(make_zip(tmp_path / "dtd.zip", noah / "dtd", prefix="dtd"))], tmp_path / "p",
                        progress=False)
     assert prepared["dtd"].fingerprint == by_hand["fingerprint"]  # same data, same fingerprint
-    (root / "dtd" / "test.txt").write_text((root / "dtd" / "test.txt").read_text().replace(" ", "  ").replace("\n", "\r\n"))
+    respaced = (root / "dtd" / "test.txt").read_text().replace(" ", "  ").replace("\n", "\r\n")
+    (root / "dtd" / "test.txt").write_text(respaced)
     assert verify_main(["--root", str(root), "--tasks", "dtd"]) == 0  # spacing and line ends are not the data
     lines = (noah / "dtd" / "test.txt").read_text().splitlines(keepends=True)
     (root / "dtd" / "test.txt").write_text("".join(lines[::-1]))

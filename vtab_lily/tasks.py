@@ -60,7 +60,8 @@ ALIASES = {"cifar100": "cifar", "oxford_pet": "oxford_iiit_pet"}
 # never imports the data layer (which imports this module).
 DEMO_TEST_SIZE = 300
 DEMO_TASKS: dict[str, Task] = {name: Task(name, group, k, DEMO_TEST_SIZE) for name, group, k in [
-    ("colours", "Natural", 8), ("cells", "Specialized", 2), ("orientation", "Structured", 6), ("count", "Structured", 5)]}
+    ("colours", "Natural", 8), ("cells", "Specialized", 2), ("orientation", "Structured", 6),
+    ("count", "Structured", 5)]}
 
 # Registries of suites in the same layout; tests may register more.
 _SUITES: dict[str, dict[str, Task]] = {"vtab": VTAB_TASKS, "demo": DEMO_TASKS}

@@ -58,7 +58,8 @@ def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int =
             digest.update(memoryview(cached[start : start + _READ_CHUNK]))
     elif path is not None and build:
         with cache.build_lock(path, cache.cache_bytes(len(split_list), size)):
-            cache.build_cache(path, split_list, size, workers, progress, on_chunk=lambda c: digest.update(memoryview(c)))
+            cache.build_cache(path, split_list, size, workers, progress,
+                              on_chunk=lambda chunk: digest.update(memoryview(chunk)))
     else:
         for chunk in cache.decode_chunks(split_list, size, workers, progress, desc=f"hashing {split_list.file}"):
             digest.update(memoryview(chunk))
