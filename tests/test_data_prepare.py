@@ -344,3 +344,24 @@ def test_damaged_archives_are_one_line_naming_the_file(noah, tmp_path):
     with pytest.raises(UserError, match="entry 'dtd/train800.txt' cannot be read"):
         run_prepare([tmp_path / "flipped.zip"], tmp_path / "b")
     assert not (tmp_path / "b" / "dtd").exists()
+
+
+def test_a_broken_tfds_builder_keeps_only_its_task_out_and_version_notes_are_shown(tmp_path, monkeypatch):
+    fake_tfds(monkeypatch, tmp_path / "tfds", tasks=("eurosat", "kitti", "dtd"))
+    module = sys.modules["vtab_lily.data.tfds"]
+    good = module.vtab_task_splits
+
+    def splits(d, task):
+        if task == "dtd":
+            raise UserError(f"{d}/dtd/3.0.1/dtd-train.tfrecord-00001-of-00002: bad CRC at byte 123")
+        if task == "kitti":
+            import warnings
+            warnings.warn("kitti: using TFDS version 3.3.0, the common numbers use 3.2.0")
+        return {k: FakeSource(len(v), v.seed, 4) for k, v in good(d, task).items()}
+
+    module.vtab_task_splits = splits
+    rows = run_prepare([tmp_path / "tfds"], tmp_path / "data")
+    assert rows["eurosat"].status == rows["kitti"].status == "prepared"
+    assert rows["dtd"].status == "NOT prepared (source error)" and "bad CRC" in rows["dtd"].problems[0]
+    assert any("version 3.3.0" in note for note in rows["kitti"].notes)
+    assert not (tmp_path / "data" / "dtd").exists()

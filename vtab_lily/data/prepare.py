@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -125,10 +126,24 @@ class Preparer:
             tfds = importlib.import_module("vtab_lily.data.tfds")
         except ImportError as err:
             raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
-        builders = tfds.find_builders(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # version notes come again per task, below
+            builders = tfds.find_builders(source)
         tasks = [t for t in VTAB_TASKS if t in builders and self.claim(t, str(source), "tfds")]
         for task in tasks:
-            self.write_tfds_task(task, tfds.vtab_task_splits(source, task))
+            row = self.rows.setdefault(task, TaskRow(task, f"tfds {source}"))
+            try:  # one broken builder (bad CRC, missing shard) keeps that task out, not the others
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    self.write_tfds_task(task, tfds.vtab_task_splits(source, task))
+            except WriteFailed:
+                raise
+            except UserError as err:
+                row.problems.append(str(err))
+                row.status = "NOT prepared (source error)"
+                continue
+            finally:
+                row.notes += [str(w.message) for w in caught]  # e.g. a kitti version other than the pinned one
             self.finish(task, f"tfds {source}", self.encoding)
         return [t for t in VTAB_TASKS if t in builders]
 
