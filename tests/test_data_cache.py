@@ -74,9 +74,11 @@ def test_an_image_replaced_under_the_same_name_is_noticed(root, decodes):
     assert not torch.equal(second.images[3], first[3])
     assert torch.equal(second.images[4], first[4])
     assert len(cache_files(root)) == 1  # the stale cache was dropped
+    v1 = cache_files(root)[0].with_name("test-16px-v1-0123456789abcdef.npy")  # left by an older version
+    v1.write_bytes(b"old")
     os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # same size class, other mtime: a miss again
     load_split(root, TINY, "test", img_size=16)
-    assert len(decodes) == 3 * TEST_SIZE
+    assert len(decodes) == 3 * TEST_SIZE and not v1.exists()
 
 
 def test_images_needed_for_the_key_are_named_when_missing(root):

@@ -220,9 +220,10 @@ def build_cache(path: Path, split_list: SplitList, size: int, workers: int | Non
         atomic_write(path, write)
     except OSError as err:
         raise _cannot_write(path, needed, err) from None
-    # Same task/split/size with another key: made from an older list file or images, never hit again.
-    prefix = path.name.rsplit("-", 1)[0] + "-"
-    for old in path.parent.glob(f"{prefix}*.npy"):
+    # Same task/split/size with another key or format version: made from an older list file, older
+    # images or an older version of this code; never hit again.
+    stem = path.name.rsplit(f"-v{FORMAT_VERSION}-", 1)[0]  # "<split>-<size>px"
+    for old in path.parent.glob(f"{stem}-v*.npy"):
         if old != path:
             with contextlib.suppress(OSError):
                 old.unlink()
