@@ -212,3 +212,17 @@ def test_float_image_outside_0_1_is_refused_with_a_clear_line(tmp_path, bad):
     path = save(Image.fromarray(values), tmp_path / "f.tiff", "TIFF")
     with pytest.raises(ImageDecodeError, match="only 0..1"):
         decode_image(path, 8)
+
+
+def test_a_16_bit_container_with_a_declared_12_bit_depth_uses_it(tmp_path, monkeypatch):
+    from vtab_lily.data import images as images_module
+
+    values = _gradient(4095, np.uint16)
+    path = save(Image.fromarray(values), tmp_path / "g12.tiff", "TIFF")
+    monkeypatch.setattr(images_module, "_declared_bits", lambda img: 12)  # as a 12-bit camera TIFF declares
+    rgb = np.asarray(images_module._open_rgb(path))
+    assert np.abs(rgb[..., 0].astype(int) - np.rint(values / 4095 * 255)).max() <= 1
+    values[0, 0] = 5000  # above the declared depth: the declaration is wrong, 16 bits are used
+    path = save(Image.fromarray(values), tmp_path / "liar.tiff", "TIFF")
+    assert np.asarray(images_module._open_rgb(path))[0, 1, 0] == 0
+    assert np.asarray(images_module._open_rgb(path))[0, 0, 0] == round(5000 / 65535 * 255)

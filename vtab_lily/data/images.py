@@ -61,7 +61,9 @@ def _high_range_to_l(img: Image.Image) -> Image.Image:
                              "only 0..1 is understood (save it as 8-bit)")
         top = 1.0
     elif img.mode.startswith("I;16"):
-        top = 65535.0
+        bits = _declared_bits(img) if img.format != "PNG" else 16  # e.g. a 12-bit TIFF stored in 16
+        bits = bits if bits and 8 < bits < 16 and (values.size == 0 or values.max() < 2**bits) else 16
+        top = float(2**bits - 1)
     else:  # "I": 32-bit signed storage of whatever the file declared
         bits = _declared_bits(img)
         if bits is None or bits > 16:
