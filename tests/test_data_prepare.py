@@ -244,8 +244,9 @@ def test_tfds_items_breaking_the_contract_are_named(tmp_path, monkeypatch):
     module = sys.modules["vtab_lily.data.tfds"]
     module.vtab_task_splits = lambda d, task: {"train800": [(np.zeros((4, 4), np.uint8), 0)] * 800,
                                                "val200": [], "test": []}
-    with pytest.raises(UserError, match="TFDS eurosat/train800 item 0: expected a uint8 HxWx3 image"):
-        run_prepare([tmp_path / "tfds"], tmp_path / "data")
+    rows = run_prepare([tmp_path / "tfds"], tmp_path / "data")
+    assert rows["eurosat"].status == "NOT prepared (source error)"
+    assert rows["eurosat"].problems[0].startswith("TFDS eurosat/train800 item 0: expected a uint8 HxWx3 image")
     assert not (tmp_path / "data" / "eurosat").exists()
 
 
