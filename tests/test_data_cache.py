@@ -288,16 +288,16 @@ PEAK = textwrap.dedent("""
     print((after - before) * 1024)
 
     # prepare's TFDS writer over the same number of images (encoding stubbed: its loop is under test)
-    from vtab_lily.data import prepare
+    from vtab_lily.data import write_tfds
+    from vtab_lily.tasks import get_task
     class Source:
         def __len__(self):
             return len(split)
         def __iter__(self):
             return ((np.full((size, size, 3), i % 251, np.uint8), i % 10) for i in range(len(split)))
-    prepare._save = lambda image, path, encoding: None
-    writer = prepare.Preparer(root / "prep", workers=2, progress=False)
+    write_tfds.save_image = lambda image, path, encoding: None
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    lines = writer._write_split(root / "prep", "eurosat", "test", Source())
+    lines = write_tfds.write_split(root / "prep", get_task("eurosat"), "test", Source(), workers=2, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert len(lines) == len(split) and lines[-1] == f"images/test/{len(split) - 1:06d}.png 9\\n"
     print((after - before) * 1024)

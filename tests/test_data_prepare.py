@@ -366,3 +366,29 @@ def test_a_broken_tfds_builder_keeps_only_its_task_out_and_version_notes_are_sho
     assert rows["dtd"].status == "NOT prepared (source error)" and "bad CRC" in rows["dtd"].problems[0]
     assert any("version 3.3.0" in note for note in rows["kitti"].notes)
     assert not (tmp_path / "data" / "dtd").exists()
+
+
+def test_a_write_failure_mid_way_is_one_line_exit_1_and_a_rerun_continues(noah, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from vtab_lily.data import prepare as prepare_module
+
+    source = make_zip(tmp_path / "vtab-1k.zip", noah)
+    root = tmp_path / "data"
+    real_rename, renames = os.rename, []
+
+    def rename_fails_second_time(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(prepare_module.os, "rename", rename_fails_second_time)
+    with pytest.raises(prepare_module.WriteFailed, match=f"{root / 'dtd'}: Read-only file system") as failed:
+        run_prepare([source], root)
+    assert failed.value.exit_code == 1
+    monkeypatch.undo()
+    assert read_manifest(root, "cifar") and not (root / "dtd").exists()
+    rows = run_prepare([source], root)
+    assert rows["cifar"].status == "already prepared" and rows["dtd"].status == "prepared"

@@ -14,13 +14,9 @@ import importlib
 import os
 import shutil
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tabulate import tabulate
 from tqdm import tqdm
 
@@ -31,15 +27,9 @@ from .cache import default_cache_dir
 from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, write_manifest
 from .parallel import default_workers, folder_lock, positive_int
 from .verify import verify_task
+from .write_tfds import TFDS_SPLITS, WriteFailed, write_tfds_task
 
 STAGING = ".staging"
-TFDS_SPLITS = ("train800", "val200", "test")
-
-
-class WriteFailed(UserError):
-    """The data could not be written (disk full, read-only): a failure during the work, exit 1."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -148,34 +138,8 @@ class Preparer:
         return [t for t in VTAB_TASKS if t in builders]
 
     def write_tfds_task(self, task: str, splits: dict) -> None:
-        staged = self.root / STAGING / task
-        lines = {split: self._write_split(staged, task, split, splits[split]) for split in TFDS_SPLITS}
-        lines["train800val200"] = lines["train800"] + lines["val200"]  # as NOAH: train800 then val200
-        for split, split_lines in lines.items():
-            (staged / f"{split}.txt").write_text("".join(split_lines))
-
-    def _write_split(self, staged: Path, task: str, split: str, source) -> list[str]:
-        num_classes, ext = VTAB_TASKS[task].num_classes, ("png" if self.encoding == "png" else "jpg")
-        (staged / "images" / split).mkdir(parents=True, exist_ok=True)
-        workers = self.workers or default_workers()
-        lines: list[str] = []
-        pending: deque = deque()
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(source), desc=f"{task} {split}", unit="img",
-                                                        disable=None if self.progress else True, leave=False) as bar:
-            for i, item in enumerate(source):
-                image, label = _check_item(item, task, split, i, num_classes)
-                rel = f"images/{split}/{i:06d}.{ext}"
-                pending.append(pool.submit(_save, image, staged / rel, self.encoding))
-                lines.append(f"{rel} {label}\n")
-                while len(pending) > 4 * workers:  # bounded: never the whole split in memory
-                    pending.popleft().result()
-                    bar.update()
-            while pending:
-                pending.popleft().result()
-                bar.update()
-        if len(lines) != len(source):
-            raise UserError(f"TFDS {task}/{split}: yielded {len(lines)} images, its length says {len(source)}")
-        return lines
+        write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
+                        self.progress)
 
     # --- checking and moving into place ---------------------------------------------------------
     def finish(self, task: str, source_label: str, encoding: str | None) -> None:
@@ -233,30 +197,6 @@ class Preparer:
         return [e.path for e in test.entries if e.line in drop]
 
 
-def _check_item(item, task: str, split: str, index: int, num_classes: int) -> tuple[np.ndarray, int]:
-    where = f"TFDS {task}/{split} item {index}"
-    try:
-        image, label = item
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: expected (image, label), got {type(item).__name__}") from None
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        raise UserError(f"{where}: expected a uint8 HxWx3 image, got {getattr(image, 'dtype', type(image))} {shape}")
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
-        raise UserError(f"{where}: label {label!r} is not an integer in [0, {num_classes})")
-    return image, int(label)
-
-
-def _save(image: np.ndarray, path: Path, encoding: str) -> None:
-    try:
-        if encoding == "png":
-            Image.fromarray(image).save(path, "PNG")  # lossless
-        else:
-            Image.fromarray(image).save(path, "JPEG")  # PIL's default quality (75), as NOAH's exporter
-    except OSError as err:
-        raise WriteFailed(f"cannot write {path}: {err.strerror or err}") from None
-
-
 def _differences(staged: Path, final: Path) -> str | None:
     """The first file of ``staged`` missing from ``final`` or different there, or None."""
     import filecmp
@@ -298,18 +238,11 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
         raise UserError(f"--root {root}: cannot create it ({err.strerror or err})") from None
     prep = Preparer(root, wanted, encoding, workers, progress, pixels_px, build_cache, drop_undecodable)
     found: dict[Path, list[str]] = {}
-    with folder_lock(root):
-        for path, kind in zip(paths, kinds):
-            if kind == "tfds":
-                found[path] = prep.from_tfds(path)
-                continue
-            found[path] = prep.from_archive(path, kind)
-            for task in found[path]:
-                if prep.claimed.get(task, ("",))[0] == str(path):
-                    prep.finish(task, f"{kind} {path.name}", None)
-        with_staging = root / STAGING
-        if with_staging.is_dir() and not any(with_staging.iterdir()):
-            with_staging.rmdir()
+    try:
+        _run_sources(prep, paths, kinds, found)
+    except OSError as err:  # disk full, a read-only root, a source that fails to read mid-way
+        raise WriteFailed(f"{err.filename or root}: {err.strerror or err} (finished tasks are kept; rerun to "
+                          "continue)") from None
     if not any(found.values()):
         raise UserError(f"no VTAB-1K task folders in {', '.join(map(str, paths))} (expected <task>/train800.txt ... "
                         "or one folder above, e.g. vtab-1k/<task>/...; task names as in python -m vtab_lily.tasks)")
@@ -319,6 +252,22 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
             if wanted:
                 row.problems.append(f"task {task} is in none of: {', '.join(map(str, paths))}")
     return {t: prep.rows[t] for t in VTAB_TASKS if t in prep.rows}
+
+
+def _run_sources(prep: Preparer, paths: list[Path], kinds: list[str], found: dict[Path, list[str]]) -> None:
+    """Each source in turn (under a lock on the root); ``found`` gets the tasks each one held."""
+    with folder_lock(prep.root):
+        for path, kind in zip(paths, kinds):
+            if kind == "tfds":
+                found[path] = prep.from_tfds(path)
+                continue
+            found[path] = prep.from_archive(path, kind)
+            for task in found[path]:
+                if prep.claimed.get(task, ("",))[0] == str(path):
+                    prep.finish(task, f"{kind} {path.name}", None)
+        staging = prep.root / STAGING
+        if staging.is_dir() and not any(staging.iterdir()):
+            staging.rmdir()
 
 
 def format_summary(rows: dict[str, TaskRow]) -> str:
