@@ -183,3 +183,23 @@ def test_no_lock_file_is_left_in_the_data_folder(reference):
     (root / ".demo.lock").write_text("left by an older version")
     demo.ensure_demo(root)
     assert not (root / ".demo.lock").exists()
+
+
+def test_write_manifest_reuses_the_decoded_cache(reference, tmp_path, monkeypatch):
+    import shutil
+
+    from vtab_lily.data import images as images_module
+    from vtab_lily.data import read_manifest
+
+    root = tmp_path / "demo"
+    shutil.copytree(reference[0], root, ignore=shutil.ignore_patterns(".cache"))
+    for split in ("train800", "val200", "train800val200", "test"):
+        load_split(root, "count", split, img_size=demo.SIZE, progress=False)  # the caches a run builds
+    generated = read_manifest(root, "count")
+    calls = []
+    real = images_module.decode_image
+    monkeypatch.setattr(images_module, "decode_image", lambda path, size: calls.append(path) or real(path, size))
+    assert verify_main(["--root", str(root), "--tasks", "count", "--write-manifest"]) == 0
+    assert calls == []  # pixels read from the cache, not decoded again
+    rewritten = read_manifest(root, "count")
+    assert rewritten["fingerprint"] == generated["fingerprint"] and rewritten["source"] == generated["source"]
