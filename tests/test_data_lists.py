@@ -36,7 +36,7 @@ def test_good_lines_crlf_trailing_whitespace_bom_and_blank_lines(tmp_path):
 
 BAD_LINES = [
     ("images/a.jpg", "malformed line"),
-    ("images/a.jpg 1 2", "malformed line"),
+    ("images/a.jpg 1 x", "label 'x' is not an integer"),
     ("images/a.jpg x", "label 'x' is not an integer"),
     ("images/a.jpg 1.0", "label '1.0' is not an integer"),
     ("images/a.jpg 1_0", "label '1_0' is not an integer"),
@@ -123,3 +123,11 @@ def test_wrong_test_split_size_only_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the right size must not warn
         read_list(tmp_path, TINY, "test")
+
+
+def test_a_file_name_with_spaces_is_a_path_and_the_label_is_the_last_field(tmp_path):
+    file = write_test_list(tmp_path, "images/my cat.jpg 2\nimages/two  spaces here.png\t1\r\n  images/plain.jpg 0  \n")
+    parsed, problems = parse_list(file, file.parent, 3)
+    assert problems == []
+    assert [(e.path, e.label) for e in parsed.entries] == [
+        ("images/my cat.jpg", 2), ("images/two  spaces here.png", 1), ("images/plain.jpg", 0)]

@@ -1,4 +1,4 @@
-"""``python -m vtab_lily.data verify``: exit 0 when clean, 1 with the reasons when not."""
+"""``python -m vtab_lily.data verify``: exit 0 when clean, 2 with the reasons when not."""
 
 import os
 import subprocess
@@ -44,7 +44,7 @@ def test_clean_root_exits_0_with_a_table_per_task(clean_root, capsys):
     assert "all 2 tasks ok" in out
 
 
-def test_problems_exit_1_and_are_listed_with_file_and_line(root, capsys):
+def test_problems_exit_2_and_are_listed_with_file_and_line(root, capsys):
     alpha = root / "alpha"
     lines = (alpha / "train800.txt").read_text().splitlines(keepends=True)
     lines[4] = "images/train800/000004.jpg 4\n"  # label outside [0, 4)
@@ -53,7 +53,7 @@ def test_problems_exit_1_and_are_listed_with_file_and_line(root, capsys):
     data = (alpha / "images/test/000002.jpg").read_bytes()
     (alpha / "images/test/000002.jpg").write_bytes(data[: len(data) // 2])
     (alpha / "images/test/000003.jpg").write_bytes(b"")
-    assert verify(root) == 1
+    assert verify(root) == 2
     out = capsys.readouterr().out
     assert f"{alpha / 'train800.txt'}:5: label 4 outside [0, 4)" in out
     assert f"{alpha / 'val200.txt'}:8: images/val200/000007.jpg: image file does not exist" in out
@@ -68,7 +68,7 @@ def test_quick_mode_finds_missing_and_empty_files_only(root, capsys):
     (root / "beta/images/test/000001.jpg").write_bytes(b"")
     data = (root / "beta/images/test/000002.jpg").read_bytes()
     (root / "beta/images/test/000002.jpg").write_bytes(data[:50])
-    assert verify(root, "--quick", "--tasks", "beta") == 1
+    assert verify(root, "--quick", "--tasks", "beta") == 2
     out = capsys.readouterr().out
     assert "000001.jpg: image file is empty" in out and "000002.jpg" not in out
 
@@ -80,14 +80,14 @@ def test_wrong_train_size_fails_but_wrong_test_size_only_warns(root, capsys):
     assert "warning:" in capsys.readouterr().out
     val_list = root / "beta" / "val200.txt"
     val_list.write_text("".join(val_list.read_text().splitlines(keepends=True)[:-1]))
-    assert verify(root) == 1
+    assert verify(root) == 2
     assert "val200.txt: 199 entries, expected 200 for beta/val200" in capsys.readouterr().out
 
 
 def test_missing_task_and_list_file_are_reported(root, capsys):
     (root / "alpha" / "val200.txt").unlink()
     os.rename(root / "beta", root / "gamma")
-    assert verify(root) == 1
+    assert verify(root) == 2
     out = capsys.readouterr().out
     assert f"{root / 'alpha' / 'val200.txt'}: list file is missing" in out
     assert "missing from" in out and "beta" in out
@@ -110,7 +110,21 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert "5 entries, expected 5400" in clean.stdout and "all 1 tasks ok" in clean.stdout
     (tmp_path / "eurosat/images/test/000000.jpg").write_bytes(b"junk")
     broken = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert broken.returncode == 1
+    assert broken.returncode == 2
     assert f"{tmp_path / 'eurosat' / 'test.txt'}:1: images/test/000000.jpg" in broken.stdout
     missing = subprocess.run(command[:-3] + [str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "error: data root" in missing.stderr
+    for bad_workers in ("-1", "0", "many"):
+        refused = subprocess.run([*command, "--workers", bad_workers], capture_output=True, text=True, env=env)
+        assert refused.returncode == 2 and "--workers" in refused.stderr and "Traceback" not in refused.stderr
+    abbreviated = subprocess.run([*command, "--quic"], capture_output=True, text=True, env=env)
+    assert abbreviated.returncode == 2  # no abbreviations
+
+
+def test_quick_mode_refuses_a_list_entry_naming_a_folder(root, capsys):
+    image = root / "beta" / "images" / "test" / "000002.jpg"
+    image.unlink()
+    image.mkdir()
+    assert verify(root, "--quick", "--tasks", "beta") == 2
+    out = capsys.readouterr().out
+    assert "images/test/000002.jpg: is a folder, not an image file" in out

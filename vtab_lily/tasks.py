@@ -56,8 +56,15 @@ _TABLE = [
 VTAB_TASKS: dict[str, Task] = {row[0]: Task(*row) for row in _TABLE}
 ALIASES = {"cifar100": "cifar", "oxford_pet": "oxford_iiit_pet"}
 
-# Registries of other suites in the same layout (the demo suite registers itself here).
-_SUITES: dict[str, dict[str, Task]] = {"vtab": VTAB_TASKS}
+# The demo suite (drawn by vtab_lily/data/demo.py), declared here as data so that the registry
+# never imports the data layer (which imports this module).
+DEMO_TEST_SIZE = 300
+DEMO_TASKS: dict[str, Task] = {name: Task(name, group, k, DEMO_TEST_SIZE) for name, group, k in [
+    ("colours", "Natural", 8), ("cells", "Specialized", 2), ("orientation", "Structured", 6),
+    ("count", "Structured", 5)]}
+
+# Registries of suites in the same layout; tests may register more.
+_SUITES: dict[str, dict[str, Task]] = {"vtab": VTAB_TASKS, "demo": DEMO_TASKS}
 
 
 def register_suite(name: str, tasks: dict[str, Task]) -> None:
@@ -65,11 +72,6 @@ def register_suite(name: str, tasks: dict[str, Task]) -> None:
 
 
 def suite(name: str = "vtab") -> dict[str, Task]:
-    if name == "demo" and "demo" not in _SUITES:
-        from .data.demo import DEMO_TASKS  # importing it registers the demo suite
-
-        # ... in vtab_lily.tasks; under `python -m vtab_lily.tasks` this module is __main__
-        _SUITES.setdefault("demo", DEMO_TASKS)
     if name not in _SUITES:
         raise unknown_name("task suite", name, _SUITES)
     return _SUITES[name]
@@ -98,7 +100,8 @@ def format_table(tasks: dict[str, Task]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.tasks", description="List the VTAB-1K tasks.")
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.tasks", description="List the VTAB-1K tasks.",
+                                     allow_abbrev=False)
     parser.add_argument("--suite", default="vtab", help="vtab (default) or demo")
     args = parser.parse_args(argv)
     print(format_table(suite(args.suite)))

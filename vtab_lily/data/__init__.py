@@ -1,8 +1,9 @@
 """The data layer: NOAH list files -> decoded uint8 cache -> in-memory tensors.
 
-Public API (see ARCHITECTURE.md): :func:`load_split` returning a :class:`SplitData`, and
-:func:`ensure_demo` for the demo suite. ``python -m vtab_lily.data verify|demo`` checks a
-data root or writes the demo suite. Names are imported lazily so that the CLIs and the
+Public API (see ARCHITECTURE.md): :func:`load_split` returning a :class:`SplitData`,
+:func:`ensure_demo` for the demo suite, and :func:`read_manifest` / :func:`data_fingerprint` for
+the data a result was made on. ``python -m vtab_lily.data prepare|verify|demo`` lays out,
+checks or generates a data root. Names are imported lazily so that the CLIs and the
 demo-suite registration do not pay for importing torch.
 """
 
@@ -17,6 +18,7 @@ _EXPORTS = {
     "ListEntry": "lists", "SplitList": "lists", "SplitSizeWarning": "lists",
     "parse_list": "lists", "read_list": "lists",
     "ensure_demo": "demo", "DEMO_TASKS": "demo",
+    "read_manifest": "manifest", "data_fingerprint": "manifest",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""``load_split``: list file -> decoded uint8 cache -> an in-memory :class:`SplitData`."""
+"""``load_split``: list file -> decoded uint8 cache (memory-mapped) -> a :class:`SplitData`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..tasks import Task, get_task, suite
-from . import cache, images
-from .lists import SplitList, format_problems, read_list
-from .parallel import map_with_progress
+from . import cache
+from .lists import SplitList, read_list
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,40 +135,47 @@ def _resolve_task(task: Task | str) -> Task:
 
 def decode_split(split_list: SplitList, size: int, workers: int | None = None,
                  progress: bool = True) -> torch.Tensor:
-    """Decode every image of a list into a ``(n, 3, size, size)`` uint8 tensor.
+    """Decode every image of a list into a ``(n, 3, size, size)`` uint8 tensor (in memory).
 
     Uses a few threads (PIL releases the GIL while decoding and resizing). Every unreadable
     image is collected and reported at once as ``file:line: path: reason``.
     """
-    entries = split_list.entries
-    out = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
-    array = out.numpy()
-
-    def decode_into(i: int) -> str | None:
-        entry = entries[i]
-        try:
-            array[i] = images.decode_image(split_list.image_path(entry), size)
-        except images.ImageDecodeError as err:
-            return f"{split_list.where(entry)}: {entry.path}: {err}"
-        return None
-
-    results = map_with_progress(decode_into, range(len(entries)), workers, f"decoding {split_list.file}", progress)
-    problems = [problem for problem in results if problem]
-    if problems:
-        raise UserError(format_problems(problems, f"the images listed in {split_list.file}"))
+    out = torch.empty((len(split_list), 3, size, size), dtype=torch.uint8)
+    array, start = out.numpy(), 0
+    for chunk in cache.decode_chunks(split_list, size, workers, progress):
+        array[start : start + len(chunk)] = chunk
+        start += len(chunk)
     return out
+
+
+def cached_split(split_list: SplitList, task_name: str, split: str, img_size: int, cache_dir: Path,
+                 workers: int | None = None, progress: bool = True) -> torch.Tensor:
+    """The split's decoded images from the cache, building it first when missing (memory-mapped)."""
+    path = cache.split_cache_path(cache_dir, task_name, split_list, split, img_size)
+    data = cache.load_cache(path, len(split_list), img_size)
+    if data is None:
+        with cache.build_lock(path, cache.cache_bytes(len(split_list), img_size)):
+            data = cache.load_cache(path, len(split_list), img_size)  # another process may have built it
+            if data is None:
+                cache.build_cache(path, split_list, img_size, workers, progress)
+                data = cache.load_cache(path, len(split_list), img_size)
+    if data is None:
+        raise UserError(f"the decoded-image cache {path} was written but cannot be read back")
+    return data
 
 
 def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 224, normalize: bool = True,
                cache_dir: str | Path | None = None, *, use_cache: bool = True, workers: int | None = None,
                progress: bool = True) -> SplitData:
-    """Load one split of one task as an in-memory :class:`SplitData`.
+    """Load one split of one task as a :class:`SplitData` (memory-mapped from the cache).
 
     ``root`` is the suite root (``<root>/<task>/<split>.txt``), ``task`` a registry
     :class:`~vtab_lily.tasks.Task` (or its name). Images are decoded once, resized to
-    ``img_size`` (bicubic) and kept as uint8 in ``cache_dir`` (default ``<root>/.cache``),
-    keyed by the list file's bytes and the size; later calls only read that file.
-    Raises :class:`UserError` naming the file (and line) for any problem with the data.
+    ``img_size`` (bicubic) and kept as uint8 in ``cache_dir`` (default ``$VTAB_LILY_CACHE_DIR``
+    or ``<root>/.cache``), keyed by the list file's bytes, every image's size and mtime and the
+    size; later calls only map that file.
+    Raises :class:`UserError` naming the file (and line) for any problem with the data, and
+    naming the cache file and the bytes it needs when the cache cannot be written.
     """
     if img_size < 1:
         raise UserError(f"img_size must be positive, got {img_size}")
@@ -178,14 +184,6 @@ def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 2
     labels = torch.tensor(split_list.labels, dtype=torch.int64)
     if not use_cache:
         return SplitData(decode_split(split_list, img_size, workers, progress), labels, normalize, task, split)
-    folder = Path(cache_dir) if cache_dir is not None else Path(root) / ".cache"
-    path = cache.cache_path(folder, task.name, split, img_size, split_list.sha256)
-    data = cache.load_cache(path, len(split_list), img_size)
-    if data is None:
-        with cache.build_lock(path):
-            data = cache.load_cache(path, len(split_list), img_size)  # another process may have built it
-            if data is None:
-                data = decode_split(split_list, img_size, workers, progress)
-                cache.save_cache(path, data)
+    folder = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(root)
+    data = cached_split(split_list, task.name, split, img_size, folder, workers, progress)
     return SplitData(data, labels, normalize, task, split)
-

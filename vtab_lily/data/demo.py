@@ -7,8 +7,8 @@ Natural, one Specialized, two Structured), each with 800/200 train/val images
 is crash-safe: a marker file written last says the suite is complete; without it the
 suite is regenerated.
 
-Importing this module registers the tasks as the ``"demo"`` suite
-(``vtab_lily.tasks.suite("demo")``).
+The tasks themselves (names, groups, class counts) are declared as data in
+``vtab_lily.tasks.DEMO_TASKS`` (the ``"demo"`` suite); this module only draws them.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ from PIL import Image
 
 from ..errors import UserError
 from ..fsutil import atomic_write_json, read_json
-from ..tasks import SPLITS, Task, register_suite
-from .parallel import waiting_lock
+from ..tasks import DEMO_TASKS, DEMO_TEST_SIZE, SPLITS
+from .lists import read_list
+from .manifest import MANIFEST, compute_manifest, write_manifest
+from .parallel import folder_lock
 
 SIZE = 32  # image side; the demo runs models at img_size 32
-TEST_SIZE = 300
+TEST_SIZE = DEMO_TEST_SIZE
 SPLIT_COUNTS = {"train800": 800, "val200": 200, "test": TEST_SIZE}
 GENERATOR_VERSION = 1  # bump when drawing changes: complete suites of older versions are redrawn
 MARKER = ".demo-complete.json"
@@ -112,15 +114,10 @@ def draw_count(rng: np.random.Generator, label: int) -> np.ndarray:
     return img
 
 
-# name -> (group, number of classes, drawer)
-_SPECS: dict[str, tuple[str, int, Drawer]] = {
-    "colours": ("Natural", 8, draw_colours),
-    "cells": ("Specialized", 2, draw_cells),
-    "orientation": ("Structured", 6, draw_orientation),
-    "count": ("Structured", 5, draw_count),
-}
-DEMO_TASKS: dict[str, Task] = {name: Task(name, group, k, TEST_SIZE) for name, (group, k, _) in _SPECS.items()}
-register_suite("demo", DEMO_TASKS)
+# task name (declared in vtab_lily.tasks.DEMO_TASKS) -> its drawer
+_DRAWERS: dict[str, Drawer] = {
+    "colours": draw_colours, "cells": draw_cells, "orientation": draw_orientation, "count": draw_count}
+assert set(_DRAWERS) == set(DEMO_TASKS), "vtab_lily.tasks.DEMO_TASKS and the drawers disagree"
 
 
 def _encode_jpeg(img: np.ndarray) -> bytes:
@@ -147,16 +144,20 @@ def write_task_folder(folder: Path, splits: dict[str, Iterable[tuple[bytes, int]
 
 
 def _draw_split(name: str, rng: np.random.Generator, count: int) -> Iterator[tuple[bytes, int]]:
-    _, num_classes, draw = _SPECS[name]
+    num_classes, draw = DEMO_TASKS[name].num_classes, _DRAWERS[name]
     for label in rng.permutation(np.arange(count) % num_classes):  # balanced classes
         yield _encode_jpeg(draw(rng, int(label))), int(label)
 
 
 def _write_task(root: Path, index: int, name: str) -> None:
-    """Draw and write one task; each split has its own seed."""
+    """Draw and write one task (each split has its own seed), then its manifest.json."""
     write_task_folder(root / name, {
         split: _draw_split(name, np.random.default_rng([GENERATOR_VERSION, index, split_index]), count)
         for split_index, (split, count) in enumerate(SPLIT_COUNTS.items())})
+    # The fingerprint's pixels at the demo's own model size (32 px), not VTAB's 224.
+    lists = {split: read_list(root, DEMO_TASKS[name], split) for split in SPLITS}
+    write_manifest(root / name, compute_manifest(name, lists, f"demo generator v{GENERATOR_VERSION}", "jpeg",
+                                                 size=SIZE, progress=False))
 
 
 def is_complete(root: str | Path) -> bool:
@@ -168,7 +169,8 @@ def is_complete(root: str | Path) -> bool:
         return False
     if not isinstance(marker, dict) or marker.get("version") != GENERATOR_VERSION:
         return False
-    return all((root / name / f"{split}.txt").is_file() for name in DEMO_TASKS for split in SPLITS)
+    return all((root / name / f"{split}.txt").is_file() for name in DEMO_TASKS for split in SPLITS) and all(
+        (root / name / MANIFEST).is_file() for name in DEMO_TASKS)  # older suites had none: written again
 
 
 def generate(root: str | Path) -> Path:
@@ -192,9 +194,11 @@ def ensure_demo(root: str | Path, force: bool = False) -> Path:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"demo root {root} exists and is not a folder")
+    if root.is_dir():
+        (root / ".demo.lock").unlink(missing_ok=True)  # left by older versions
     if is_complete(root) and not force:
         return root
-    with waiting_lock(root, ".demo.lock"):
+    with folder_lock(root):  # a lock on the folder itself: no lock file is left in the data folder
         if force or not is_complete(root):
             generate(root)
     return root
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tabulate import tabulate
 
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.data demo",
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.data demo", allow_abbrev=False,
                                      description="Write the small procedurally drawn demo suite (NOAH layout).")
     parser.add_argument("--root", default="data/vtab-demo", help="where to write it (default data/vtab-demo)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete suite is there")

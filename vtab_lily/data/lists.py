@@ -1,6 +1,7 @@
 """Parse and check the NOAH list files (``<root>/<task>/<split>.txt``).
 
-Each line is ``<relative path> <int label>``, the path relative to ``<root>/<task>``.
+Each line is ``<relative path> <int label>``, the path relative to ``<root>/<task>``; the label
+is the last field and everything before it is the path (file names may contain spaces).
 Parsing never stops at the first problem: :func:`parse_list` returns every problem as a
 ``file:line: what`` string, so ``verify`` can report them all; :func:`read_list` raises
 them as one :class:`UserError` for the loaders.
@@ -88,14 +89,15 @@ def parse_list(file: Path, task_dir: Path, num_classes: int) -> tuple[SplitList,
     # split("\n") rather than splitlines(): the latter also splits on \x0c, \x1c, ... and would
     # shift line numbers; a trailing \r (CRLF) goes with strip().
     for number, line in enumerate(text.split("\n"), start=1):
-        fields = line.split()
-        if not fields:
+        stripped = line.strip()
+        if not stripped:
             continue
         where = f"{file}:{number}"
+        fields = stripped.rsplit(None, 1)  # the label is the last field; the path may hold spaces
         if len(fields) != 2:
-            problems.append(f"{where}: malformed line {line.strip()!r}; expected '<relative path> <int label>'")
+            problems.append(f"{where}: malformed line {stripped!r}; expected '<relative path> <int label>'")
             continue
-        path, label_text = fields
+        path, label_text = fields[0].rstrip(), fields[1]
         if not _INTEGER.fullmatch(label_text):  # int() would also take "1_0" and non-ASCII digits
             problems.append(f"{where}: label {label_text!r} is not an integer")
             continue

@@ -23,12 +23,25 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for ``--workers``: an integer >= 1 (argparse turns the error into exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def map_with_progress(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None,
                       desc: str = "", progress: bool = True) -> Iterator[R]:
     """``fn`` over ``items`` on a few threads (PIL releases the GIL), results in order, with a
     tqdm bar for long runs."""
     bar = tqdm(total=len(items), desc=desc, unit="img", leave=False,
-               disable=not progress or len(items) < PROGRESS_MIN_ITEMS)
+               disable=True if not progress or len(items) < PROGRESS_MIN_ITEMS else None)  # None: a terminal only
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, bar:
         for result in pool.map(fn, items):
             bar.update()
@@ -50,3 +63,43 @@ def waiting_lock(folder: Path, name: str, poll_s: float = 0.5) -> Iterator[None]
                     waited = True
                 time.sleep(poll_s)
         yield
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, poll_s: float = 0.5) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself (``flock`` on the directory), waiting while another
+    process holds it. Unlike :func:`waiting_lock` it leaves no lock file in a data folder; where a
+    directory cannot be flocked (some network file systems) it falls back to a lock file that is
+    removed afterwards.
+    """
+    import errno
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        fd = None
+    if fd is None:
+        with waiting_lock(folder, ".lock"):
+            yield
+        with contextlib.suppress(OSError):
+            (folder / ".lock").unlink()
+        return
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if not waited:
+                    print(f"waiting: another process is writing {folder}", file=sys.stderr)
+                    waited = True
+                time.sleep(poll_s)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

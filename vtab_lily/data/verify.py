@@ -3,7 +3,8 @@
 For every task: each split's size against the registry, the label range against the
 task's class count, list-file problems (malformed lines, bad paths, duplicates) and
 unreadable images (missing, empty, truncated, corrupt; fully decoded unless ``--quick``).
-Prints a table per task, then every problem, and returns 1 when anything is off.
+Prints a table per task, then every problem, and returns 2 when anything is off (as every
+command does for bad data).
 A test split of an unexpected size is a warning only (kitti releases differ).
 """
 
@@ -15,11 +16,15 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from ..errors import UserError
 from ..tasks import SPLITS, Task, suite
+from .cache import default_cache_dir
 from .images import check_image
 from .lists import check_root, parse_list, size_problem
-from .parallel import default_workers, map_with_progress
+from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, stale_problems, write_manifest
+from .parallel import default_workers, map_with_progress, positive_int
 
+BAD_DATA = 2  # exit status for bad or missing data (as a run refusing bad data; README's table)
 MAX_LISTED = 20  # problems printed per task; the rest are counted
 
 
@@ -30,6 +35,9 @@ class TaskReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     missing: bool = False
+    manifest: dict | None = None
+    split_lists: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)  # image path -> why it cannot be decoded
 
     @property
     def ok(self) -> bool:
@@ -66,7 +74,7 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
     for split_list in parsed.values():
         for entry in split_list.entries:
             first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
-    unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
+    unreadable = report.unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
     for path, why in unreadable.items():
         report.problems.append(f"{first_listed[path]}: {path.relative_to(folder)}: {why}")
     for split, split_list in parsed.items():
@@ -88,7 +96,33 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
                             len(set(labels)), n_bad, status])
     order = {s: i for i, s in enumerate(SPLITS)}
     report.rows.sort(key=lambda row: order[row[0]])
+    report.split_lists = parsed
+    try:
+        report.manifest = read_manifest(root, task.name)
+    except UserError as err:
+        report.problems.append(str(err))
+    if report.manifest is not None:
+        report.problems.extend(stale_problems(report.manifest, parsed, folder / MANIFEST))
     return report
+
+
+def write_task_manifest(root: Path, report: TaskReport, workers: int | None, progress: bool = True,
+                        cache_dir: Path | None = None, size: int = PIXELS_PX) -> dict:
+    """Compute and write the manifest of a task that verified clean (reusing a decoded cache)."""
+    source = report.manifest.get("source") if report.manifest else None
+    manifest = compute_manifest(report.task.name, report.split_lists, source or "laid out by hand", size=size,
+                                cache_dir=cache_dir or default_cache_dir(root), workers=workers, progress=progress)
+    write_manifest(root / report.task.name, manifest)
+    report.manifest = manifest
+    return manifest
+
+
+def fingerprint_line(report: TaskReport) -> str:
+    manifest = report.manifest
+    if manifest is None:
+        return "  fingerprint: none (no manifest.json; `verify --write-manifest` computes it)"
+    return (f"  fingerprint: {manifest['fingerprint']} ({manifest['encoding']}, {manifest.get('pixels_px', 224)} px, "
+            f"source {manifest.get('source')})")
 
 
 def format_report(report: TaskReport) -> str:
@@ -98,7 +132,7 @@ def format_report(report: TaskReport) -> str:
         return f"{title}: MISSING"
     table = tabulate(report.rows, headers=["split", "images", "expected", "labels", "classes seen",
                                            "unreadable", "status"], tablefmt="github")
-    lines = [title, table]
+    lines = [title, table, fingerprint_line(report)]
     lines += [f"  warning: {w}" for w in report.warnings]
     lines += [f"  problem: {p}" for p in report.problems[:MAX_LISTED]]
     if len(report.problems) > MAX_LISTED:
@@ -117,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m vtab_lily.data verify",
+        prog="python -m vtab_lily.data verify", allow_abbrev=False,
         description="Check a VTAB-1K data root (NOAH layout): split sizes, labels, images.")
     parser.add_argument("--root", required=True, help="suite root, e.g. data/vtab-1k")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all of the suite)")
     parser.add_argument("--suite", default=None, help="vtab or demo (default: demo if the root is a demo suite)")
     parser.add_argument("--quick", action="store_true", help="only check that images exist and are non-empty")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), help="decoding threads (>= 1)")
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="compute each clean task's manifest.json (fingerprint) and write it; uses the "
+                             "decoded cache when there is one")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     root = check_root(args.root)
@@ -135,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [get_task(name.strip(), suite_name) for name in args.tasks.split(",") if name.strip()]
     else:
         tasks = list(registry.values())
+    pixels_px = PIXELS_PX
+    if suite_name == "demo":  # the demo's fingerprints are taken at its own size, as its generator writes them
+        from .demo import SIZE as pixels_px
     reports = []
     for task in tasks:
         report = verify_task(root, task, quick=args.quick, workers=args.workers)
+        if args.write_manifest and report.ok and not report.missing:
+            write_task_manifest(root, report, args.workers, size=pixels_px)
         print(format_report(report) + "\n")
         reports.append(report)
     missing = [r.task.name for r in reports if r.missing]
@@ -147,6 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"problems in: {', '.join(bad)}")
     if missing or bad:
-        return 1
+        return BAD_DATA
     print(f"all {len(reports)} tasks ok in {root} ({suite_name} suite)")
     return 0

@@ -1,0 +1,190 @@
+"""``<root>/<task>/manifest.json``: where a task's data came from and a fingerprint of it.
+
+Two copies of "the same" VTAB-1K differ (a JPEG re-encoding moves CIFAR-100 by ~10 points), so
+every result records the fingerprint of the data it was made on. Per split the manifest holds
+the number of entries, a hash of the list (each entry's path and label, in order; independent
+of line ends and spacing) and a hash of the decoded pixels at 224 px (the ``(n, 3, 224, 224)``
+uint8 array the loader trains on, in list order). The fingerprint is the first 16 hex digits of
+a hash over those split hashes: equal fingerprints mean equal lists and equal model inputs.
+
+Written by ``prepare``, by ``verify --write-manifest`` for a tree laid out by hand, and by the
+demo generator. Hashing the pixels reads the decoded cache when one exists, else decodes a
+chunk at a time (never a whole split in memory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..fsutil import atomic_write_json
+from ..tasks import ALIASES, SPLITS
+from . import cache
+from .lists import SplitList
+
+SCHEMA = 1
+MANIFEST = "manifest.json"
+PIXELS_PX = 224  # the resolution the fingerprint's pixels are decoded at (the models' input)
+ENCODINGS = ("png", "jpeg", "mixed")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_READ_CHUNK = 256  # images hashed at a time from a cache file
+
+
+def list_sha256(split_list: SplitList) -> str:
+    """Hash of the entries (path, label) in order; blind to line ends, BOMs and spacing."""
+    text = "".join(f"{e.path}\t{e.label}\n" for e in split_list.entries)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int = PIXELS_PX,
+                  cache_dir: Path | None = None, build: bool = False, workers: int | None = None,
+                  progress: bool = True) -> str:
+    """Hash of the split's decoded ``(n, 3, size, size)`` uint8 pixels, in list order.
+
+    Reads the decoded cache in ``cache_dir`` when it holds this split; with ``build`` a missing
+    cache is built on the way (so training later reuses it); otherwise images are decoded a chunk
+    at a time and only hashed.
+    """
+    digest = hashlib.sha256(f"uint8 {len(split_list)} 3 {size} {size}\n".encode())
+    path = cache.split_cache_path(cache_dir, task_name, split_list, split, size) if cache_dir else None
+    cached = cache.open_cached(path, len(split_list), size) if path is not None else None
+    if cached is not None:
+        for start in range(0, len(cached), _READ_CHUNK):
+            digest.update(memoryview(cached[start : start + _READ_CHUNK]))
+    elif path is not None and build:
+        with cache.build_lock(path, cache.cache_bytes(len(split_list), size)):
+            cache.build_cache(path, split_list, size, workers, progress,
+                              on_chunk=lambda chunk: digest.update(memoryview(chunk)))
+    else:
+        for chunk in cache.decode_chunks(split_list, size, workers, progress, desc=f"hashing {split_list.file}"):
+            digest.update(memoryview(chunk))
+    return digest.hexdigest()
+
+
+def fingerprint(splits: dict[str, dict]) -> str:
+    """First 16 hex digits of a hash over every split's list and pixel hashes."""
+    text = json.dumps({s: [v["n"], v["list_sha256"], v["pixels_sha256"]] for s, v in splits.items()},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
+
+def detect_encoding(split_lists: list[SplitList]) -> str:
+    """"png" or "jpeg" when every listed image is one of them (by content), else "mixed"."""
+    kinds = set()
+    for split_list in split_lists:
+        for entry in split_list.entries:
+            try:
+                with open(split_list.image_path(entry), "rb") as f:
+                    head = f.read(8)
+            except OSError:
+                head = b""
+            kinds.add(next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "other"))
+            if len(kinds) > 1:
+                return "mixed"
+    return kinds.pop() if kinds and kinds <= {"png", "jpeg"} else "mixed"
+
+
+def compute_manifest(task_name: str, split_lists: dict[str, SplitList], source: str, encoding: str | None = None,
+                     size: int = PIXELS_PX, cache_dir: Path | None = None, build_cache: bool = False,
+                     workers: int | None = None, progress: bool = True,
+                     on_split: Callable[[str], None] | None = None) -> dict:
+    """The manifest of one task from its parsed (and already checked) list files."""
+    splits = {}
+    for split in SPLITS:
+        if split not in split_lists:
+            continue
+        if on_split is not None:
+            on_split(split)
+        split_list = split_lists[split]
+        splits[split] = {"n": len(split_list), "list_sha256": list_sha256(split_list),
+                         "pixels_sha256": pixels_sha256(split_list, task_name, split, size, cache_dir, build_cache,
+                                                        workers, progress)}
+    from .. import __version__
+
+    return {"schema": SCHEMA, "task": task_name, "source": source,
+            "encoding": encoding or detect_encoding(list(split_lists.values())),
+            "fingerprint": fingerprint(splits), "pixels_px": size, "splits": splits,
+            "prepared_by": f"vtab-lily {__version__}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_manifest(task_dir: Path, manifest: dict) -> Path:
+    path = Path(task_dir) / MANIFEST
+    try:
+        atomic_write_json(path, manifest)
+    except OSError as err:
+        raise UserError(f"cannot write {path} ({err.strerror or err})") from None
+    return path
+
+
+def _check(manifest: object, path: Path) -> dict:
+    """``manifest`` when it follows the schema; else a UserError naming the file."""
+    def bad(why: str) -> UserError:
+        return UserError(f"{path}: {why}; rewrite it with `python -m vtab_lily.data verify --root ... "
+                         f"--write-manifest`")
+
+    if not isinstance(manifest, dict):
+        raise bad("not a JSON object")
+    if manifest.get("schema") != SCHEMA:
+        raise bad(f"schema {manifest.get('schema')!r}, expected {SCHEMA}")
+    if not isinstance(manifest.get("fingerprint"), str) or not _HEX16.fullmatch(manifest["fingerprint"]):
+        raise bad(f"fingerprint {manifest.get('fingerprint')!r} is not 16 hex digits")
+    if manifest.get("encoding") not in ENCODINGS:
+        raise bad(f"encoding {manifest.get('encoding')!r} is not one of {', '.join(ENCODINGS)}")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("n"), int) and isinstance(v.get("list_sha256"), str)
+            and isinstance(v.get("pixels_sha256"), str) for v in splits.values()):
+        raise bad("'splits' is not a mapping of split -> {n, list_sha256, pixels_sha256}")
+    if fingerprint(splits) != manifest["fingerprint"]:
+        raise bad("the fingerprint does not match its split hashes (edited by hand?)")
+    return manifest
+
+
+def read_manifest(root: str | Path, task_name: str) -> dict | None:
+    """``<root>/<task>/manifest.json`` (task aliases resolved), or None when there is none.
+
+    A manifest that is not valid JSON or does not follow the schema is a :class:`UserError`.
+    """
+    name = ALIASES.get(task_name, task_name)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UserError(f"task name {task_name!r} is not a folder name")
+    path = Path(root) / name / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    return _check(manifest, path)
+
+
+def data_fingerprint(root: str | Path, task_name: str) -> str | None:
+    """The task's data fingerprint from its manifest, or None when it has none."""
+    manifest = read_manifest(root, task_name)
+    return manifest["fingerprint"] if manifest else None
+
+
+def stale_problems(manifest: dict, split_lists: dict[str, SplitList], path: Path) -> list[str]:
+    """Where the list files no longer match the manifest (edited after it was written)."""
+    problems = []
+    for split, split_list in split_lists.items():
+        recorded = manifest["splits"].get(split)
+        if recorded is None:
+            problems.append(f"{path}: has no entry for {split}")
+        elif recorded["n"] != len(split_list) or recorded["list_sha256"] != list_sha256(split_list):
+            problems.append(f"{path}: does not match {split_list.file} (changed after the manifest was written; "
+                            f"run verify --write-manifest)")
+    return problems
