@@ -59,7 +59,7 @@ def test_end_to_end_run_writes_every_file(finished):
         "vit-tiny-test", "lily", "colours", "demo")
     assert re.fullmatch(r"[0-9a-f]{8}", result["method_hash"]) and result["method"].startswith("lily r=4")
     # TINY's settings differ from the demo recipe; each one is listed and in the label
-    assert result["deviations"] == ["epochs=2", "batch_size=100", "img_size=16", "eval_every=1"]
+    assert result["deviations"] == ["rank=4", "epochs=2", "batch_size=100", "img_size=16", "eval_every=1"]
     assert result["method"].endswith(" epochs=2 batch_size=100 img_size=16 eval_every=1")
     assert result["precision"] == "fp32"
     assert set(result["data"]) == {"fingerprint", "encoding", "source"}
