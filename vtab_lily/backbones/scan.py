@@ -252,11 +252,9 @@ def selective_scan(
     """
     _check_shapes(u, delta, A, B, C)
     if u.is_cuda or kernels.forced("scan") not in (None, "pytorch"):
-        path = kernels.scan_path(u.device)
-        if path == "mamba_ssm":
-            return kernels.mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        if path == "triton":
-            return kernels.triton_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y = _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if y is not None:
+            return y
     dtype = u.dtype
     with torch.autocast(u.device.type, enabled=False):
         u32, delta32 = u.float(), delta.float()
@@ -272,6 +270,17 @@ def selective_scan(
         if z is not None:
             y = y * F.silu(z.float())
     return y.to(dtype)
+
+
+@torch.compiler.disable  # kernel choice (a real call, once) and foreign kernels stay outside torch.compile graphs
+def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor | None:
+    """The scan on the path ``kernels.scan_path`` picks for u's device, or None for the PyTorch path."""
+    path = kernels.scan_path(u.device)
+    if path == "mamba_ssm":
+        return kernels.mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == "triton":
+        return kernels.triton_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return None
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:

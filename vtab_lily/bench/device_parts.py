@@ -291,7 +291,7 @@ def tune_triton(x: dict, dy: torch.Tensor, budget: Budget) -> list[str]:
             t.grad = None
 
     try:
-        for config in ((16, 16, 4), (8, 16, 4), (16, 32, 8), (32, 16, 8), (8, 32, 4), (16, 8, 2)):
+        for config in ((8, 16, 4), (16, 16, 4), (4, 16, 2), (8, 32, 4), (16, 32, 8), (8, 8, 2)):
             if budget.left() < 15:
                 break
             scan_triton.BLOCK_D, scan_triton.CHUNK, scan_triton.NUM_WARPS = config
