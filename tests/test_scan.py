@@ -261,3 +261,29 @@ def test_package_imports_without_cuda_extensions():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_trial_call_rejects_a_kernel_that_is_wrong_or_raises(monkeypatch):
+    """The real-call check compares a kernel's output and gradients with the reference (run here on
+    CPU tensors with stand-in kernels; on a GPU it runs once per device)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: selective_scan_ref)
+    assert kernels._trial("triton", cpu) is None
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: lambda *a: selective_scan_ref(*a) * 1.01)
+    assert "wrong results" in kernels._trial("triton", cpu)
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: lambda *a: selective_scan_ref(*a) * float("nan"))
+    assert "wrong results" in kernels._trial("triton", cpu)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: broken)
+    assert "failed its test call on cpu (RuntimeError: no kernel image" in kernels._trial("triton", cpu)
+    from vtab_lily.backbones.scan import causal_conv1d_torch
+
+    monkeypatch.setattr(kernels, "causal_conv_fn", lambda: lambda x, w, b, activation=None: causal_conv1d_torch(
+        x, w, b, activation))
+    assert kernels._trial("causal_conv1d", cpu) is None
+    monkeypatch.setattr(kernels, "causal_conv_fn", lambda: lambda x, w, b, activation=None: causal_conv1d_torch(
+        x, w, b, None))  # ignores the activation
+    assert "wrong results" in kernels._trial("causal_conv1d", cpu)
