@@ -116,3 +116,30 @@ def test_committed_report_says_nothing_was_measured():
     text = (Path(__file__).resolve().parents[1] / "leaderboards" / "bench-cuda.md").read_text()
     if "Produced by `python -m vtab_lily.bench.device_check`" not in text:  # the placeholder
         assert "no gpu was lent" in text.lower() and "python -m vtab_lily.bench.device_check" in text
+
+
+@pytest.mark.slow
+def test_parts_run_at_toy_sizes_on_the_cpu(monkeypatch, tmp_path):
+    """The parts' own code (model building, steps, evaluation, the real loop's demo runs, the kill
+    and resume, the report) run end to end on the CPU with tiny models; the GPU-only pieces (the
+    Triton kernels, sync counting, compile) are what this cannot cover."""
+    from vtab_lily.backbones import kernels
+    from vtab_lily.backbones.scan import selective_scan_ref
+
+    for name, value in dict(DEV=torch.device("cpu"), BATCH=4, EVAL_BATCH=4, EVAL_IMAGES=8, VIT="vit-tiny-test",
+                            VIM="vim-tiny-test", IMG=32, SCAN_D=8, SCAN_L=12).items():
+        monkeypatch.setattr(device_parts, name, value)
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: selective_scan_ref)  # stand-in for the kernel
+    monkeypatch.setattr(device_parts, "forced_scan", lambda path: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(device_parts, "tune_triton", lambda x, dy, budget: ["(tuning skipped)"])
+    parts = [p for p in device_parts.PARTS if p[1] not in (device_parts.machine, device_parts.vit_compiled)]
+    monkeypatch.setattr(device_parts, "PARTS", parts)
+    path, m = run_check(tmp_path, 600.0, log=lambda _: None)
+    text = path.read_text()
+    assert m["errors"] == {}, m["errors"]
+    assert set(m["vit_train"]) == {"fp32 eager", "bf16 eager"} and set(m["eval"]) == {"vit fp32", "vit bf16"}
+    assert set(m["vim"]) == {"pytorch fp32", "pytorch bf16"}
+    assert m["syncs_per_step"] == 0  # nothing is counted on a CPU
+    assert m["resume"] == {"killed_exit": -9, "resumed_exit": 0, "same_result": True}
+    assert max(m["triton_errors"].values()) == 0.0  # the stand-in is the reference itself
+    assert "**PASS**" in text and "| ViT-B/16 + Lily | fp32 eager |" in text and "| Vim-S + Lily | pytorch fp32 |" in text

@@ -1,8 +1,10 @@
 """The parts of the device check (``device_check.py``): each ``part(m, budget, log) -> lines``
-records its figures in ``m`` and returns its report lines. CUDA only; random weights."""
+records its figures in ``m`` and returns its report lines. Random weights. Meant for CUDA; the
+module-level sizes and ``DEV`` exist so a CPU test can run the parts' code at toy sizes."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -24,34 +26,48 @@ from .vim_scan import cuda_paths, forced_scan
 
 DEV = torch.device("cuda")
 CLASSES, BATCH, EVAL_BATCH, EVAL_IMAGES = 100, 64, 256, 2560
+VIT, VIM, IMG, SCAN_D, SCAN_L = "vit-b16-in21k", "vim-s", 224, 1536, 197
 ROOT = Path(__file__).resolve().parents[2]
-TINY_RUN = ["--demo", "--backbone", "vit", "--adapter", "lily", "--task", "colours", "--device", "cuda",
+
+
+def tiny_run() -> list[str]:
+    return ["--demo", "--backbone", "vit", "--adapter", "lily", "--task", "colours", "--device", DEV.type,
             "--no-tensorboard"]
+
+
+def empty_cache() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sync() -> None:
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], object], budget: Budget, warmup: int = 3, reps: int = 10, share: float = 0.3) -> float:
     """Median seconds per call after ``warmup`` calls; stops early past ``share`` of the budget left."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     stop, times = time.monotonic() + share * budget.left(), []
     while len(times) < reps and (len(times) < 2 or time.monotonic() < stop):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def batch(n: int, size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g).to(DEV),
+    return (torch.randint(0, 256, (n, 3, IMG, IMG), dtype=torch.uint8, generator=g).to(DEV),
             torch.randint(0, CLASSES, (n,), generator=g).to(DEV))
 
 
 def build(name: str, bf16: bool) -> torch.nn.Module:
     """Backbone + Lily at its defaults (the paper's setting); frozen weights in bf16 under ``bf16``."""
-    model = apply_adapter(create_backbone(name, CLASSES, img_size=224), "lily").to(DEV)
+    model = apply_adapter(create_backbone(name, CLASSES, img_size=IMG), "lily").to(DEV)
     if bf16:
         for p in model.parameters():
             if not p.requires_grad:
@@ -63,12 +79,12 @@ def train_step(model: torch.nn.Module, bf16: bool) -> Callable[[], None]:
     images, labels = batch(BATCH)
     x = images.float().div_(255)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=DEV.type == "cuda")
     model.train()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), labels)
         loss.backward()
         opt.step()
@@ -83,7 +99,7 @@ def eval_rate(model: torch.nn.Module, bf16: bool, budget: Budget, batch_size: in
 
     def run() -> torch.Tensor:
         correct = torch.zeros((), dtype=torch.long, device=DEV)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(DEV.type, dtype=torch.bfloat16, enabled=bf16):
             for i in range(0, EVAL_IMAGES, batch_size):
                 logits = model(images[i : i + batch_size].float().div_(255))
                 correct += (logits.float().argmax(-1) == labels[i : i + batch_size]).sum()
@@ -94,13 +110,14 @@ def eval_rate(model: torch.nn.Module, bf16: bool, budget: Budget, batch_size: in
     return EVAL_IMAGES / seconds
 
 
-def measure_training(m: dict, key: str, model: torch.nn.Module, bf16: bool, budget: Budget) -> dict:
-    torch.cuda.reset_peak_memory_stats()
+def measure_training(model: torch.nn.Module, bf16: bool, budget: Budget) -> dict:
+    """Training images/s, step time and peak memory (allocated by torch, from the step's start)."""
+    cuda = DEV.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     step_s = timed(train_step(model, bf16), budget)
-    rec = {"images_per_s": BATCH / step_s, "step_ms": 1000 * step_s,
-           "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
-    m.setdefault(key, {})
-    return rec
+    return {"images_per_s": BATCH / step_s, "step_ms": 1000 * step_s,
+            "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")}
 
 
 def _train_rows(records: dict) -> list[list[str]]:
@@ -128,15 +145,15 @@ def vit_eager(m: dict, budget: Budget, log) -> list[str]:
         if budget.over():
             lines.append(f"{precision}: skipped (out of time)")
             continue
-        model = build("vit-b16-in21k", precision == "bf16")
-        records[f"{precision} eager"] = measure_training(m, "vit_train", model, precision == "bf16", budget)
+        model = build(VIT, precision == "bf16")
+        records[f"{precision} eager"] = measure_training(model, precision == "bf16", budget)
         evals[f"vit {precision}"] = eval_rate(model, precision == "bf16", budget)
         big = eval_rate(model, precision == "bf16", budget, batch_size=1024) if not budget.over() else None
         lines.append(f"- eval {precision}: {evals[f'vit {precision}']:,.0f} images/s at batch {EVAL_BATCH} "
                      f"(the official batch, kept under Lily's batch routing)"
                      + (f"; {big:,.0f} images/s at batch 1024" if big else ""))
         del model
-        torch.cuda.empty_cache()
+        empty_cache()
     return ["ViT-B/16 + Lily (r=32, ne=4, k,v,mlp), forward + backward + fused AdamW on a fixed batch of 64.", "",
             *table(["setting", "train img/s", "step ms", "peak MiB"], _train_rows(records)), *lines]
 
@@ -146,15 +163,15 @@ def vit_compiled(m: dict, budget: Budget, log) -> list[str]:
     for precision in ("bf16", "fp32"):
         if budget.left() < 60:  # a compile alone takes tens of seconds
             return done + [f"{precision} compiled: skipped ({budget.left():.0f} s left, compiling needs more)"]
-        model = build("vit-b16-in21k", precision == "bf16")
+        model = build(VIT, precision == "bf16")
         for block in model.blocks:  # per block, as --compile does: parameter names unchanged
             block.compile()
         t0 = time.monotonic()
-        records[f"{precision} compiled"] = rec = measure_training(m, "vit_train", model, precision == "bf16", budget)
+        records[f"{precision} compiled"] = rec = measure_training(model, precision == "bf16", budget)
         done.append(f"- {precision} compiled: {rec['images_per_s']:,.0f} train images/s "
                     f"(compile + warm-up + timing took {time.monotonic() - t0:.0f} s)")
         del model
-        torch.cuda.empty_cache()
+        empty_cache()
     return done
 
 
@@ -167,15 +184,17 @@ def host_syncs(m: dict, budget: Budget, log) -> list[str]:
     ensure_demo(tmp / "demo")
     counts, threads = {}, torch.get_num_threads()
     for epochs in (2, 4):
-        argv = [*TINY_RUN, "--data-root", str(tmp / "demo"), "--out", str(tmp / f"syncs{epochs}"),
+        argv = [*tiny_run(), "--data-root", str(tmp / "demo"), "--out", str(tmp / f"syncs{epochs}"),
                 "--epochs", str(epochs), "--eval-every", str(epochs)]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
+            if DEV.type == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
             try:
                 code = run_main(argv)
             finally:
-                torch.cuda.set_sync_debug_mode(0)
+                if DEV.type == "cuda":
+                    torch.cuda.set_sync_debug_mode(0)
                 torch.set_num_threads(threads)
         if code != 0:
             raise RuntimeError(f"the demo run {' '.join(argv)} exited {code}")
@@ -198,7 +217,7 @@ def kill_resume(m: dict, budget: Budget, log) -> list[str]:
     env.pop("VTAB_LILY_FAULT", None)
 
     def run(out: str, fault: str | None = None) -> int:
-        argv = [sys.executable, "-m", "vtab_lily.run", *TINY_RUN, "--data-root", str(tmp / "demo"),
+        argv = [sys.executable, "-m", "vtab_lily.run", *tiny_run(), "--data-root", str(tmp / "demo"),
                 "--out", str(tmp / out), "--epochs", "3", "--eval-every", "1"]
         extra = {"VTAB_LILY_FAULT": fault} if fault else {}
         proc = subprocess.run(argv, env={**env, **extra}, capture_output=True, text=True,
@@ -214,8 +233,6 @@ def kill_resume(m: dict, budget: Budget, log) -> list[str]:
     for out in ("resumed", "reference"):
         found = list((tmp / out).rglob("result.json"))
         results[out] = found[0].read_text() if found else None
-    import json
-
     acc = {k: json.loads(v)["accuracy"] if v else None for k, v in results.items()}
     same = acc["resumed"] is not None and acc["resumed"] == acc["reference"]
     m["resume"] = {"killed_exit": killed, "resumed_exit": resumed, "same_result": same}
@@ -226,9 +243,9 @@ def kill_resume(m: dict, budget: Budget, log) -> list[str]:
             f"{'identical' if same else 'DIFFERENT'}. **{'PASS' if ok and same else 'FAIL'}**."]
 
 
-def scan_inputs(b: int, d: int = 1536, groups: int = 2, length: int = 197, n: int = 16) -> dict:
+def scan_inputs(b: int, groups: int = 2, n: int = 16) -> dict:
     """The Vim-S mixer's scan: both directions (2 x 768 channels) as two groups of B/C."""
-    g = torch.Generator().manual_seed(0)
+    g, d, length = torch.Generator().manual_seed(0), SCAN_D, SCAN_L
     t = {"u": torch.randn(b, d, length, generator=g), "delta": torch.randn(b, d, length, generator=g) * 0.5 - 1,
          "A": -torch.exp(torch.randn(d, n, generator=g) * 0.5), "B": torch.randn(b, groups, n, length, generator=g),
          "C": torch.randn(b, groups, n, length, generator=g), "D": torch.randn(d, generator=g),
@@ -254,9 +271,9 @@ def triton_scan(m: dict, budget: Budget, log) -> list[str]:
              *table(["tensor", "max abs error", "max abs value"], rows)]
     # Speed, forward + backward at the training batch: ours vs the chunked PyTorch scan and mamba-ssm.
     x = scan_inputs(BATCH)
-    dy = torch.randn(BATCH, 1536, 197, device=DEV)
+    dy = torch.randn(BATCH, SCAN_D, SCAN_L, device=DEV)
     times = {}
-    for path in ["triton", "pytorch"] + (["mamba_ssm"] if kernels.works_on("mamba_ssm", DEV) else []):
+    for path in ["triton", "pytorch"] + (["mamba_ssm"] if "mamba_ssm" in cuda_paths(DEV) else []):
         if budget.over():
             break
         with forced_scan(path):
@@ -316,12 +333,12 @@ def vim(m: dict, budget: Budget, log) -> list[str]:
                 lines.append(f"- {path} {precision}: skipped (out of time)")
                 continue
             with forced_scan(path):
-                model = build("vim-s", precision == "bf16")
-                rec = measure_training(m, "vim", model, precision == "bf16", budget)
+                model = build(VIM, precision == "bf16")
+                rec = measure_training(model, precision == "bf16", budget)
                 rec["eval_images_per_s"] = eval_rate(model, precision == "bf16", budget)
             records[f"{path} {precision}"] = rec
             del model
-            torch.cuda.empty_cache()
+            empty_cache()
     rows = [[*r, f"{records[r[0]]['eval_images_per_s']:,.0f}"] for r in _train_rows(records)]
     return lines + ["Vim-S + Lily (Vim defaults: token routing), batch 64, per scan path:", "",
                     *table(["scan, precision", "train img/s", "step ms", "peak MiB", "eval img/s"], rows)]
