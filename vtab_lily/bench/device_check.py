@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         raise UserError("device check: no CUDA device is available (it measures the GPU paths only)")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {args.out}: cannot create the folder ({err.strerror})") from None
     path, m = run_check(args.out, args.budget)
     print(f"wrote {path}")
     for title, error in m["errors"].items():
