@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import subprocess
+import warnings
 import sys
 
 import pytest
@@ -287,3 +288,23 @@ def test_trial_call_rejects_a_kernel_that_is_wrong_or_raises(monkeypatch):
     monkeypatch.setattr(kernels, "causal_conv_fn", lambda: lambda x, w, b, activation=None: causal_conv1d_torch(
         x, w, b, None))  # ignores the activation
     assert "wrong results" in kernels._trial("causal_conv1d", cpu)
+
+
+def test_falling_back_to_pytorch_on_a_gpu_warns_once_with_the_reasons(monkeypatch):
+    """No kernel passes its test call on a (pretend) CUDA device: PyTorch path, one warning saying why."""
+    gpu = torch.device("cuda", 0)
+    monkeypatch.delenv("VTAB_LILY_SCAN", raising=False)
+    monkeypatch.delenv("VTAB_LILY_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "works_on", lambda path, device: False)
+    monkeypatch.setattr(kernels, "_warned_fallback", set())
+    monkeypatch.setitem(kernels._notes, "triton", "triton is not installed")
+    with pytest.warns(RuntimeWarning, match="uses the PyTorch path.*triton: triton is not installed"):
+        assert kernels.scan_path(gpu) == "pytorch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.scan_path(gpu) == "pytorch"  # once per device
+    monkeypatch.setattr(kernels, "works_on", lambda path, device: path == "triton")
+    assert kernels.scan_path(gpu) == "triton"
+    monkeypatch.setenv("VTAB_LILY_SCAN", "mamba_ssm")
+    with pytest.raises(UserError, match="VTAB_LILY_SCAN=mamba_ssm: mamba_ssm cannot run"):
+        kernels.scan_path(gpu)

@@ -37,6 +37,7 @@ CONV_PATHS = ("causal_conv1d", "pytorch")
 
 _notes: dict[str, str] = {}  # path -> why it is not used
 _checked: dict[tuple[str, int], str | None] = {}  # (path, cuda index) -> None if it works, else why not
+_warned_fallback: set[torch.device] = set()
 
 
 def kernel_notes() -> dict[str, str]:
@@ -163,7 +164,7 @@ def _trial(path: str, device: torch.device) -> str | None:
             weights = torch.randn(ref.shape, generator=gen).to(device)
             got = torch.autograd.grad((ours * weights).sum(), args[:3]) + (ours,)
             want = torch.autograd.grad((ref * weights).sum(), args[:3]) + (ref,)
-            error = max(float((a - b).abs().max() / (b.abs().max() + 1.0)) for a, b in zip(got, want))
+            error = max(float((a - b).detach().abs().max() / (b.detach().abs().max() + 1.0)) for a, b in zip(got, want))
     except Exception as err:
         return f"failed its test call on {device} ({type(err).__name__}: {err})"
     if not error <= 1e-3:  # also catches NaN
@@ -203,6 +204,11 @@ def scan_path(device: torch.device | str) -> str:
     for path in ("mamba_ssm", "triton"):
         if works_on(path, device):
             return path
+    if device not in _warned_fallback:  # the slow path on a GPU is never silent
+        _warned_fallback.add(device)
+        why = "; ".join(f"{p}: {_notes.get(p, 'unavailable')}" for p in ("mamba_ssm", "triton"))
+        warnings.warn(f"vtab-lily: the selective scan on {device} uses the PyTorch path, 10-50x slower than a "
+                      f"kernel ({why})", RuntimeWarning, stacklevel=2)
     return "pytorch"
 
 

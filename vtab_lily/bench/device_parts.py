@@ -121,7 +121,8 @@ def measure_training(model: torch.nn.Module, bf16: bool, budget: Budget) -> dict
 
 
 def _train_rows(records: dict) -> list[list[str]]:
-    return [[k, f"{r['images_per_s']:,.0f}", f"{r['step_ms']:.1f}", f"{r['peak_mib']:,.0f}"] for k, r in records.items()]
+    return [[k, f"{r['images_per_s']:,.0f}", f"{r['step_ms']:.1f}", f"{r['peak_mib']:,.0f}"]
+            for k, r in records.items()]
 
 
 # ---- parts ---------------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ def triton_scan(m: dict, budget: Budget, log) -> list[str]:
     x = scan_inputs(4)
     out, ref = fn(**x, delta_softplus=True), selective_scan_ref(**x, delta_softplus=True)
     w = torch.randn_like(ref)
-    got, want = torch.autograd.grad((out * w).sum(), list(x.values())), torch.autograd.grad((ref * w).sum(), list(x.values()))
+    got = torch.autograd.grad((out * w).sum(), list(x.values()))
+    want = torch.autograd.grad((ref * w).sum(), list(x.values()))
     errors = {"output": (out - ref).abs().max().item(), **{f"d{k}": (a - b).abs().max().item()
                                                           for k, a, b in zip(x, got, want)}}
     scale = {"output": ref.abs().max().item(), **{f"d{k}": b.abs().max().item() for k, b in zip(x, want)}}

@@ -3,8 +3,9 @@
 Peers at the same shape, in the same run: the plain time-step loop (``selective_scan_ref``,
 the math of mamba-ssm's reference), mambapy's parallel scan (``pip install mambapy``; its
 ``MambaBlock.selective_scan`` composition, called unbound, as a pure-PyTorch peer) and, on
-CUDA, our Triton kernel and mamba-ssm's fused kernel when they pass their test call. The scan is timed without the gate ``z``
-and with ``delta`` already positive, which is what all of them compute alike.
+CUDA, our Triton kernel and mamba-ssm's fused kernel when they pass their test call. The
+scan is timed without the gate ``z`` and with ``delta`` already positive, which is what all of
+them compute alike.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def run(ctx: Context) -> Section:
     for path in paths:
         vim_time = vim_step(ctx, path)
         section.notes.append(
-            f"Vim-S training step (`{s.vim}`, random weights, Lily's Vim defaults, {s.img_size}px, batch {s.vim_batch}, "
+            f"Vim-S training step (`{s.vim}`, random weights, Lily's Vim defaults, {s.img_size}px, "
+            f"batch {s.vim_batch}, "
             f"forward + backward + AdamW, {'bf16 autocast' if ctx.cuda else 'fp32'}, {path} scan path): "
             f"{fmt_time(vim_time)} = {s.vim_batch / vim_time.median:.2f} images/s.")
     if not ctx.cuda and s.vim == "vim-s" and s.vim_batch == 8:
