@@ -22,6 +22,8 @@ Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (how CI tests its 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -182,6 +184,11 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
     tl.store(dbias_ptr + pb * d + ch, dbias_acc, mask=cmask)
 
 
+def _on(x: Tensor):
+    """Triton launches on the current CUDA device: make it x's (a run on cuda:1 must not launch on 0)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _f32(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.detach().float().contiguous()
 
@@ -197,10 +204,12 @@ class _TritonScan(torch.autograd.Function):
         nchunks = triton.cdiv(length, meta["const"]["T"])
         out = torch.empty_like(u32)
         states = u32.new_empty(batch, d, nchunks, ns)
-        _fwd_kernel[meta["grid"](batch)](u32, dl32, A32, B32, C32, D32 if D is not None else u32,
-                                         z32 if z is not None else u32, bias32 if delta_bias is not None else u32,
-                                         out, states, d, length, d // groups, ns, nchunks, groups,
-                                         **meta["const"], num_warps=meta["warps"])
+        with _on(u32):
+            _fwd_kernel[meta["grid"](batch)](u32, dl32, A32, B32, C32, D32 if D is not None else u32,
+                                             z32 if z is not None else u32,
+                                             bias32 if delta_bias is not None else u32,
+                                             out, states, d, length, d // groups, ns, nchunks, groups,
+                                             **meta["const"], num_warps=meta["warps"])
         ctx.save_for_backward(u32, dl32, A32, B32, C32, D32, z32, bias32, states)
         ctx.meta = meta
         ctx.dtypes = [None if x is None else x.dtype for x in (u, delta, A, B, C, D, z, delta_bias)]
@@ -213,15 +222,17 @@ class _TritonScan(torch.autograd.Function):
         groups, ns, nchunks = B.shape[1], A.shape[1], states.shape[2]
         meta = ctx.meta
         nblk = meta["nblk"]
-        du, ddl, dz = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u)
+        du, ddl = torch.empty_like(u), torch.empty_like(u)
+        dz = torch.empty_like(u) if z is not None else u  # never written without z
         dA = u.new_empty(batch, d, ns)
         dD, dbias = u.new_empty(batch, d), u.new_empty(batch, d)
         dB, dC = u.new_empty(batch, groups, nblk, ns, length), u.new_empty(batch, groups, nblk, ns, length)
-        _bwd_kernel[meta["grid"](batch)](u, dl, A, B, C, D if D is not None else u, z if z is not None else u,
-                                         bias if bias is not None else u, states, dout.float().contiguous(),
-                                         du, ddl, dz, dA, dD, dbias, dB, dC,
-                                         d, length, d // groups, ns, nchunks, groups, nblk,
-                                         **meta["const"], num_warps=meta["warps"])
+        with _on(u):
+            _bwd_kernel[meta["grid"](batch)](u, dl, A, B, C, D if D is not None else u, z if z is not None else u,
+                                             bias if bias is not None else u, states, dout.float().contiguous(),
+                                             du, ddl, dz, dA, dD, dbias, dB, dC,
+                                             d, length, d // groups, ns, nchunks, groups, nblk,
+                                             **meta["const"], num_warps=meta["warps"])
         grads = [du, ddl, dA.sum(0), dB.sum(2), dC.sum(2),
                  None if D is None else dD.sum(0), None if z is None else dz,
                  None if bias is None else dbias.sum(0)]
