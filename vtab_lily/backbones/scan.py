@@ -283,6 +283,10 @@ def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor 
     return None
 
 
+# The choice runs a real call once per device: never inside a torch.compile graph.
+_conv_path = torch.compiler.disable(kernels.conv_path)
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """Depthwise causal conv over time: x (b, d, L), weight (d, 1, k) or (d, k) -> (b, d, L).
 
@@ -291,7 +295,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     d, k = weight.shape[0], weight.shape[-1]
-    if x.is_cuda and kernels.conv_path(x.device) == "causal_conv1d":
+    if x.is_cuda and _conv_path(x.device) == "causal_conv1d":
         return kernels.causal_conv_kernel(x, weight.reshape(d, k), bias, activation)
     return causal_conv1d_torch(x, weight, bias, activation)
 
