@@ -56,7 +56,7 @@ def test_toy_suite_restores_threads_and_logs_progress(toy_report):
     _, _, _, lines = toy_report
     assert any(line.startswith("== item 6") for line in lines)
     assert torch.get_num_threads() >= 1
-    assert os.environ.get("VTAB_LILY_KERNELS") is None  # the scan items restore the environment
+    assert os.environ.get("VTAB_LILY_SCAN") is None  # the scan items restore the environment
 
 
 def test_stats_and_paired_ratio():

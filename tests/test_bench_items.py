@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from vtab_lily.backbones.scan import KERNELS_ENV, selective_scan_ref
+from vtab_lily.backbones.kernels import SCAN_ENV
+from vtab_lily.backbones.scan import selective_scan_ref
 from vtab_lily.bench.context import Context
 from vtab_lily.bench.data_speed import epoch_seconds, write_jpegs
 from vtab_lily.bench.lily_forms import make_site
@@ -25,11 +26,11 @@ def toy_ctx():
 
 
 def test_scan_candidates_compute_the_reference(toy_ctx, monkeypatch):
-    monkeypatch.setenv(KERNELS_ENV, "auto")
+    monkeypatch.setenv(SCAN_ENV, "auto")
     x = scan_inputs(toy_ctx, requires_grad=False)
     expected = selective_scan_ref(**x)
     torch.testing.assert_close(ours_torch_path(**x), expected, rtol=1e-4, atol=1e-4)
-    assert os.environ[KERNELS_ENV] == "auto"  # restored after forcing the PyTorch path
+    assert os.environ[SCAN_ENV] == "auto"  # restored after forcing the PyTorch path
 
 
 def test_mambapy_peer_computes_the_reference(toy_ctx):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
+import warnings
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vtab_lily.backbones import scan
+from vtab_lily.backbones import kernels, scan_paths
 from vtab_lily.backbones.scan import causal_conv1d, selective_scan, selective_scan_ref
+from vtab_lily.errors import UserError
 
 RTOL, ATOL = 6e-4, 2e-3  # fp32 tolerance the brief asks for; we are far inside it
 
@@ -166,13 +169,82 @@ def test_causal_conv1d_matches_direct_sum():
 
 
 def test_kernels_never_used_for_cpu_tensors(monkeypatch):
+    from vtab_lily.backbones import kernels
+
     calls = []
-    monkeypatch.setattr(scan, "_mamba_scan_kernel", lambda: lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(kernels, "mamba_scan_fn", lambda: lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: lambda *a, **k: calls.append(1))
+    monkeypatch.delenv(kernels.SCAN_ENV, raising=False)
     t = _inputs()
     selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"])
     assert calls == []
-    monkeypatch.setenv(scan.KERNELS_ENV, "torch")
-    assert scan.kernel_status() == {"selective_scan": False, "causal_conv1d": False}
+    assert scan_paths("cpu") == {"scan": "pytorch", "conv": "pytorch"}
+
+
+@pytest.mark.parametrize("env,value,message", [
+    ("VTAB_LILY_SCAN", "cuda-please", "VTAB_LILY_SCAN='cuda-please': choose one of auto, mamba_ssm, triton, pytorch"),
+    ("VTAB_LILY_SCAN", "mamba_ssm", "VTAB_LILY_SCAN=mamba_ssm: not available on cpu"),
+    ("VTAB_LILY_CONV", "causal_conv1d", "VTAB_LILY_CONV=causal_conv1d: not available on cpu"),
+    ("VTAB_LILY_CONV", "nope", "VTAB_LILY_CONV='nope'"),
+])
+def test_forcing_a_path_that_cannot_run_is_a_user_error(monkeypatch, env, value, message):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(UserError, match=re.escape(message)):
+        scan_paths("cpu")
+    t = _inputs()
+    if env == "VTAB_LILY_SCAN":  # the scan itself refuses too, rather than silently using PyTorch
+        with pytest.raises(UserError, match=re.escape(message)):
+            selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"])
+
+
+def test_forcing_pytorch_and_the_legacy_variable(monkeypatch):
+    monkeypatch.setenv("VTAB_LILY_SCAN", " PyTorch ")
+    assert scan_paths("cpu")["scan"] == "pytorch"
+    monkeypatch.delenv("VTAB_LILY_SCAN")
+    monkeypatch.setenv("VTAB_LILY_KERNELS", "torch")
+    assert kernels.forced("scan") == "pytorch" and kernels.forced("conv") == "pytorch"
+    monkeypatch.setenv("VTAB_LILY_KERNELS", "auto")
+    assert kernels.forced("scan") is None
+
+
+def test_causal_conv_kernel_gets_activation_by_keyword(monkeypatch):
+    """causal-conv1d >= 1.1 has seq_idx as its 4th parameter: activation must be a keyword."""
+    seen = {}
+
+    def fake(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+             final_states_out=None, activation=None):
+        seen.update(seq_idx=seq_idx, activation=activation, weight_shape=tuple(weight.shape))
+        return x
+
+    monkeypatch.setattr(kernels, "causal_conv_fn", lambda: fake)
+    x = torch.randn(1, 3, 5)
+    kernels.causal_conv_kernel(x, torch.randn(3, 4), None, "silu")
+    assert seen == {"seq_idx": None, "activation": "silu", "weight_shape": (3, 4)}
+
+
+def test_missing_packages_are_recorded_with_a_reason(monkeypatch):
+    """Not installed: no kernel, and the reason is kept for the logs (never silent)."""
+    monkeypatch.setattr(kernels, "_installed", lambda name: False)
+    for loader, path in ((kernels.mamba_scan_fn, "mamba_ssm"), (kernels.causal_conv_fn, "causal_conv1d")):
+        loader.cache_clear()
+        try:
+            assert loader() is None
+            assert "not installed" in kernels.kernel_notes()[path]
+        finally:
+            loader.cache_clear()
+
+
+def test_installed_package_without_its_extension_warns(monkeypatch):
+    """mamba-ssm >= 2.3 imports without selective_scan_cuda: that is detected, recorded and warned."""
+    monkeypatch.setattr(kernels, "_installed", lambda name: True)
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", None)  # import of the extension fails
+    kernels.mamba_scan_fn.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="mamba_ssm is not used: mamba-ssm is installed but its CUDA extension"):
+            assert kernels.mamba_scan_fn() is None
+        assert "selective_scan_cuda" in kernels.kernel_notes()["mamba_ssm"]
+    finally:
+        kernels.mamba_scan_fn.cache_clear()
 
 
 def test_package_imports_without_cuda_extensions():
@@ -180,12 +252,59 @@ def test_package_imports_without_cuda_extensions():
     code = (
         "import sys; sys.modules['mamba_ssm'] = None; sys.modules['causal_conv1d'] = None\n"
         "import torch, vtab_lily\n"
-        "from vtab_lily.backbones import create_backbone, scan\n"
+        "from vtab_lily.backbones import create_backbone, kernels, scan_paths\n"
         "m = create_backbone('vim-tiny-test', 3, img_size=None)\n"
         "assert m(torch.randn(1, 3, 32, 32)).shape == (1, 3)\n"
-        "assert scan._mamba_scan_kernel() is None and scan._causal_conv_kernel() is None\n"
+        "assert kernels.mamba_scan_fn() is None and kernels.causal_conv_fn() is None\n"
+        "assert scan_paths('cpu') == {'scan': 'pytorch', 'conv': 'pytorch'}\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_trial_call_rejects_a_kernel_that_is_wrong_or_raises(monkeypatch):
+    """The real-call check compares a kernel's output and gradients with the reference (run here on
+    CPU tensors with stand-in kernels; on a GPU it runs once per device)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: selective_scan_ref)
+    assert kernels._trial("triton", cpu) is None
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: lambda *a: selective_scan_ref(*a) * 1.01)
+    assert "wrong results" in kernels._trial("triton", cpu)
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: lambda *a: selective_scan_ref(*a) * float("nan"))
+    assert "wrong results" in kernels._trial("triton", cpu)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(kernels, "triton_scan_fn", lambda: broken)
+    assert "failed its test call on cpu (RuntimeError: no kernel image" in kernels._trial("triton", cpu)
+    from vtab_lily.backbones.scan import causal_conv1d_torch
+
+    monkeypatch.setattr(kernels, "causal_conv_fn", lambda: lambda x, w, b, activation=None: causal_conv1d_torch(
+        x, w, b, activation))
+    assert kernels._trial("causal_conv1d", cpu) is None
+    monkeypatch.setattr(kernels, "causal_conv_fn", lambda: lambda x, w, b, activation=None: causal_conv1d_torch(
+        x, w, b, None))  # ignores the activation
+    assert "wrong results" in kernels._trial("causal_conv1d", cpu)
+
+
+def test_falling_back_to_pytorch_on_a_gpu_warns_once_with_the_reasons(monkeypatch):
+    """No kernel passes its test call on a (pretend) CUDA device: PyTorch path, one warning saying why."""
+    gpu = torch.device("cuda", 0)
+    monkeypatch.delenv("VTAB_LILY_SCAN", raising=False)
+    monkeypatch.delenv("VTAB_LILY_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "works_on", lambda path, device: False)
+    monkeypatch.setattr(kernels, "_warned_fallback", set())
+    monkeypatch.setitem(kernels._notes, "triton", "triton is not installed")
+    with pytest.warns(RuntimeWarning, match="uses the PyTorch path.*triton: triton is not installed"):
+        assert kernels.scan_path(gpu) == "pytorch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.scan_path(gpu) == "pytorch"  # once per device
+    monkeypatch.setattr(kernels, "works_on", lambda path, device: path == "triton")
+    assert kernels.scan_path(gpu) == "triton"
+    monkeypatch.setenv("VTAB_LILY_SCAN", "mamba_ssm")
+    with pytest.raises(UserError, match="VTAB_LILY_SCAN=mamba_ssm: mamba_ssm cannot run"):
+        kernels.scan_path(gpu)

@@ -12,6 +12,7 @@ import os
 from torch import nn
 
 from ..errors import UserError, unknown_name
+from .kernels import kernel_notes, scan_paths
 from .registry import BackboneSpec
 from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
 from .vit import VIT_SPECS, attach_pre_logits, build_vit, load_vit_checkpoint
@@ -25,7 +26,9 @@ __all__ = [
     "backbone_family",
     "create_backbone",
     "get_spec",
+    "kernel_notes",
     "resolve_backbone_name",
+    "scan_paths",
 ]
 
 BACKBONES: dict[str, BackboneSpec] = {**VIT_SPECS, **VIM_SPECS}

@@ -12,55 +12,24 @@ For every channel c and state n (the math, as in ``selective_scan_ref``):
     y[t]  = sum_n C[t, n] * h[t, n]  +  D * u[t]
     y    *= silu(z)
 
-``selective_scan`` uses mamba-ssm's kernel on CUDA tensors when it imports (and
-``VTAB_LILY_KERNELS`` is not ``torch``); otherwise a chunked PyTorch autograd function
-that keeps its inputs plus one state per chunk for backward and recomputes the rest there
-(like the CUDA kernel), so a 24-layer Vim does not hold (batch, d, L, N) tensors per layer.
+``selective_scan`` runs, for CUDA tensors, mamba-ssm's kernel or else our Triton kernel
+(``scan_triton.py``), whichever passed its real test call (``kernels.py`` decides and records
+why the others did not; ``VTAB_LILY_SCAN`` forces one). Otherwise, and always on a CPU: a
+chunked PyTorch autograd function that keeps its inputs plus one state per chunk for backward
+and recomputes the rest there (like the CUDA kernel), so a 24-layer Vim does not hold
+(batch, d, L, N) tensors per layer.
 """
 
 from __future__ import annotations
-
-import functools
-import os
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KERNELS_ENV = "VTAB_LILY_KERNELS"
+from . import kernels
+from .kernels import KERNELS_ENV
 
-
-def _kernels_enabled() -> bool:
-    return os.environ.get(KERNELS_ENV, "auto").strip().lower() != "torch"
-
-
-@functools.lru_cache(maxsize=None)
-def _mamba_scan_kernel() -> Callable | None:
-    """mamba-ssm's fused selective scan, or None when it is not installed (the usual case)."""
-    try:  # CUDA-only extension; any failure (missing .so, ABI mismatch) means "not available"
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:
-        return None
-    return selective_scan_fn
-
-
-@functools.lru_cache(maxsize=None)
-def _causal_conv_kernel() -> Callable | None:
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
-
-
-def kernel_status() -> dict[str, bool]:
-    """Which CUDA kernels would be used for CUDA tensors (for logs and ``bench``)."""
-    enabled = _kernels_enabled()
-    return {
-        "selective_scan": enabled and _mamba_scan_kernel() is not None,
-        "causal_conv1d": enabled and _causal_conv_kernel() is not None,
-    }
+__all__ = ["KERNELS_ENV", "causal_conv1d", "causal_conv1d_torch", "selective_scan", "selective_scan_ref"]
 
 
 # --------------------------------------------------------------------------------------
@@ -278,25 +247,14 @@ def selective_scan(
 ) -> Tensor:
     """Selective scan with mamba-ssm's signature; output (batch, d, L) in ``u``'s dtype.
 
-    Uses mamba-ssm's CUDA kernel for CUDA tensors when available, else the PyTorch path
-    (computed in fp32 whatever the autocast state).
+    For CUDA tensors: the path ``kernels.scan_path`` picks (mamba-ssm, Triton, or PyTorch);
+    the PyTorch and Triton paths compute in fp32 whatever the autocast state.
     """
     _check_shapes(u, delta, A, B, C)
-    kernel = _mamba_scan_kernel() if (u.is_cuda and _kernels_enabled()) else None
-    if kernel is not None:
-        # The kernel wants delta, B, C, z in u's dtype and A, D, delta_bias in fp32.
-        dtype = u.dtype
-        return kernel(
-            u,
-            delta.to(dtype),
-            A.float(),
-            B.to(dtype),
-            C.to(dtype),
-            None if D is None else D.float(),
-            None if z is None else z.to(dtype),
-            None if delta_bias is None else delta_bias.float(),
-            delta_softplus,
-        )
+    if u.is_cuda or kernels.forced("scan") not in (None, "pytorch"):
+        y = _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if y is not None:
+            return y
     dtype = u.dtype
     with torch.autocast(u.device.type, enabled=False):
         u32, delta32 = u.float(), delta.float()
@@ -314,6 +272,21 @@ def selective_scan(
     return y.to(dtype)
 
 
+@torch.compiler.disable  # kernel choice (a real call, once) and foreign kernels stay outside torch.compile graphs
+def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor | None:
+    """The scan on the path ``kernels.scan_path`` picks for u's device, or None for the PyTorch path."""
+    path = kernels.scan_path(u.device)
+    if path == "mamba_ssm":
+        return kernels.mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if path == "triton":
+        return kernels.triton_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return None
+
+
+# The choice runs a real call once per device: never inside a torch.compile graph.
+_conv_path = torch.compiler.disable(kernels.conv_path)
+
+
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
     """Depthwise causal conv over time: x (b, d, L), weight (d, 1, k) or (d, k) -> (b, d, L).
 
@@ -322,8 +295,13 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     d, k = weight.shape[0], weight.shape[-1]
-    kernel = _causal_conv_kernel() if (x.is_cuda and _kernels_enabled()) else None
-    if kernel is not None:
-        return kernel(x, weight.reshape(d, k), bias, activation)
+    if x.is_cuda and _conv_path(x.device) == "causal_conv1d":
+        return kernels.causal_conv_kernel(x, weight.reshape(d, k), bias, activation)
+    return causal_conv1d_torch(x, weight, bias, activation)
+
+
+def causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
+    """The PyTorch causal conv (any device): a grouped conv1d padded on both sides, cut to L."""
+    d, k = weight.shape[0], weight.shape[-1]
     y = F.conv1d(x, weight.reshape(d, 1, k), bias, padding=k - 1, groups=d)[..., : x.shape[-1]]
     return F.silu(y) if activation else y

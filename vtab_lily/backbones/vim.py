@@ -165,8 +165,8 @@ class BiMambaMixer(nn.Module):
         """hidden (b, L, d_model) -> (b, L, d_model)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (b, E, L)
-        u_f = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, "silu")
-        u_b = causal_conv1d(x.flip(-1), self.conv1d_b.weight, self.conv1d_b.bias, "silu")
+        u_f = causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        u_b = causal_conv1d(x.flip(-1), self.conv1d_b.weight, self.conv1d_b.bias, activation="silu")
         delta_f, B_f, C_f = self._ssm_inputs(u_f, self.x_proj, self.dt_proj)
         delta_b, B_b, C_b = self._ssm_inputs(u_b, self.x_proj_b, self.dt_proj_b)
         # One scan for both directions: channels [forward | backward], B/C as two groups.

@@ -1,4 +1,7 @@
-"""``python -m vtab_lily.bench [--quick] [--device cpu|cuda] [--only 1,2,...] [--out leaderboards]``."""
+"""``python -m vtab_lily.bench [--quick] [--device cpu|cuda] [--only 1,2,...] [--out leaderboards]``.
+
+Writes ``bench-cpu.md`` or, on CUDA, ``bench-cuda-suite.md`` (``bench-cuda.md`` is the device
+check's report: ``python -m vtab_lily.bench.device_check``)."""
 
 from __future__ import annotations
 
@@ -24,14 +27,15 @@ def parse_only(text: str | None) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     items = "; ".join(f"{n}: {title}" for n, (title, _) in ITEMS.items())
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.bench", description="vtab-lily performance suite "
-                                     f"(items {items}); writes <out>/bench-<device>.md.")
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.bench", allow_abbrev=False,
+                                     description=f"vtab-lily performance suite (items {items}); writes "
+                                     "<out>/bench-cpu.md or, on CUDA, bench-cuda-suite.md.")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", action="store_true", help="reduced repetitions and sizes (about 2 minutes on CPU)")
     sizes.add_argument("--toy", action="store_true", help="tiny test backbones and shapes, one repetition (smoke test)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--only", help="comma-separated item numbers, e.g. 1,4")
-    parser.add_argument("--out", default="leaderboards", help="folder for bench-<device>.md (default: leaderboards)")
+    parser.add_argument("--out", default="leaderboards", help="folder for the report (default: leaderboards)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--debug", action="store_true", help="tracebacks for user errors")
     args = parser.parse_args(argv)

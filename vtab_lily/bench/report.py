@@ -152,8 +152,9 @@ def render(sections: list[Section], device: torch.device, preset: str, load_star
 
 
 def write_report(text: str, out_dir: str | os.PathLike, device_type: str) -> Path:
-    """Write ``<out_dir>/bench-<device>.md`` atomically; return its path."""
-    path = Path(out_dir) / f"bench-{device_type}.md"
+    """Write ``<out_dir>/bench-cpu.md`` (or ``bench-cuda-suite.md``: ``bench-cuda.md`` is the device
+    check's report) atomically; return its path."""
+    path = Path(out_dir) / ("bench-cpu.md" if device_type == "cpu" else f"bench-{device_type}-suite.md")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())
     return path

@@ -1,22 +1,25 @@
-"""Item 4: a Vim-S training step on the PyTorch path, and our selective scan vs its peers.
+"""Item 4: a Vim-S training step per scan path, and our selective scan vs its peers.
 
 Peers at the same shape, in the same run: the plain time-step loop (``selective_scan_ref``,
 the math of mamba-ssm's reference), mambapy's parallel scan (``pip install mambapy``; its
 ``MambaBlock.selective_scan`` composition, called unbound, as a pure-PyTorch peer) and, on
-CUDA, mamba-ssm's fused kernel when it imports. The scan is timed without the gate ``z``
-and with ``delta`` already positive, which is what all of them compute alike.
+CUDA, our Triton kernel and mamba-ssm's fused kernel when they pass their test call. The
+scan is timed without the gate ``z`` and with ``delta`` already positive, which is what all of
+them compute alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..adapters import apply_adapter
 from ..backbones import create_backbone
+from ..backbones import kernels
 from ..backbones import scan as scan_module
 from .context import Context
 from .report import Section, Verdict, fmt_ratio, fmt_time
@@ -58,17 +61,36 @@ def mambapy_scan() -> Callable | None:
     return run
 
 
-def ours_torch_path(u, delta, A, B, C, D):
-    """Our scan forced onto the PyTorch path (on CPU it is the only path)."""
-    previous = os.environ.get(scan_module.KERNELS_ENV)
-    os.environ[scan_module.KERNELS_ENV] = "torch"
+@contextlib.contextmanager
+def forced_scan(path: str) -> Iterator[None]:
+    """Force the selective-scan path (``VTAB_LILY_SCAN``) for a block; the environment is restored."""
+    previous = os.environ.get(kernels.SCAN_ENV)
+    os.environ[kernels.SCAN_ENV] = path
     try:
-        return scan_module.selective_scan(u, delta, A, B, C, D)
+        yield
     finally:
         if previous is None:
-            del os.environ[scan_module.KERNELS_ENV]
+            os.environ.pop(kernels.SCAN_ENV, None)
         else:
-            os.environ[scan_module.KERNELS_ENV] = previous
+            os.environ[kernels.SCAN_ENV] = previous
+
+
+def ours_torch_path(u, delta, A, B, C, D):
+    """Our scan forced onto the PyTorch path (on CPU it is the only path)."""
+    with forced_scan("pytorch"):
+        return scan_module.selective_scan(u, delta, A, B, C, D)
+
+
+def ours_triton(u, delta, A, B, C, D):
+    with forced_scan("triton"):
+        return scan_module.selective_scan(u, delta, A, B, C, D)
+
+
+def cuda_paths(device: torch.device) -> list[str]:
+    """Scan paths that pass their test call on ``device`` (PyTorch always)."""
+    if device.type != "cuda":
+        return ["pytorch"]
+    return [p for p in ("triton", "mamba_ssm") if kernels.works_on(p, device)] + ["pytorch"]
 
 
 def run(ctx: Context) -> Section:
@@ -86,12 +108,14 @@ def run(ctx: Context) -> Section:
         candidates["mambapy pscan"] = peer
     else:
         section.notes.append("mambapy: not installed (`pip install mambapy` to measure it).")
+    paths = cuda_paths(ctx.device)
     if ctx.cuda:
-        kernel = scan_module._mamba_scan_kernel()
-        if kernel is not None:
-            candidates["mamba-ssm CUDA kernel"] = lambda u, delta, A, B, C, D: kernel(u, delta, A, B, C, D)
-        else:
-            section.notes.append("mamba-ssm: not importable on this machine (its CUDA kernel was not measured).")
+        if "triton" in paths:
+            candidates["ours (Triton kernel)"] = ours_triton
+        if "mamba_ssm" in paths:
+            candidates["mamba-ssm CUDA kernel"] = lambda u, delta, A, B, C, D: kernels.mamba_scan(u, delta, A, B, C, D)
+        for path, why in kernels.kernel_notes().items():
+            section.notes.append(f"{path}: not measured: {why}")
     slow = {"reference loop (selective_scan_ref)": s.scan_ref_reps}
     nowarm = {"reference loop (selective_scan_ref)": 0}
 
@@ -133,32 +157,27 @@ def run(ctx: Context) -> Section:
         section.verdicts.append(Verdict("forward+backward faster than mambapy's parallel scan",
                                         "mambapy not installed", False, "Install mambapy to measure it."))
 
-    vim_time = vim_step(ctx)
-    section.notes.append(
-        f"Vim-S training step (`{s.vim}`, random weights, Lily's Vim defaults, {s.img_size}px, batch {s.vim_batch}, "
-        f"forward + backward + AdamW, {'bf16 autocast' if ctx.cuda else 'fp32'}, PyTorch scan path): "
-        f"{fmt_time(vim_time)} = {s.vim_batch / vim_time.median:.2f} images/s.")
+    for path in paths:
+        vim_time = vim_step(ctx, path)
+        section.notes.append(
+            f"Vim-S training step (`{s.vim}`, random weights, Lily's Vim defaults, {s.img_size}px, "
+            f"batch {s.vim_batch}, "
+            f"forward + backward + AdamW, {'bf16 autocast' if ctx.cuda else 'fp32'}, {path} scan path): "
+            f"{fmt_time(vim_time)} = {s.vim_batch / vim_time.median:.2f} images/s.")
     if not ctx.cuda and s.vim == "vim-s" and s.vim_batch == 8:
         section.notes.append(f"For scale: mambapy's bidirectional Vim block extrapolates to ~{VIM_PEER_STEP_S:.0f} s "
                              "per Vim-S step at batch 8 on this kind of CPU (REFERENCE.md section 6, not re-measured).")
     return section
 
 
-def vim_step(ctx: Context) -> Stats:
+def vim_step(ctx: Context, path: str = "pytorch") -> Stats:
     s = ctx.sizes
-    previous = os.environ.get(scan_module.KERNELS_ENV)
-    os.environ[scan_module.KERNELS_ENV] = "torch"
-    try:
+    with forced_scan(path):
         model = apply_adapter(create_backbone(s.vim, NUM_CLASSES, img_size=s.img_size), "lily").to(ctx.device)
         g = torch.Generator().manual_seed(0)
         images = torch.randn(s.vim_batch, 3, s.img_size, s.img_size, generator=g).to(ctx.device)
         labels = torch.randint(0, NUM_CLASSES, (s.vim_batch,), generator=g).to(ctx.device)
-        ctx.log("item 4: Vim step")
+        ctx.log(f"item 4: Vim step ({path} scan)")
         times = measure({"vim": make_step(model, images, labels)}, ctx.device, warmup=s.warmup, reps=s.vim_reps,
                         log=ctx.log)
-    finally:
-        if previous is None:
-            os.environ.pop(scan_module.KERNELS_ENV, None)
-        else:
-            os.environ[scan_module.KERNELS_ENV] = previous
     return Stats.of(times["vim"])
