@@ -91,21 +91,25 @@ def test_vim_lily_s_through_adapter_options(capsys):
                        "--adapter-opt", "per_target=dt_proj.rank=4;dt_proj.ne_b=1")
     plan = setup["config"]["adapter_config"]["per_target"]
     assert plan["in_proj"]["rank"] == 4 and plan["in_proj"]["ne_b"] == 3 and plan["dt_proj"]["rank"] == 4
-    assert setup["method"].endswith(" dt_proj:ne_b=1")  # per-target settings unlike the global ones
-    default, _ = dry_run(capsys, "--backbone", "vim", *VIT, "--rank", "4", "--ne-b", "3")  # dt rank r//2
-    assert default["method"].endswith(" dt_proj:r=2,ne_b=1") and default["config_hash"] != setup["config_hash"]
+    # per-target settings unlike the global ones are in the label (dt_proj has no router and no dropout)
+    assert setup["method"].endswith(" dt_proj:ne_b=1,dropout=0")
+    lily_s, last = dry_run(capsys, "--backbone", "vim", *VIT, "--variant", "s")  # the paper's Lily-S preset
+    assert lily_s["params"]["adapter"] == 66_060 and lily_s["method"].endswith(" variant=s")
+    assert "variant=s" in last and lily_s["config_hash"] != setup["config_hash"]
 
 
 @pytest.mark.parametrize("opt, message", [
     ("rnak=4", "did you mean 'rank'"),
     ("rank=four", "cannot read 'four' as int"),
     ("rank", "expected KEY=VALUE"),
-    ("per_target=dt_proj.rank=x", "cannot read 'x'"),
+    ("per_target=k.rank=x", "(k): rank must be an integer >= 1, got 'x'"),
     ("scale=2", "given twice"),  # --scale 1 is on the command line too
 ])
 def test_bad_adapter_options_name_the_option(opt, message):
-    with pytest.raises(UserError, match=re.escape(message)):
-        check_args(["--task", "dtd", "--scale", "1", "--adapter-opt", opt])
+    from vtab_lily.run import identify
+
+    with pytest.raises(UserError, match=re.escape(message)):  # the option's syntax, then its value on the model
+        identify(check_args(["--task", "dtd", "--scale", "1", "--adapter-opt", opt, "--checkpoint", "none"]))
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--router", help="Lily: per_site | single | none")
     a.add_argument("--routing", help="Lily: batch (official ViT) | token (official Vim) | sample | eq2")
     a.add_argument("--alpha", type=float, help="LoRA alpha")
-    a.add_argument("--variant", help="LoRA: noah (official 74.5 row) | lily | custom")
+    a.add_argument("--variant", help="LoRA: noah (official 74.5 row) | lily | custom; Lily on Vim: l (official) | s "
+                   "(the paper's Lily-S) | custom")
     a.add_argument("--placement", help="AdaptFormer: official (pre-norm x, outside drop_path) | paper")
     a.add_argument("--dropout", type=float, help="adapter dropout (Lily, LoRA, AdaptFormer)")
+    a.add_argument("--peft-config", metavar="FILE.json", help="--adapter peft: an HF PEFT config (LoRA, LoHa, LoKr, "
+                   "OFT, VeRA, IA3, ...; its contents are part of the run's identity)")
     a.add_argument("--adapter-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other adapter config field, coerced to the field's type (repeatable; tuples "
                    "a,b; dicts a=1;b=2 or JSON; nested dicts t.key=1)")
@@ -179,6 +182,10 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
     from .adapters import ADAPTERS
 
     options = {k: getattr(args, k) for k in ADAPTER_FLAGS if getattr(args, k) is not None}
+    if args.peft_config is not None:
+        if adapter != "peft":
+            raise UserError(f"--peft-config goes with --adapter peft, not --adapter {adapter}")
+        options["config"] = args.peft_config
     cls = ADAPTERS[adapter]
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     for item in args.adapter_opt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import nn
 
 from ..errors import UserError, unknown_name
@@ -78,7 +79,8 @@ def create_backbone(
     test configs 0). ``pre_logits`` (ViT): keep the checkpoint's frozen pre-logits layer
     (Linear + tanh) before the new head, as timm 0.4.12 and the official code did: None = the
     backbone's default (vit-b16-in21k: keep when the file has it), True = required, False =
-    drop. ``model.pre_logits_kept`` says which. Bad names, files or shapes raise ``UserError``.
+    drop; True without a checkpoint builds the layer (zeros) for a state dict to be loaded into.
+    ``model.pre_logits_kept`` says which. Bad names, files or shapes raise ``UserError``.
     """
     spec = get_spec(name)
     if num_classes < 1:
@@ -101,8 +103,12 @@ def create_backbone(
             layer = load_vit_checkpoint(model, checkpoint, spec.name)
             model.reset_classifier(num_classes)
         if pre_logits and layer is None:
-            where = f"{checkpoint}: has no pre_logits layer" if checkpoint is not None else "no checkpoint given"
-            raise UserError(f"pre_logits=True needs a checkpoint with a pre-logits layer ({where})")
+            if checkpoint is not None:
+                raise UserError(f"pre_logits=True needs a checkpoint with a pre-logits layer ({checkpoint}: has none)")
+            # No file: the layer's structure only (zeros), for meta-device builds and for callers that
+            # load a state dict holding ``pre_logits.*`` into it (the runner's weights cache).
+            width = model.embed_dim
+            layer = (torch.zeros(width, width), torch.zeros(width))
         if layer is not None and (pre_logits if pre_logits is not None else spec.pre_logits):
             attach_pre_logits(model, layer, checkpoint)
             kept = True
