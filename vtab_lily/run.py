@@ -39,14 +39,7 @@ EXIT_FAILED, EXIT_LOCKED = 1, 75  # 2: UserError and 130: interrupted come from 
 
 
 def _backbone_kwargs(config: dict) -> dict:
-    import inspect
-
-    from .backbones import create_backbone
-
-    kwargs = {"img_size": config["img_size"], "drop_path": config["drop_path"]}
-    if "pre_logits" in inspect.signature(create_backbone).parameters:  # INTEGRATION: adapters' vit.py
-        kwargs["pre_logits"] = config["pre_logits"]
-    return kwargs
+    return {"img_size": config["img_size"], "drop_path": config["drop_path"], "pre_logits": config["pre_logits"]}
 
 
 def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict, list[str]]:

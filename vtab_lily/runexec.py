@@ -7,7 +7,6 @@ evaluation (``router_history.json``; the last one is ``router_weights.json``).
 
 from __future__ import annotations
 
-import inspect
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -32,12 +31,10 @@ class EvalRecorder:
     """``before_eval``/``on_eval`` hooks for the training loop: TensorBoard router scalars,
     router history (Lily) and a snapshot of the trainable tensors at each evaluation."""
 
-    def __init__(self, model: Any, run: RunDir, writer: Any, config: dict, start_epoch: int,
-                 window_reset_by_loop: bool):
+    def __init__(self, model: Any, run: RunDir, writer: Any, config: dict, start_epoch: int):
         self.model, self.run, self.writer, self.config = model, run, writer, config
         self.lily = config["adapter"] == "lily"
         self.snapshots = config["adapter"] != "full"  # full fine-tuning: 86M parameters per snapshot
-        self.window_reset_by_loop = window_reset_by_loop
         old = run.read_router_history() if start_epoch > 0 else None
         self.history = {"sites": [], "experts": 0, "epochs": [], "weights": []}
         if old and isinstance(old.get("epochs"), list):  # keep the evaluations the checkpoint covers
@@ -61,7 +58,7 @@ class EvalRecorder:
             self.run.save_snapshot(epoch, trainable_state(self.model))
 
     def _routers(self, epoch: int) -> None:
-        from .adapters import lily_router_weights, reset_router_weights
+        from .adapters import lily_router_weights
 
         weights = {site: [float(w) for w in ws] for site, ws in lily_router_weights(self.model).items()}
         if self.writer is not None:
@@ -74,8 +71,6 @@ class EvalRecorder:
             self.history["epochs"].append(epoch)
             self.history["weights"].append(list(weights.values()))
             self.run.write_router_history(self.history)
-        if not self.window_reset_by_loop and epoch < self.config["epochs"]:
-            reset_router_weights(self.model)  # INTEGRATION: old loop without before_eval
 
 
 def router_weights_json(model: Any) -> dict | None:
@@ -95,22 +90,15 @@ def kernels_for(config: dict, device: Any) -> dict | None:
 
     if backbones.backbone_family(config["backbone"]) != "vim":
         return None
-    scan_paths = getattr(backbones, "scan_paths", None)  # INTEGRATION: the gpu helper's function
-    if scan_paths is None:
-        return {"scan": "unknown", "conv": "unknown"}
-    return dict(scan_paths(device))
+    return dict(backbones.scan_paths(device))
 
 
 def data_provenance(config: dict) -> dict:
-    """Fingerprint, encoding and source of the task's data (from its manifest, when it has one)."""
-    from . import data
+    """Fingerprint, encoding and source of the task's data (from its manifest, when it has one;
+    a malformed manifest is a UserError, raised before any training)."""
+    from .data import read_manifest
 
-    try:
-        read_manifest = getattr(data, "read_manifest")  # INTEGRATION: the data helper's function
-        manifest = read_manifest(config["data_root"], config["task"])
-    except (AttributeError, OSError, ValueError):
-        manifest = None
-    manifest = manifest if isinstance(manifest, dict) else {}
+    manifest = read_manifest(config["data_root"], config["task"]) or {}
     return {key: manifest.get(key) for key in ("fingerprint", "encoding", "source")}
 
 
@@ -141,6 +129,7 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
                                           else f"resuming after epoch {start}")
     print(f"run {run} ({state}): {config['backbone']} {config['adapter']} on {config['task']}, "
           f"{params['total']:,} trainable parameters, {device}")
+    data = data_provenance(config)
     kernels = kernels_for(config, device)
     if kernels:
         print(f"Vim kernels on {device}: scan {kernels['scan']}, conv {kernels['conv']}")
@@ -156,16 +145,15 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
-    hooks = inspect.signature(train).parameters
-    recorder = EvalRecorder(model, run, writer, config, start, window_reset_by_loop="before_eval" in hooks)
-    extra = {"before_eval": recorder.before_eval} if "before_eval" in hooks else {}
+    recorder = EvalRecorder(model, run, writer, config, start)
     recipe = dict(config, config_hash=config_hash(config))
     try:
-        outcome = train(model, train_dev, eval_set, recipe, run, device, checkpoint, writer, recorder.on_eval, **extra)
+        outcome = train(model, train_dev, eval_set, recipe, run, device, checkpoint, writer, recorder.on_eval,
+                        before_eval=recorder.before_eval)
         routers = router_weights_json(model) if config["adapter"] == "lily" else None
         if routers:
             run.write_router_weights(routers)
-        run.write_result(build_result(config, params, devs, outcome, device, kernels))
+        run.write_result(build_result(config, params, devs, outcome, device, kernels, data))
     except RunFailed as err:
         _record_failure(run, err.reason, err.epoch)
         print(f"error: run failed at epoch {err.epoch}: {err.reason} (recorded in {run / FAILED})", file=sys.stderr)
@@ -198,7 +186,7 @@ def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
 
 
 def build_result(config: dict, params: dict, devs: list[str], outcome: Any, device: Any,
-                 kernels: dict | None) -> dict:
+                 kernels: dict | None, data: dict) -> dict:
     """result.json as specified in ARCHITECTURE.md (schema 1, round-2 keys optional for readers)."""
     from .train import peak_memory_mb
 
@@ -212,7 +200,7 @@ def build_result(config: dict, params: dict, devs: list[str], outcome: Any, devi
         "accuracy": {"final": outcome.final_acc, "best": outcome.best_acc, "best_epoch": outcome.best_epoch,
                      "eval_split": config["eval_split"], "best_is_test_selected": config["eval_split"] == "test",
                      "reported": config["report"]},
-        "params": params, "precision": config["precision"], "data": data_provenance(config),
+        "params": params, "precision": config["precision"], "data": data,
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
                  "train_images_per_s": round(outcome.train_images_per_s, 2)},
         "memory": {"peak_mb": round(peak_memory_mb(device), 1),

@@ -218,5 +218,6 @@ def load_peft(model: nn.Module, adapter_dir: str) -> nn.Module:
 __all__ = [
     "ADAPTERS", "TARGETS", "AdaptFormerConfig", "FullConfig", "LilyConfig", "LinearConfig", "LoraConfig",
     "adapter_deviations", "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
-    "make_config", "merge_lora", "model_family", "official_adapter_settings", "reset_router_weights", "set_lily_naive", "unmerge_lora",
+    "make_config", "merge_lora", "merge_repadapter", "merge_ssf", "model_family", "official_adapter_settings",
+    "reset_router_weights", "set_lily_naive", "unmerge_lora",
 ]
