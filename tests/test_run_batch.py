@@ -118,7 +118,7 @@ def test_router_history_covers_each_evaluation_only_and_survives_a_resume(tmp_pa
     model = apply_adapter(backbones.create_backbone("vit-tiny-test", num_classes=3, img_size=16), "lily", rank=4).eval()
     config = {"adapter": "lily", "epochs": 2}
     run_dir = RunDir(tmp_path / "run")
-    recorder = EvalRecorder(model, run_dir, None, config, start_epoch=0, window_reset_by_loop=True)
+    recorder = EvalRecorder(model, run_dir, None, config, start_epoch=0)
     train_images, eval_images = torch.randn(8, 3, 16, 16) * 5, torch.randn(4, 3, 16, 16)
     reset_router_weights(model)
     model(eval_images)
@@ -134,7 +134,7 @@ def test_router_history_covers_each_evaluation_only_and_survives_a_resume(tmp_pa
     for weights in history["weights"]:
         assert [w for ws in weights for w in ws] == pytest.approx(expected, abs=1e-6)
     assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
-    resumed = EvalRecorder(model, run_dir, None, config, start_epoch=1, window_reset_by_loop=True)
+    resumed = EvalRecorder(model, run_dir, None, config, start_epoch=1)
     assert resumed.history["epochs"] == [1]  # evaluations after the checkpoint are redone
 
 

@@ -96,7 +96,8 @@ def test_label_is_safe_for_tables_and_unambiguous():
     ("grid = 5", "grid must be a table"),
     ("[grid]\nscale = [[0.1]]", "grid.scale: expected a number, a string or true/false"),
     ("[grid]\nscale = []", "grid.scale has no values"),
-    ("[grid]\nsclae = [1]", "'sclae' is not an option of python -m vtab_lily.run (did you mean 'scale'?)"),
+    ("[grid]\nsclae = [1]", "grid key 'sclae' is neither a run option nor an option of adapter 'lily' "
+                             "(did you mean 'scale'?)"),
     ("[run]\nepochs = true", "run.epochs: expected a value"),
     ("[run]\nnormalize = 1", "run.normalize: expected true or false"),
     ("[run]\nepochs = [1, 2]", "run.epochs: expected a number"),
@@ -171,7 +172,7 @@ def test_equal_grid_values_run_once_and_the_sweep_says_so(capsys):
 @pytest.mark.parametrize("grid, named", [
     ("scale=0.1,nan", "scale = 'nan' is not a finite number"),
     ("scale=inf", "scale = 'inf' is not a finite number"),
-    ("lr=0.001,-1", "grid lr=-1: --lr must be >= 0"),
+    ("lr=0.001,-1", "grid lr=-1: --lr must be a finite number > 0"),
     ("epochs=0,1", "grid epochs=0: --epochs must be >= 1"),
     ("drop_path=0.1,1.5", "grid drop_path=1.5: --drop-path must be below 1"),
     ("ne=2,two", "ne = 'two' is not a valid value"),

@@ -123,7 +123,7 @@ def deviations(config: dict, family: str, official_pre_logits: bool) -> list[str
 
 # Adapter settings the core label shows, with their short names; the rest appear only as deviations.
 _SHORT = {"rank": "r", "scale": "s"}
-_NOT_CORE = ("routing", "router", "dropout", "variant", "placement", "per_target")
+_NOT_CORE = ("routing", "router", "dropout", "dropout_position", "variant", "placement", "per_target")
 
 
 def core_label(adapter: str, adapter_config: dict) -> tuple[str, set[str]]:

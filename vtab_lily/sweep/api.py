@@ -12,6 +12,7 @@ from .driver import Locator, SweepDriver, SweepState, sweep_dir_for, write_selec
 from .locate import RunLocator
 from .plan import Trial, final_trials, grid_trials, method_label
 from .report import write_markdown, write_tensorboard
+from .runopts import flag_name, has_run_option, run_option_hint
 from .spec import SweepSpec
 
 
@@ -103,7 +104,10 @@ def check_trials(spec: SweepSpec, out: str, locator: RunLocator) -> None:
             try:
                 locator.config(argv)
             except UserError as err:
-                raise UserError(f"grid {key}={value}: {err}") from None
+                hint = ""
+                if "has no option" in str(err) and not has_run_option(flag_name(key)):  # sent as --adapter-opt
+                    hint = f"; nor is it a run option{run_option_hint(flag_name(key))}"
+                raise UserError(f"grid {key}={value}: {err}{hint}") from None
     for task in spec.tasks:
         for trial in grid_trials(spec, task):
             _check(locator, trial.run_argv(spec, out), trial)

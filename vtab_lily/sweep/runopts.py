@@ -55,13 +55,17 @@ def is_flag(action: argparse.Action) -> bool:
     return action.nargs == 0
 
 
-def _unknown(name: str, where: str) -> UserError:
-    names = sorted(run_actions())
-    hint = suggest(name, names)
+def run_option_hint(name: str) -> str:
+    """`` (did you mean 'seed'?) (the sweep sets --seed itself: ...)`` for a near-miss of a run option."""
+    hint = suggest(name, sorted(run_actions()))
     near = hint.split("'")[1] if "'" in hint else ""
     if near in RESERVED:
         hint += f" (the sweep sets --{near} itself: use {RESERVED[near]})"
-    return UserError(f"{where}: {name!r} is not an option of python -m vtab_lily.run{hint} "
+    return hint
+
+
+def _unknown(name: str, where: str) -> UserError:
+    return UserError(f"{where}: {name!r} is not an option of python -m vtab_lily.run{run_option_hint(name)} "
                      "(names must match exactly)")
 
 

@@ -227,6 +227,23 @@ def check_config_types(config: dict[str, Any], where: str) -> None:
             format_value(value, f"{where}: grid.{key}")
 
 
+def _check_adapter_field(key: str, adapter: Any, where: str) -> None:
+    """A grid key that is no run option goes to the adapter (``--adapter-opt``): it must be one of its fields."""
+    import dataclasses
+
+    from ..adapters import ADAPTERS
+    from ..errors import suggest
+
+    cls = ADAPTERS.get(adapter) if isinstance(adapter, str) else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return  # an unknown adapter is reported with its own message
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if key not in fields:
+        hint = suggest(key, fields) or runopts.run_option_hint(runopts.flag_name(key))
+        raise UserError(f"{where}: grid key {key!r} is neither a run option nor an option of adapter {adapter!r}"
+                        f"{hint}")
+
+
 def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tuple[dict[str, list[str]], list[str]]:
     """The grid (keys checked, values deduplicated by what the run parses them to) and notes."""
     grid: dict[str, list[str]] = {}
@@ -246,6 +263,8 @@ def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tup
         if not _KEY.match(key):
             raise UserError(f"{where}: grid key {key!r} is not a run option name")
         action = runopts.check_grid_key(key, where)
+        if action is None:
+            _check_adapter_field(key, flags.get("adapter") or config.get("adapter"), where)
         if not values:
             raise UserError(f"{where}: grid.{key} has no values")
         kept: dict[str, str] = {}
