@@ -12,7 +12,7 @@
 # A failing task does not stop the others; a task locked by another process is reported as
 # running elsewhere, not as failed. Exits 1 listing the failed tasks, 130 on Ctrl-C, else 0.
 # PYTHON overrides the interpreter (default python3), LEADERBOARD_DIR the leaderboard folder
-# (default leaderboards).
+# (default leaderboards); ANALYZE=0 skips the adapter analysis (leaderboards/analysis).
 set -u -o pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -95,6 +95,14 @@ if [[ $rc -ne 0 && ${#failed[@]} -eq 0 && ${#elsewhere[@]} -eq 0 ]]; then
     failed+=("batch (exit $rc)")  # the batch itself could not run
 fi
 echo "=== ${#done_ok[@]} done, ${#elsewhere[@]} running elsewhere, ${#failed[@]} failed in $(( SECONDS - start )) s"
+
+# What the adapters learned (dW spectra, Lily's experts), linked from the leaderboard; ANALYZE=0 skips it.
+if [[ "${ANALYZE:-1}" != 0 ]]; then
+    "$python" -m vtab_lily.analyze "$out" --out "${LEADERBOARD_DIR:-leaderboards}/analysis" || {
+        echo "error: adapter analysis failed" >&2
+        failed+=("analysis")
+    }
+fi
 
 # --paper: the paper's test-selected number beside the honest final-epoch one.
 metrics=(final)

@@ -163,3 +163,16 @@ def test_cli_errors(tmp_path):
     with pytest.warns(UserWarning, match="skipped"):
         from vtab_lily.analyze.load import find_runs
         assert find_runs([tmp_path]) == []
+
+
+def test_leaderboard_links_the_analysis_pages(demo_runs, tmp_path):
+    from vtab_lily.leaderboard import generate
+
+    out = tmp_path / "leaderboards"
+    generate(demo_runs, out, plots=False)
+    assert "Adapter analyses" not in (out / "vit-tiny-test.md").read_text()  # none written yet
+    assert analyze_cli.main([str(demo_runs), "--out", str(out / "analysis")]) == 0
+    generate(demo_runs, out, plots=False)
+    text = (out / "vit-tiny-test.md").read_text()
+    links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if "](analysis/" in line]
+    assert links and all((out / link).is_file() for link in links)

@@ -9,19 +9,13 @@ both over training (one point per evaluation).
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from tabulate import tabulate
 
 from vtab_lily.analyze.analysis import RunAnalysis
 from vtab_lily.fsutil import atomic_write_bytes
-
-
-def slug(text: str) -> str:
-    """A file-name-safe component (file contents never choose a path outside the output folder)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip(".-")
-    return cleaned[:80] or "x"
+from vtab_lily.leaderboard.text import safe_component as slug  # file contents never choose a path outside --out
 
 
 def _mean(values: list[float]) -> float | None:

@@ -121,6 +121,7 @@ def write_leaderboards(report: Report, out_dir: str | os.PathLike, plots: bool =
         router_lines = _router_section(report.results, backbone, out, files, report.warnings) if plots else []
         if router_lines:
             parts += ["## Lily router weights (mean expert weight per adapted site)", ""] + router_lines + [""]
+        parts += _analysis_links(out, backbone)
         _write_text(inside(out, stem, suffix=".md"), "\n".join(parts), files)
         runs = sum(1 for r in report.results if r["backbone"] == backbone)
         index.append(f"- [{md_escape(backbone)}]({stem}.md): {runs} runs, tables: " + ", ".join(md_escape(t.slug) for t in tables))
@@ -132,6 +133,16 @@ def write_leaderboards(report: Report, out_dir: str | os.PathLike, plots: bool =
     _write_text(inside(out, f"index{suffix}", suffix=".md"), "\n".join(index) + "\n", files)
     report.files = files
     return files
+
+
+def _analysis_links(out: Path, backbone: str) -> list[str]:
+    """Links to ``python -m vtab_lily.analyze``'s pages for this backbone, when they exist under ``out/analysis``."""
+    folder = out / "analysis" / safe_component(backbone)
+    pages = sorted(folder.glob("*.md")) if folder.is_dir() else []
+    if not pages:
+        return []
+    links = [f"- [{md_escape(p.stem)}](analysis/{folder.name}/{p.name})" for p in pages]
+    return ["## Adapter analyses (dW spectra and ranks, Lily's experts)", ""] + links + [""]
 
 
 def generate(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric: str = "final", plots: bool = True,
