@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vtab_lily.adapters.checks import check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
@@ -30,8 +31,7 @@ class AffixConfig:
     def resolve(self, model: nn.Module) -> "AffixConfig":
         if model_family(model) != "vim":
             raise UserError("affix tuning is defined for Vision Mamba mixers; use vpt-deep on ViT")
-        if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 1:
-            raise UserError(f"affix: length must be an integer >= 1, got {self.length!r}")
+        check_sizes("affix", length=self.length)
         return self
 
 

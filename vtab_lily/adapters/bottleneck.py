@@ -21,18 +21,10 @@ import torch
 from torch import nn
 
 from vtab_lily.adapters.adaptformer import Bottleneck
+from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter
 from vtab_lily.errors import UserError
-
-
-def _check(name: str, rank: object, scale: float, dropout: float) -> None:
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        raise UserError(f"{name}: rank must be an integer >= 1, got {rank!r}")
-    if not (0 <= scale < math.inf):
-        raise UserError(f"{name}: scale must be a finite number >= 0, got {scale}")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"{name}: dropout must be in [0, 1), got {dropout}")
 
 
 @dataclass
@@ -47,7 +39,8 @@ class HoulsbyConfig:
     def resolve(self, model: nn.Module) -> "HoulsbyConfig":
         if model_family(model) != "vit":
             raise UserError(f"{type(self).__name__[:-6].lower()} adapters are defined for ViT blocks")
-        _check("adapter", self.rank, self.scale, self.dropout)
+        check_sizes("adapter", rank=self.rank)
+        check_scale_dropout("adapter", self.scale, self.dropout)
         for place in self.places:
             if place not in ("attn", "mlp"):
                 raise UserError(f"adapter: places must be attn and/or mlp, got {place!r}")
@@ -89,7 +82,8 @@ class ConvpassConfig:
     def resolve(self, model: nn.Module) -> "ConvpassConfig":
         if model_family(model) != "vit":
             raise UserError("convpass is defined for ViT blocks (a convolution over the patch grid)")
-        _check("convpass", self.rank, self.scale, self.dropout)
+        check_sizes("convpass", rank=self.rank)
+        check_scale_dropout("convpass", self.scale, self.dropout)
         return self
 
 

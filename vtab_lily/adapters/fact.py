@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family
 from vtab_lily.adapters.wrappers import AdapterModule, adapted_linear_at
 from vtab_lily.errors import UserError
@@ -39,12 +40,8 @@ class FactTTConfig:
     def resolve(self, model: nn.Module) -> "FactTTConfig":
         if model_family(model) != "vit":
             raise UserError("fact is defined for ViT weights (q, k, v, o, fc1, fc2)")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise UserError(f"fact: rank must be an integer >= 1, got {self.rank!r}")
-        if not (0 <= self.scale < math.inf):
-            raise UserError(f"fact: scale must be a finite number >= 0, got {self.scale}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"fact: dropout must be in [0, 1), got {self.dropout}")
+        check_sizes("fact", rank=self.rank)
+        check_scale_dropout("fact", self.scale, self.dropout)
         return self
 
 

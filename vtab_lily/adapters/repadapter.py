@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
@@ -37,16 +38,10 @@ class RepAdapterConfig:
     def resolve(self, model: nn.Module) -> "RepAdapterConfig":
         if model_family(model) != "vit":
             raise UserError("repadapter is defined for ViT blocks (before attn and mlp)")
-        for key in ("rank", "groups"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"repadapter: {key} must be an integer >= 1, got {value!r}")
+        check_sizes("repadapter", rank=self.rank, groups=self.groups)
         if self.rank % self.groups:
             raise UserError(f"repadapter: rank {self.rank} must be divisible by groups {self.groups}")
-        if not (self.scale >= 0 and self.scale != float("inf")):
-            raise UserError(f"repadapter: scale must be a finite number >= 0, got {self.scale}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"repadapter: dropout must be in [0, 1), got {self.dropout}")
+        check_scale_dropout("repadapter", self.scale, self.dropout)
         return self
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
@@ -34,10 +35,8 @@ class VPTConfig:
     def resolve(self, model: nn.Module) -> "VPTConfig":
         if model_family(model) != "vit":
             raise UserError("vpt is defined for ViT backbones (prompts after the class token)")
-        if not isinstance(self.length, int) or isinstance(self.length, bool) or self.length < 1:
-            raise UserError(f"vpt: length must be an integer >= 1, got {self.length!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"vpt: dropout must be in [0, 1), got {self.dropout}")
+        check_sizes("vpt", length=self.length)
+        check_scale_dropout("vpt", dropout=self.dropout)
         return self
 
 
