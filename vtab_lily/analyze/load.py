@@ -79,7 +79,7 @@ def build_model(run: RunRecord) -> tuple[torch.nn.Module, bool]:
         weights, known = resolve_checkpoint(config), True
     except UserError:
         weights, known = None, False  # relative norms are then not reported
-    return build_run_model(config, weights)[0].eval(), known
+    return build_run_model(config, weights).eval(), known
 
 
 def trained_states(run: RunRecord) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
