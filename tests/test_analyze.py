@@ -161,6 +161,11 @@ def test_cli_errors(tmp_path):
         analyze_cli.main([str(tmp_path)])
     with pytest.raises(UserError, match="--fraction"):
         analyze_cli.main([str(tmp_path), "--fraction", "nan"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile"):
+        analyze_cli.main([str(tmp_path), "--out", str(tmp_path / "afile" / "sub")])
+    with pytest.raises(UserError, match="--out"):
+        analyze_cli.main([str(tmp_path), "--out", ""])
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "result.json").write_bytes(b"\xff\xfe not json")
     with pytest.warns(UserWarning, match="skipped"):
