@@ -30,13 +30,14 @@ shift 2
 python=${PYTHON:-python3}
 tasks="" out="runs" demo=() paper=()
 extra=()
+need() { [[ -n "${2:-}" ]] || { echo "error: $1 needs $3" >&2; exit 2; }; }  # bad input: exit 2
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --tasks) tasks=${2:?--tasks needs a comma-separated list}; shift 2 ;;
+        --tasks) need "$1" "${2:-}" "a comma-separated list"; tasks=$2; shift 2 ;;
         --tasks=*) tasks=${1#--tasks=}; shift ;;
         --demo) demo=(--demo); shift ;;
         --paper) paper=(--paper); shift ;;
-        --out) out=${2:?--out needs a folder}; extra+=("$1" "$2"); shift 2 ;;
+        --out) need "$1" "${2:-}" "a folder"; out=$2; extra+=("$1" "$2"); shift 2 ;;
         --out=*) out=${1#--out=}; extra+=("$1"); shift ;;
         -h|--help) usage; exit 0 ;;
         *) extra+=("$1"); shift ;;

@@ -132,6 +132,7 @@ def demo_runs(tmp_path_factory):
               "--no-tensorboard"]
     assert run.main([*common, "--adapter", "lily", "--rank", "4"]) == 0
     assert run.main([*common, "--adapter", "lora", "--rank", "4"]) == 0
+    assert run.main([*common, "--adapter", "bitfit"]) == 0  # no weight matrix adapted
     return out
 
 
@@ -149,6 +150,8 @@ def test_report_from_demo_runs(demo_runs, tmp_path):
         with Image.open(page.parent / name) as image:
             image.verify()
     assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob("*"))
+    assert "No linear adapted weight" in text.split("## bitfit")[1]
+    assert not list(page.parent.glob("*bitfit*-rank.png"))  # no empty heat map
 
 
 def test_cli_errors(tmp_path):
@@ -158,6 +161,11 @@ def test_cli_errors(tmp_path):
         analyze_cli.main([str(tmp_path)])
     with pytest.raises(UserError, match="--fraction"):
         analyze_cli.main([str(tmp_path), "--fraction", "nan"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile"):
+        analyze_cli.main([str(tmp_path), "--out", str(tmp_path / "afile" / "sub")])
+    with pytest.raises(UserError, match="--out"):
+        analyze_cli.main([str(tmp_path), "--out", ""])
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "result.json").write_bytes(b"\xff\xfe not json")
     with pytest.warns(UserWarning, match="skipped"):

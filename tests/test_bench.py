@@ -121,6 +121,15 @@ def test_only_argument():
         main(["--toy", "--threads", "0", "--only", "1"])
 
 
+def test_out_under_a_regular_file_is_refused_before_timing(tmp_path, monkeypatch):
+    import vtab_lily.bench.__main__ as cli
+
+    monkeypatch.setattr(cli, "run_suite", lambda *a, **k: pytest.fail("the suite ran"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile"):
+        main(["--toy", "--only", "1", "--out", str(tmp_path / "afile" / "sub")])
+
+
 def test_cuda_request_without_a_gpu_is_a_user_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

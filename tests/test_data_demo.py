@@ -135,6 +135,8 @@ def test_damaged_marker_or_missing_list_means_incomplete(tmp_path):
     assert not demo.is_complete(root)
     with pytest.raises(UserError, match="is not a folder"):
         demo.ensure_demo(root / demo.MARKER)
+    with pytest.raises(UserError, match="is a regular file"):
+        demo.ensure_demo(root / demo.MARKER / "sub")
 
 
 def test_verify_passes_on_the_demo_suite(reference, capsys):

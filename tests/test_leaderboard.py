@@ -326,7 +326,7 @@ def test_backbone_filter_bad_router_file_and_bad_out(tmp_path: Path, capsys) -> 
     with pytest.raises(UserError, match="no complete results for this backbone"):
         main(["--runs", str(runs), "--backbone", "vit-l16"])
     (tmp_path / "file").write_text("x")
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="not a directory|is a regular file"):
         main(["--runs", str(runs), "--out", str(tmp_path / "file")])
 
 
@@ -345,3 +345,13 @@ def test_unknown_tasks_suites_and_duplicate_seeds_are_flagged(tmp_path: Path) ->
     text = "\n".join(report.warnings)
     assert "task 'mnist' is not in suite 'vtab'" in text and "'nosuch' is not registered" in text and "several results" in text
     assert "mnist/" in text and "result.json" in text  # the warning names the file
+
+
+def test_every_adapter_gets_its_own_colour_in_the_plot() -> None:
+    from vtab_lily.adapters import ADAPTERS
+    from vtab_lily.leaderboard.plots import adapter_colours
+
+    names = sorted(ADAPTERS)
+    assert len(names) > 10  # more than tab10 holds
+    assert len(set(adapter_colours(names).values())) == len(names)
+    assert len(set(adapter_colours(names[:3]).values())) == 3

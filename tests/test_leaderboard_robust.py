@@ -133,6 +133,16 @@ def test_malformed_results_are_skipped_with_one_warning_naming_the_file(tmp_path
     assert "result.json" in capsys.readouterr().err and (out / "vit-b16-in21k.md").exists()
 
 
+def test_out_under_a_regular_file_is_one_line_user_error(tmp_path: Path) -> None:
+    from vtab_lily.errors import UserError
+
+    runs = tmp_path / "runs"
+    write_result(runs, task="cifar", final=55.0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile"):
+        main(["--runs", str(runs), "--out", str(tmp_path / "afile" / "sub"), "--no-plots"])
+
+
 def test_paths_built_from_file_contents_stay_inside_out(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     lily = write_result(runs, adapter="lily", task="dtd", method="lily", method_hash="f0000001", config_hash="../../../esc1")

@@ -82,3 +82,20 @@ def test_bad_peft_configs(tmp_path):
     bad.write_text(json.dumps({"peft_type": "LORA", "r": 4, "target_modules": ["nothing_here"]}))
     with pytest.raises(UserError, match="LORA"):
         apply_adapter(tiny(), "peft", config=str(bad))
+
+
+def test_the_runner_takes_a_peft_config_and_labels_it_by_its_contents(tmp_path, capsys):
+    """``--adapter peft --adapter-opt config=FILE`` through the runner: no official setup to
+    compare with (it was refused), and two different configs never share a label."""
+    from vtab_lily import run
+
+    labels = []
+    for kind in ("LOHA", "LOKR"):
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps(CONFIGS[kind]))
+        assert run.main(["--demo", "--task", "colours", "--adapter", "peft", "--adapter-opt", f"config={path}",
+                         "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
+        setup = json.loads(capsys.readouterr().out.split("\nparameters:")[0])
+        assert setup["deviations"] == []
+        labels.append(setup["method"])
+    assert labels[0].startswith("peft peft_type=LOHA r=4") and labels[1].startswith("peft peft_type=LOKR")

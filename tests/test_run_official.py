@@ -130,6 +130,9 @@ def test_bad_adapter_options_name_the_option(opt, message):
     (["--eval-limit", "0"], "--eval-limit must be >= 1"),
     (["--img-size", "100000000"], "--img-size must be <= 4,096"),
     (["--epochs", "99999999999999999999"], "--epochs must be <= 100,000"),
+    (["--adapter-opt", "rank=9999999999999999999999"], "--rank must be <= 1,000,000"),  # was an int64 crash
+    (["--rank", "100000000"], "--rank must be <= 1,000,000"),
+    (["--adapter-opt", "per_target=k.rank=99999999999"], "--per-target.k.rank must be <= 1,000,000"),
     (["--adapter", "lora", "--adapter-opt", "per_target=q.alpha=nan"], "--per-target.q.alpha must be a finite"),
     (["--paper", "--protocol", "val"], "--paper"),
     (["--ou", "x"], "unrecognized arguments: --ou"),  # no abbreviations (issue 16.14)

@@ -183,6 +183,16 @@ def test_dry_run_applies_the_runs_number_checks_to_every_grid_value(grid, named)
     assert named in str(err.value)
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--trials-per-gpu", "0"], "--trials-per-gpu must be between 1 and 64"),
+    (["--num-cpus", "-1", "--backend", "ray"], "--num-cpus must be at least 1"),
+])
+def test_dry_run_checks_the_sweeps_own_numbers_too(flags, named):
+    with pytest.raises(UserError, match=named):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=1", "--dry-run",
+                    *flags])
+
+
 def test_bad_grid_value_exits_2_before_any_work(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vtab_lily.sweep", "--backbone", "vit", "--adapter", "lily",
                           "--demo", "--tasks", "colours", "--grid", "lr=0.01,-1", "--out", str(tmp_path / "runs"),

@@ -134,6 +134,10 @@ def core_label(adapter: str, adapter_config: dict) -> tuple[str, set[str]]:
         cfg.pop("ne_b")
     parts, shown = [adapter], set()
     for key, value in cfg.items():
+        if key == "settings" and isinstance(value, dict):  # a PEFT config file's contents: they are the method
+            parts += [f"{k}={_show(v)}" for k, v in value.items() if v is not None and not isinstance(v, dict)]
+            shown.add(key)
+            continue
         if value is None or isinstance(value, dict) or key in _NOT_CORE:
             continue
         shown.add(key)

@@ -54,9 +54,14 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     from .backbones import backbone_family, create_backbone
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
+    # No weights on meta: pre_logits was already resolved against the file (resolve_pre_logits),
+    # and asking a weightless build to keep the file's layer would be refused.
+    kwargs = _backbone_kwargs(config)
+    if "pre_logits" in kwargs:
+        kwargs["pre_logits"] = None
     with torch.device("meta"):
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
-                                **_backbone_kwargs(config))
+                                **kwargs)
         model = apply_adapter(model, config["adapter"], **config["adapter_options"])  # validates the options
     config["adapter_config"] = json_normal(dataclasses.asdict(model.adapter_config))
     config["pretrained"] = weights.name if weights else None

@@ -210,6 +210,9 @@ def _at_least(name: str, value: Any, minimum: float) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be >= {minimum:g}, got {value}")
 
 
+ADAPTER_INT_LIMIT = 1_000_000  # ranks, lengths, expert counts: far beyond any real use
+
+
 def _finite_numbers(value: Any, where: str) -> None:
     """Every float inside an adapter option (nested too) is finite and not negative."""
     if isinstance(value, bool):
@@ -217,6 +220,8 @@ def _finite_numbers(value: Any, where: str) -> None:
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value < 0:
             raise UserError(f"--{where.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if isinstance(value, int) and value > ADAPTER_INT_LIMIT:  # sizes: a typo, or an int64 overflow
+            raise UserError(f"--{where.replace('_', '-')} must be <= {ADAPTER_INT_LIMIT:,}, got {value:,}")
     elif isinstance(value, dict):
         for key, item in value.items():
             _finite_numbers(item, f"{where}.{key}")

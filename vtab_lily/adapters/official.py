@@ -20,6 +20,9 @@ from torch import nn
 from vtab_lily.errors import UserError, unknown_name
 
 PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
+# Adapters whose settings are wholly the user's (a PEFT config file): no official setup to differ
+# from, and no default that resolves without the user's file.
+NO_OFFICIAL_SETUP = {"peft"}
 
 
 def official_adapter_settings(family: str, adapter: str, model: nn.Module | None = None) -> dict[str, Any]:
@@ -59,6 +62,8 @@ def adapter_deviations(family: str, adapter: str, resolved: dict[str, Any],
     """
     if not isinstance(resolved, dict):
         raise UserError(f"adapter_deviations: resolved settings must be a dict, got {type(resolved).__name__}")
+    if adapter in NO_OFFICIAL_SETUP:
+        return []
     official = official_adapter_settings(family, adapter, model)
     out = []
     for key, value in resolved.items():

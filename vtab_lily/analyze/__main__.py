@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from vtab_lily.errors import UserError, run_cli
+from vtab_lily.fsutil import check_creatable_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     fraction = RANK_FRACTION if args.fraction is None else args.fraction
     if not 0 < fraction < 1:
         raise UserError(f"--fraction must be in (0, 1), got {args.fraction}")
+    if not args.out.strip():  # '' would mean the current folder, overwriting any README.md there
+        raise UserError("--out: give a folder for the reports (empty string)")
+    check_creatable_dir(args.out, "--out")  # before the analysis, one line
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = find_runs(args.runs)

@@ -152,8 +152,11 @@ def task_page(key: tuple[str, str, str], analyses: list[RunAnalysis], folder: Pa
         rs = _run_slug(a)
         lines += [f"## {a.run.label}", "", f"Run: `{a.run.run_dir}`; states analysed at epochs "
                   + ", ".join(str(s.epoch) for s in a.snapshots) + ".", ""]
-        rank_heatmap(a, folder / f"{stem}-{rs}-rank.png")
-        lines += [f"![effective rank of dW per layer and target]({stem}-{rs}-rank.png)", ""]
+        if a.final.sites:
+            rank_heatmap(a, folder / f"{stem}-{rs}-rank.png")
+            lines += [f"![effective rank of dW per layer and target]({stem}-{rs}-rank.png)", ""]
+        else:  # e.g. BitFit, SSF: biases and scales only, an empty heat map would say nothing
+            lines += ["No linear adapted weight: no dW to analyse.", ""]
         if a.final.experts or a.routers:
             experts_plot(a, folder / f"{stem}-{rs}-experts.png")
             rows = []

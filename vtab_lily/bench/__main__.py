@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError, run_cli
+from ..fsutil import check_creatable_dir
 from .suite import ITEMS, run_suite
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
+    check_creatable_dir(args.out, "--out")  # before minutes of timing, not after
     preset = "quick" if args.quick else "toy" if args.toy else "full"
     path, sections = run_suite(args.device, preset, only, args.out, threads=args.threads)
     print(f"wrote {path}")

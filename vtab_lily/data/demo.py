@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from ..fsutil import atomic_write_json, read_json
+from ..fsutil import atomic_write_json, check_creatable_dir, read_json
 from ..tasks import DEMO_TASKS, DEMO_TEST_SIZE, SPLITS
 from .lists import read_list
 from .manifest import MANIFEST, compute_manifest, write_manifest
@@ -194,6 +194,7 @@ def ensure_demo(root: str | Path, force: bool = False) -> Path:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"demo root {root} exists and is not a folder")
+    check_creatable_dir(root, "demo root")  # a file further up: one line, not a traceback
     if root.is_dir():
         (root / ".demo.lock").unlink(missing_ok=True)  # left by older versions
     if is_complete(root) and not force:

@@ -12,6 +12,7 @@ import sys
 from tabulate import tabulate
 
 from ..errors import run_cli, unknown_name
+from ..fsutil import check_creatable_dir
 from ..results import scan_runs
 from ..tasks import ALIASES
 from . import collect, write_leaderboards
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no complete results under {args.runs} ({counts}); nothing to tabulate", file=sys.stderr)
         return 0
     if args.format is None:
+        check_creatable_dir(args.out, "--out")  # one line, not a traceback, for a file in the way
         files = write_leaderboards(report, args.out, plots=not args.no_plots)
         _print_warnings(report.warnings)  # after writing: plotting can add some
         print(f"wrote {len(files)} files for {len(report.tables)} table(s) from {len(report.results)} results to {args.out}/")

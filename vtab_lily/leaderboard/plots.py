@@ -30,6 +30,13 @@ def _save(fig, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def adapter_colours(adapters: list[str]) -> dict[str, tuple]:
+    """One colour per adapter: tab10 while it suffices, else tab20 (twenty adapters exist, and a
+    repeated colour would make the legend name two methods for one point)."""
+    n = 10 if len(adapters) <= 10 else 20
+    return {a: plt.get_cmap(f"tab{n}")(i % n) for i, a in enumerate(adapters)}
+
+
 def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
     """Scatter of mean-of-group-means accuracy vs params (M, log x); returns the points drawn.
 
@@ -41,7 +48,7 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     adapters = sorted({row.adapter for row in table.rows if row.kind == "run"})
-    colours = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(adapters)}
+    colours = adapter_colours(adapters)
     drawn, left_out, lines, labels = 0, [], [], []
     for row in table.rows:
         y = row.plot_average

@@ -94,16 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     from .api import check_trials, plan_summary, run_sweep
     from .locate import RunLocator
 
-    if args.dry_run:
-        check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
-        print(plan_summary(spec, args.out))
-        return 0
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and (args.backend != "ray" or args.address):
         raise UserError("--num-cpus is only for a local Ray instance (--backend ray without --address)")
     if not 1 <= args.trials_per_gpu <= 64:
         raise UserError(f"--trials-per-gpu must be between 1 and 64, got {args.trials_per_gpu}")
+    if args.dry_run:
+        check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
+        print(plan_summary(spec, args.out))
+        return 0
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
                         leaderboards=args.leaderboards, progress=not args.no_progress,
                         trials_per_gpu=args.trials_per_gpu, batch=False if args.one_process_per_trial else None)
