@@ -54,14 +54,9 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     from .backbones import backbone_family, create_backbone
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
-    # No weights on meta: pre_logits was already resolved against the file (resolve_pre_logits),
-    # and asking a weightless build to keep the file's layer would be refused.
-    kwargs = _backbone_kwargs(config)
-    if "pre_logits" in kwargs:
-        kwargs["pre_logits"] = None
-    with torch.device("meta"):
+    with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
-                                **kwargs)
+                                **_backbone_kwargs(config))
         model = apply_adapter(model, config["adapter"], **config["adapter_options"])  # validates the options
     config["adapter_config"] = json_normal(dataclasses.asdict(model.adapter_config))
     config["pretrained"] = weights.name if weights else None

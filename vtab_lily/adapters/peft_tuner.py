@@ -1,4 +1,4 @@
-"""Any HF PEFT tuner on our backbones: ``--adapter peft --adapter-opt config=FILE.json``.
+"""Any HF PEFT tuner on our backbones: ``--adapter peft --peft-config FILE.json``.
 
 The JSON is a PEFT config (``{"peft_type": "LOHA", "r": 8, "target_modules": ["q", "v"], ...}``:
 LoRA, LoHa, LoKr, OFT, BOFT, VeRA, FourierFT, IA3, ...). PEFT injects its layers into the model
