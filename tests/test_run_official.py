@@ -195,3 +195,10 @@ def test_adapter_differences_come_from_the_adapters_official_settings(monkeypatc
     devs = adapter_deviations("vit", "lily", ours)
     assert devs == ["rank=16", "routing=sample", "per_target.k.rank=16"]
     assert method_label("lily", ours, devs) == "lily r=16 k,v,mlp s=1 routing=sample"
+
+
+def test_a_default_warmup_longer_than_the_run_is_said(capsys):
+    check_args(["--task", "dtd", "--epochs", "3", "--checkpoint", "none"])
+    assert "default warmup of 10 epochs is longer than --epochs 3" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--warmup 5 is longer than --epochs 3"):
+        check_args(["--task", "dtd", "--epochs", "3", "--warmup", "5", "--checkpoint", "none"])

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -250,8 +251,12 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
         raise UserError(f"--lr must be a finite number > 0, got {config['lr']}")
     _at_least("wd", config["wd"], 0)
     _at_least("warmup", config["warmup"], 0)
-    if warmup_given and config["warmup"] > config["epochs"]:  # a default warmup with a short --epochs is fine
-        raise UserError(f"--warmup {config['warmup']} is longer than --epochs {config['epochs']}")
+    if config["warmup"] > config["epochs"]:
+        if warmup_given:
+            raise UserError(f"--warmup {config['warmup']} is longer than --epochs {config['epochs']}")
+        # the family's default warmup with a short --epochs (quick tries, the sweep's tests): allowed, said
+        print(f"warning: the default warmup of {config['warmup']} epochs is longer than --epochs {config['epochs']}: "
+              "the lr never reaches --lr (pass --warmup)", file=sys.stderr)
     _at_least("drop_path", config["drop_path"], 0)
     if config["drop_path"] >= 1:
         raise UserError(f"--drop-path must be below 1, got {config['drop_path']}")
