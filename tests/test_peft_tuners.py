@@ -70,6 +70,8 @@ def test_lora_through_peft_counts_like_ours(tmp_path):
 
 
 def test_bad_peft_configs(tmp_path):
+    with pytest.raises(UserError, match="--peft-config FILE.json"):
+        apply_adapter(tiny(), "peft")
     with pytest.raises(UserError, match="cannot read"):
         apply_adapter(tiny(), "peft", config=str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"

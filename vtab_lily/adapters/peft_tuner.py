@@ -42,6 +42,9 @@ class PeftTunerConfig:
                 raise UserError(f"--peft-config {path}: cannot read it ({err.strerror or err})") from None
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise UserError(f"--peft-config {path}: not valid JSON ({err})") from None
+        if self.config is None and not settings:
+            raise UserError("--adapter peft needs the tuner's config: --peft-config FILE.json (a PEFT config with a "
+                            "'peft_type', e.g. LORA, LOHA, LOKR, OFT, VERA, IA3)")
         if not isinstance(settings, dict) or not settings.get("peft_type"):
             raise UserError(f"peft adapter: the config must be a JSON object with a 'peft_type' "
                             f"(e.g. LORA, LOHA, LOKR, OFT, VERA, IA3), got {str(settings)[:80]!r}")
