@@ -8,7 +8,6 @@ snapshots existed, the final ``checkpoint.pt``. Files are read with ``weights_on
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,32 +38,31 @@ class RunRecord:
         return value if isinstance(value, int) else None
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def find_runs(paths: list[str | Path]) -> list[RunRecord]:
-    """Complete runs (``result.json`` with ``status == "complete"`` and a ``config.json``) under ``paths``."""
+    """Complete runs under ``paths``, read through the results store (``results.scan_runs``: the
+    same validation as the leaderboard); a malformed result or router file is skipped with a warning."""
+    from vtab_lily.results import read_router_weights, scan_runs
+    from vtab_lily.rundir import RunDir
+
     runs = []
     for given in paths:
         root = Path(given)
         if not root.exists():
             raise UserError(f"{root}: no such run folder")
-        found = [root / "result.json"] if (root / "result.json").is_file() else sorted(root.rglob("result.json"))
-        for result_file in found:
-            run_dir = result_file.parent
-            result, config = _read_json(result_file), _read_json(run_dir / "config.json")
-            if not result or result.get("status") != "complete" or not config or "adapter_config" not in config:
-                warnings.warn(f"{run_dir}: skipped (no complete result.json with its config.json)", stacklevel=2)
+        for status in scan_runs(root):
+            if status.state == "malformed":
+                warnings.warn(f"{status.run_dir}: skipped ({status.detail})", stacklevel=2)
+            config = status.config
+            if status.state != "complete" or not config or "adapter_config" not in config:
                 continue
-            routers = _read_json(run_dir / "router_weights.json") or {}
-            sites, weights = routers.get("sites"), routers.get("weights")
-            final = dict(zip(sites, weights)) if isinstance(sites, list) and isinstance(weights, list) else {}
-            runs.append(RunRecord(run_dir, config, result, final, _read_json(run_dir / "router_history.json")))
+            try:
+                routers = read_router_weights(status.run_dir) or {"sites": [], "weights": []}
+            except UserError as err:
+                warnings.warn(f"{status.run_dir}: skipped ({err})", stacklevel=2)
+                continue
+            final = dict(zip(routers["sites"], routers["weights"]))
+            history = RunDir(status.run_dir).read_router_history()
+            runs.append(RunRecord(status.run_dir, config, status.result, final, history))
     return runs
 
 
