@@ -41,23 +41,13 @@ PUBLISHED = [
 
 @pytest.mark.parametrize("name, options, expected, published", PUBLISHED, ids=[p[0] for p in PUBLISHED])
 def test_parameters_on_vit_b16(name, options, expected, published):
-    params = count_parameters(apply_adapter(vit_b16_meta(), name, **_dora_custom(name, options)))
+    params = count_parameters(apply_adapter(vit_b16_meta(), name, **options))
     assert params["adapter"] == expected
     assert params["head"] == 768 * 100 + 100 and params["total"] == expected + params["head"]
     if isinstance(published, float):
         assert round(expected / 1e6, 2) == published
     elif published:
         assert published[0] <= round(expected / 1e6, 2) <= published[1]
-
-
-def _dora_custom(name: str, options: dict) -> dict:
-    """DoRA takes LoRA's options; a LoRA `variant` field (when present) must allow explicit targets."""
-    import dataclasses
-
-    from vtab_lily.adapters import ADAPTERS
-
-    fields = {f.name for f in dataclasses.fields(ADAPTERS[name])}
-    return dict(options, variant="custom") if "variant" in fields and "targets" in options else dict(options)
 
 
 def tiny(seed: int = 0) -> torch.nn.Module:

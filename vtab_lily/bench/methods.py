@@ -38,15 +38,6 @@ LORA = "LoRA r=8 q,v"
 MAX_VS_LORA = 3.0
 
 
-def _options(adapter: str, options: dict) -> dict:
-    import dataclasses
-
-    from ..adapters import ADAPTERS
-
-    fields = {f.name for f in dataclasses.fields(ADAPTERS[adapter])}
-    return dict(options, variant="custom") if "variant" in fields and "targets" in options else options
-
-
 def run(ctx: Context) -> Section:
     s = ctx.sizes
     section = Section(7, f"Baselines: training step relative to LoRA (batch {s.step_batch}, {s.img_size}px)")
@@ -58,7 +49,7 @@ def run(ctx: Context) -> Section:
     models, steps = {}, {}
     for label, (adapter, options) in METHODS.items():
         model = backbone_sharing(base, s.vit, s.img_size).to(ctx.device)
-        models[label] = apply_adapter(model, adapter, **_options(adapter, options))
+        models[label] = apply_adapter(model, adapter, **options)
         steps[label] = make_step(models[label], images, labels)
     ctx.log("item 7: baselines")
     stats, times, _ = time_steps(ctx, steps, s.step_reps)
