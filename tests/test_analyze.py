@@ -3,8 +3,6 @@ then the reports of real (tiny) demo runs of Lily and LoRA."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
