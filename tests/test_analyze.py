@@ -3,7 +3,6 @@ then the reports of real (tiny) demo runs of Lily and LoRA."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from PIL import Image
