@@ -140,6 +140,18 @@ def _tar_entries(source: Path) -> Iterator[tuple[str, Callable[[], BinaryIO] | N
             if not (member.isreg() or member.isdir()):
                 raise _refuse_link(source, member.name, "special file")
             yield member.name, None if member.isdir() else (lambda m=member: archive.extractfile(m))
+        _check_stream_ended(archive)
+
+
+def _check_stream_ended(archive: tarfile.TarFile) -> None:
+    """tarfile ends a streamed archive silently when it is cut inside a member header; a compressed
+    archive must also have reached its end-of-stream marker, or it was cut (a truncated download)."""
+    stream = archive.fileobj
+    while stream.read(1 << 20):  # what is left is the end-of-archive padding
+        pass
+    decompressor = getattr(stream, "cmp", None)
+    if decompressor is not None and not getattr(decompressor, "eof", True):
+        raise EOFError("the compressed stream ends before its end-of-stream marker")
 
 
 def _folder_entries(source: Path) -> Iterator[tuple[str, Callable[[], BinaryIO] | None]]:
