@@ -57,8 +57,10 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
                                 **_backbone_kwargs(config))
-        model = apply_adapter(model, config["adapter"], **config["adapter_options"])  # validates the options
+        model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
     config["adapter_config"] = json_normal(dataclasses.asdict(model.adapter_config))
+    if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
+        config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
     config["pretrained"] = weights.name if weights else None
     devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
@@ -102,7 +104,7 @@ def build_model(config: dict, weights: Path | None) -> Any:
             head = set(_head_keys(model))
             _WEIGHTS.clear()  # one backbone at a time: bounded memory
             _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in head}
-    return apply_adapter(model, config["adapter"], **config["adapter_options"])
+    return apply_adapter(model, config["adapter"], task=config.get("task"), **config["adapter_options"])
 
 
 def _same_as_identified(model: Any, config: dict) -> None:
@@ -171,6 +173,10 @@ def print_setup(config: dict, run: RunDir, params: dict, devs: list[str]) -> Non
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
     print(f"differences from the official setup: {', '.join(devs) if devs else 'none'}")
+    if config.get("adapter_task_settings"):
+        from .adapters.pertask import describe
+
+        print(f"per-task settings for {config['task']}: {describe(config['adapter_task_settings'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

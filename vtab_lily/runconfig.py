@@ -130,7 +130,12 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if type(None) in args and text.strip().lower() in ("none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(text, inner[0] if len(inner) == 1 else str, where)
+        for kind in inner[:-1]:  # ``int | str``: a number when it reads as one (``paper`` stays text)
+            try:
+                return _coerce(text, kind, where)
+            except UserError:
+                pass
+        return _coerce(text, inner[-1], where)
     try:
         if hint is bool:
             if text.lower() in ("1", "true", "yes", "on"):
@@ -189,6 +194,7 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
         options["config"] = args.peft_config
     cls = ADAPTERS[adapter]
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)} if hints else {}  # not ClassVars
     for item in args.adapter_opt:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")

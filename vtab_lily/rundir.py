@@ -38,8 +38,9 @@ LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboar
 # Setup switches (round 2) that a named method's row must not mix.
 SETUP_KEYS = ("precision", "normalize", "pre_logits", "lr_schedule", "drop_last", "eval_batch_size", "eval_limit",
               "compile", "pretrained")
-# method_hash also drops what varies inside one method's group of runs.
-PER_RUN_KEYS = ("task", "seed", "num_classes")
+# method_hash also drops what varies inside one method's group of runs (``adapter_task_settings``:
+# the values a ``paper`` setting took for this task, which the task determines).
+PER_RUN_KEYS = ("task", "seed", "num_classes", "adapter_task_settings")
 
 CONFIG, METRICS, TB, CHECKPOINT = "config.json", "metrics.jsonl", "tb", "checkpoint.pt"
 RESULT, FAILED, ROUTER = "result.json", "failed.json", "router_weights.json"

@@ -129,6 +129,10 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
                                           else f"resuming after epoch {start}")
     print(f"run {run} ({state}): {config['backbone']} {config['adapter']} on {config['task']}, "
           f"{params['total']:,} trainable parameters, {device}")
+    if config.get("adapter_task_settings"):
+        from .adapters.pertask import describe
+
+        print(f"per-task settings: {describe(config['adapter_task_settings'])}")
     data = data_provenance(config)
     kernels = kernels_for(config, device)
     if kernels:

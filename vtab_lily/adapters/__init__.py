@@ -45,6 +45,7 @@ from vtab_lily.adapters.partial import (
     unfreeze_norms,
     unfreeze_vim_parts,
 )
+from vtab_lily.adapters.pertask import for_task
 from vtab_lily.adapters.peft_tuner import PeftTunerConfig, inject_peft, unfreeze_peft
 from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter, merge_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf, merge_ssf
@@ -135,27 +136,31 @@ def make_config(name: str, **config: Any) -> Any:
     return cls(**config)
 
 
-def apply_adapter(model: nn.Module, name: str, **config: Any) -> nn.Module:
+def apply_adapter(model: nn.Module, name: str, task: str | None = None, **config: Any) -> nn.Module:
     """Freeze ``model``, inject adapter ``name`` with ``config``; adapter + head stay trainable.
 
     The resolved config (every default filled in) is kept as ``model.adapter_config`` (a
-    dataclass) and the name as ``model.adapter_name``. Returns the same model object.
+    dataclass) and the name as ``model.adapter_name``. Settings left at ``paper`` are filled in
+    for ``task`` from the method's per-task table (``pertask``); what was used is kept as
+    ``model.adapter_task_settings`` ({} when nothing is per task). Returns the same model object.
     """
     if getattr(model, "adapter_name", None) is not None:
         raise UserError(f"model already has adapter {model.adapter_name!r}; build a fresh backbone")
     cfg = make_config(name, **config).resolve(model)
+    concrete, task_settings = for_task(cfg, task)
     if name in _INJECT:
-        _INJECT[name](model, cfg)
+        _INJECT[name](model, concrete)
         _match_backbone_placement(model)
         model.train(model.training)  # new modules start in training mode; follow the model's (dropout)
     model.requires_grad_(name == "full")
     for module in adapter_modules(model):
         module.requires_grad_(True)
     if name in _UNFREEZE:
-        _UNFREEZE[name](model, cfg)
+        _UNFREEZE[name](model, concrete)
     classifier(model).requires_grad_(True)
     model.adapter_name = name
     model.adapter_config = cfg
+    model.adapter_task_settings = task_settings
     return model
 
 

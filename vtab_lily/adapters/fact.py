@@ -9,19 +9,25 @@ chunks and fc2's four input chunks. Slot j of every block gets ``dW_j = s * V C_
   factor rows P (12 x depth, r).
 U is Xavier-uniform, V zero (so a fresh model computes the backbone), the cores random (a zero
 core and a zero V would never receive a gradient); dropout 0.1 after U.
-ViT-B/16: TT r=8 21,504, r=16 61,440; TK r=32 86,528. The papers tune r per task (TT r<=16,
-TK r<=32), so their printed 0.037M / 0.069M are averages over that per-task table.
+ViT-B/16: TT r=8 21,504, r=16 61,440; TK r=32 86,528.
+
+FacT tunes r and s per task; the default ``rank="paper"``, ``scale="paper"`` take them from the
+official configs (JieShibo/PETL-ViT ``FacT/configs/{tt,tk}/<task>.yaml``, see ``pertask``).
+Averaged as FacT's Table 1 averages (the mean of the three group means), these give exactly
+the published 0.037M (TT, 36,649) and 0.069M (TK, 69,333) (tested).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
+from vtab_lily.adapters.pertask import PerTaskTable, check_paper_or, is_paper
 from vtab_lily.adapters.targets import model_blocks, model_family
 from vtab_lily.adapters.wrappers import AdapterModule, adapted_linear_at
 from vtab_lily.errors import UserError
@@ -29,25 +35,53 @@ from vtab_lily.errors import UserError
 SLOTS = 12  # q k v o, fc1 x 4, fc2 x 4
 
 
+
+def _table(kind: str, rows: dict[str, tuple[int, float]], fallback: tuple[int, float]) -> PerTaskTable:
+    return PerTaskTable(
+        source=f"FacT official configs (FacT/configs/{kind}/<task>.yaml)",
+        values={task: {"rank": r, "scale": s} for task, (r, s) in rows.items()},
+        fallback={"rank": fallback[0], "scale": fallback[1]},
+    )
+
+
+# (rank, scale) per task
+FACT_TT_SETTINGS = _table("tt", {
+    "cifar": (8, 1.0), "caltech101": (16, 10.0), "dtd": (8, 0.01), "oxford_flowers102": (16, 1.0),
+    "oxford_iiit_pet": (8, 1.0), "svhn": (16, 100.0), "sun397": (8, 1.0), "patch_camelyon": (8, 10.0),
+    "eurosat": (8, 100.0), "resisc45": (8, 0.1), "diabetic_retinopathy": (8, 1.0), "clevr_count": (16, 1.0),
+    "clevr_dist": (4, 10.0), "dmlab": (16, 10.0), "kitti": (16, 10.0), "dsprites_loc": (16, 100.0),
+    "dsprites_ori": (16, 1.0), "smallnorb_azi": (16, 100.0), "smallnorb_ele": (8, 10.0)}, fallback=(8, 1.0))
+FACT_TK_SETTINGS = _table("tk", {
+    "cifar": (32, 0.1), "caltech101": (32, 10.0), "dtd": (16, 0.01), "oxford_flowers102": (32, 1.0),
+    "oxford_iiit_pet": (16, 10.0), "svhn": (32, 100.0), "sun397": (16, 1.0), "patch_camelyon": (32, 10.0),
+    "eurosat": (32, 100.0), "resisc45": (32, 10.0), "diabetic_retinopathy": (16, 1.0), "clevr_count": (32, 10.0),
+    "clevr_dist": (16, 10.0), "dmlab": (32, 10.0), "kitti": (32, 10.0), "dsprites_loc": (32, 100.0),
+    "dsprites_ori": (32, 1.0), "smallnorb_azi": (32, 100.0), "smallnorb_ele": (16, 10.0)}, fallback=(32, 1.0))
+
+
 @dataclass
 class FactTTConfig:
-    """``rank`` r, ``scale`` s, ``dropout`` after U."""
+    """``rank`` r, ``scale`` s (each a number or ``paper``: per task), ``dropout`` after U."""
 
-    rank: int = 8
-    scale: float = 1.0
+    PAPER_TABLE: ClassVar[PerTaskTable] = FACT_TT_SETTINGS
+    rank: int | str = "paper"
+    scale: float | str = "paper"
     dropout: float = 0.1
 
     def resolve(self, model: nn.Module) -> "FactTTConfig":
         if model_family(model) != "vit":
             raise UserError("fact is defined for ViT weights (q, k, v, o, fc1, fc2)")
-        check_sizes("fact", rank=self.rank)
-        check_scale_dropout("fact", self.scale, self.dropout)
+        check_paper_or("fact", "rank", self.rank)
+        check_paper_or("fact", "scale", self.scale)
+        if not is_paper(self.rank):
+            check_sizes("fact", rank=self.rank)
+        check_scale_dropout("fact", 0.0 if is_paper(self.scale) else self.scale, self.dropout)
         return self
 
 
 @dataclass
 class FactTKConfig(FactTTConfig):
-    rank: int = 32
+    PAPER_TABLE: ClassVar[PerTaskTable] = FACT_TK_SETTINGS
 
 
 class FactFactors(AdapterModule):

@@ -7,17 +7,23 @@ down Xavier-uniform, up and both biases zero, so a fresh model computes exactly 
 It reads the block's normalised input (``attn(a(norm1(x)))``, ``mlp(a(norm2(x)))``). With no
 non-linearity the adapter is an affine map, so ``merge_repadapter`` folds it into ``attn.qkv``
 and ``mlp.fc1`` and removes it (structural re-parameterisation).
-ViT-B/16 at h=8, groups 2: 2 x 12 x (6,152 + 3,840) = 239,808 parameters.
+ViT-B/16 at h=8, groups 2: 2 x 12 x (6,152 + 3,840) = 239,808 parameters; the published
+0.22M counts the weights only (2 x 12 x (6,144 + 3,072) = 221,184; tested).
+
+RepAdapter tunes s per task; the default ``scale="paper"`` takes it from the official configs
+(luogen1996/RepAdapter ``configs/repblock/<task>.yaml``, see ``pertask``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
+from vtab_lily.adapters.pertask import PerTaskTable, check_paper_or, is_paper
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
@@ -26,13 +32,26 @@ from vtab_lily.errors import UserError
 PLACES = {"attn": "qkv", "mlp": "fc1"}
 
 
+REPADAPTER_SCALES = PerTaskTable(
+    source="RepAdapter official configs (configs/repblock/<task>.yaml)",
+    values={task: {"scale": s} for task, s in {
+        "cifar": 0.1, "caltech101": 5.0, "dtd": 1.0, "oxford_flowers102": 0.5, "oxford_iiit_pet": 0.1,
+        "svhn": 10.0, "sun397": 0.1, "patch_camelyon": 1.0, "eurosat": 1.0, "resisc45": 5.0,
+        "diabetic_retinopathy": 0.1, "clevr_count": 0.5, "clevr_dist": 0.1, "dmlab": 5.0, "kitti": 5.0,
+        "dsprites_loc": 5.0, "dsprites_ori": 0.1, "smallnorb_azi": 10.0, "smallnorb_ele": 1.0}.items()},
+    fallback={"scale": 1.0},
+)
+
+
 @dataclass
 class RepAdapterConfig:
-    """``rank`` h (bottleneck), ``groups`` of the up projection, ``scale`` s, ``dropout`` after down."""
+    """``rank`` h (bottleneck), ``groups`` of the up projection, ``scale`` s (or ``paper``: per
+    task), ``dropout`` after down."""
 
+    PAPER_TABLE: ClassVar[PerTaskTable] = REPADAPTER_SCALES
     rank: int = 8
     groups: int = 2
-    scale: float = 1.0
+    scale: float | str = "paper"
     dropout: float = 0.1
 
     def resolve(self, model: nn.Module) -> "RepAdapterConfig":
@@ -41,7 +60,8 @@ class RepAdapterConfig:
         check_sizes("repadapter", rank=self.rank, groups=self.groups)
         if self.rank % self.groups:
             raise UserError(f"repadapter: rank {self.rank} must be divisible by groups {self.groups}")
-        check_scale_dropout("repadapter", self.scale, self.dropout)
+        check_paper_or("repadapter", "scale", self.scale)
+        check_scale_dropout("repadapter", 0.0 if is_paper(self.scale) else self.scale, self.dropout)
         return self
 
 
