@@ -61,7 +61,7 @@ def for_task(config: Any, task: str | None) -> tuple[Any, dict[str, Any]]:
     values, published = table.lookup(task)
     concrete = dataclasses.replace(config, **{k: values[k] for k in wanted})
     record = {k: values[k] for k in wanted}
-    record["from"] = f"{table.source}, {task}" if published else f"fallback (no published value for task {task!r})"
+    record["from"] = f"{table.source}, {task}" if published else f"fallback: no published value for task {task!r}"
     return concrete, record
 
 
