@@ -192,8 +192,15 @@ def test_vim_partial_tunes_the_ssm_tensors():
     model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("A_log", "D"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")}
     assert trainable and all(n.rsplit(".", 1)[-1] in ("A_log", "A_b_log", "D", "D_b") for n in trainable)
+    for parts, leaves in ((("dt_bias",), ("dt_proj.bias", "dt_proj_b.bias")),
+                          (("conv1d_weight",), ("conv1d.weight", "conv1d_b.weight"))):
+        model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=parts)
+        trainable = {n.split(".", 3)[-1] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == set(leaves) | {"weight", "bias"}, parts  # + the head's
     with pytest.raises(UserError, match="vim-partial part"):
         apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("x",))
+    with pytest.raises(UserError, match="named twice"):
+        apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts="D,D")
     with pytest.raises(UserError, match="Mamba"):
         apply_adapter(tiny(), "vim-partial")
 
