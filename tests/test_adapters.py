@@ -18,7 +18,8 @@ def images(n=3):
 
 def test_registry_names():
     assert set(ADAPTERS) == {"lily", "lora", "adaptformer", "linear", "full", "bitfit", "ln-tune", "ssf",
-                             "vpt-deep", "vpt-shallow", "dora", "repadapter", "houlsby", "pfeiffer", "convpass", "fact-tt", "fact-tk", "peft", "vim-partial", "affix"}
+                             "vpt-deep", "vpt-shallow", "dora", "repadapter", "houlsby", "pfeiffer", "convpass", "fact-tt", "fact-tk", "peft", "vim-partial", "affix",
+                             "additional-scan"}
 
 
 @pytest.mark.parametrize("name,config", [

@@ -160,3 +160,105 @@ def test_per_target_settings_reach_lily_s_and_l_from_flat_options():
         apply_adapter(tiny_vim(), "lily", variant="m")
     with pytest.raises(UserError, match="dropout must be a number in"):
         apply_adapter(tiny_vim(), "lily", per_target={"in_proj": {"dropout": -0.1}})
+
+
+# ---------------------------------------------------------------- Additional-scan (MambaPEFT)
+
+
+def loaded_tiny_vim() -> torch.nn.Module:
+    """The tiny Vim with "pretrained" A_log columns that all differ (as loaded weights would)."""
+    model = tiny_vim()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "A_b_log")):
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 0.5)
+    return model
+
+
+def test_additional_scan_shapes_init_and_count():
+    with torch.device("meta"):
+        vim_s = create_backbone("vim-s", 1000)
+    assert count_parameters(apply_adapter(vim_s, "additional-scan"))["adapter"] == 24 * 2 * (768 * 6 + 12 * 768)
+    model = apply_adapter(loaded_tiny_vim(), "additional-scan", states=3)
+    assert model.adapter_config.states == 3
+    for layer in model.layers:
+        mixer, extra = layer.mixer, layer.mixer.extra_states
+        e = mixer.d_inner
+        assert extra.A_log.shape == extra.A_b_log.shape == (e, 3)
+        assert extra.x_proj.weight.shape == extra.x_proj_b.weight.shape == (2 * 3, e)
+        # every new column a copy of the pretrained column 0 of its direction, taken at injection
+        assert torch.equal(extra.A_log, mixer.A_log[:, :1].expand(-1, 3))
+        assert torch.equal(extra.A_b_log, mixer.A_b_log[:, :1].expand(-1, 3))
+        assert extra.A_log.data_ptr() != mixer.A_log.data_ptr()
+        bound = e ** -0.5  # nn.Linear's default (Kaiming-uniform, a=sqrt(5)) init, not zero
+        assert 0 < extra.x_proj.weight.abs().max() <= bound and extra.x_proj.weight.std() > bound / 4
+    plain = tiny_vim()
+    assert not any("extra_states" in k for k in plain.state_dict())  # the checkpoint layout is unchanged
+    assert set(model.state_dict()) - set(plain.state_dict()) == {
+        f"layers.{i}.mixer.extra_states.{n}" for i in range(model.depth)
+        for n in ("A_log", "A_b_log", "x_proj.weight", "x_proj_b.weight")}
+
+
+def test_additional_scan_is_the_backbone_only_with_the_new_c_rows_zeroed():
+    base = loaded_tiny_vim()
+    model = apply_adapter(loaded_tiny_vim(), "additional-scan", states=4)
+    with torch.no_grad():
+        reference = base(X)
+        assert not torch.allclose(model(X), reference, atol=1e-4)  # random B and C: not the backbone
+        for layer in model.layers:
+            for proj in (layer.mixer.extra_states.x_proj, layer.mixer.extra_states.x_proj_b):
+                proj.weight[4:].zero_()  # C rows: the new states no longer reach y
+        assert torch.equal(model(X), reference)
+
+
+def test_additional_scan_adds_only_the_new_states_term():
+    """mixer output - frozen mixer output = out_proj of the new states' own scan (no D), gated and
+    averaged like the mixer's: the 16 (here 8) pretrained states are untouched."""
+    from torch.nn import functional as F
+
+    from vtab_lily.backbones.scan import causal_conv1d, selective_scan_ref
+
+    model = apply_adapter(loaded_tiny_vim(), "additional-scan", states=3)
+    mixer = model.layers[1].mixer
+    extra = mixer.extra_states
+    hidden = torch.randn(2, 9, mixer.d_model, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for proj in (extra.x_proj, extra.x_proj_b):
+            proj.weight.mul_(10)  # a term well above fp32 rounding of the output
+        with_new = mixer(hidden)
+        mixer.extra_states = None
+        frozen = mixer(hidden)
+        mixer.extra_states = extra
+        x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
+        x = x.transpose(1, 2)
+        ys = []
+        for flip, conv, x_proj, dt_proj, proj, A_log in (
+                (False, mixer.conv1d, mixer.x_proj, mixer.dt_proj, extra.x_proj, extra.A_log),
+                (True, mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, extra.x_proj_b, extra.A_b_log)):
+            u = causal_conv1d(x.flip(-1) if flip else x, conv.weight, conv.bias, activation="silu")
+            delta = mixer._ssm_inputs(u, x_proj, dt_proj)[0]
+            B, C = (proj.weight @ u).split(3, dim=1)  # rows [:n] are B, [n:] are C
+            y = selective_scan_ref(u, delta, -torch.exp(A_log), B, C)
+            ys.append(y.flip(-1) if flip else y)
+        term = (ys[0] + ys[1]) / 2 * F.silu(z.transpose(1, 2))
+        expected = mixer.out_proj(term.transpose(1, 2))
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(with_new - frozen, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_additional_scan_trains_only_its_tensors_and_the_head():
+    model = apply_adapter(loaded_tiny_vim(), "additional-scan")
+    model(X[:2]).square().sum().backward()
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for name, p in model.named_parameters():
+        new = ".extra_states." in name
+        assert p.requires_grad == (new or id(p) in head), name
+        if new:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        elif id(p) not in head:
+            assert p.grad is None, name
+    with pytest.raises(UserError, match="no ViT form"):
+        apply_adapter(helpers.tiny_vit(), "additional-scan")
+    with pytest.raises(UserError, match="states must be an integer >= 1"):
+        apply_adapter(tiny_vim(), "additional-scan", states=0)

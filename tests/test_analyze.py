@@ -142,6 +142,23 @@ def test_report_from_demo_runs(demo_runs, tmp_path):
     assert not list(page.parent.glob("*bitfit*-rank.png"))  # no empty heat map
 
 
+def test_a_task_whose_methods_have_no_weight_update_gets_a_page_without_the_methods_plot(tmp_path):
+    """Two methods on one task, neither adapting a weight matrix (BitFit, LN-tune; on Vim: affix,
+    additional-scan): the page lists both, draws no empty side-by-side plot, and nothing fails."""
+    root = tmp_path / "vtab-demo"
+    ensure_demo(root)
+    common = ["--demo", "--backbone", "vit", "--task", "colours", "--img-size", "16", "--epochs", "1",
+              "--eval-every", "1", "--batch-size", "100", "--data-root", str(root), "--out", str(tmp_path / "runs"),
+              "--no-tensorboard"]
+    for adapter in ("bitfit", "ln-tune"):
+        assert run.main([*common, "--adapter", adapter]) == 0
+    out = tmp_path / "analysis"
+    assert analyze_cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    (page,) = (out / "vit-tiny-test").glob("*.md")
+    text = page.read_text()
+    assert "## bitfit" in text and "## ln-tune" in text and "methods.png" not in text
+
+
 def test_cli_errors(tmp_path):
     with pytest.raises(UserError, match="no such run folder"):
         analyze_cli.main([str(tmp_path / "nope")])

@@ -192,29 +192,75 @@ def test_vim_partial_tunes_the_ssm_tensors():
     model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("A_log", "D"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")}
     assert trainable and all(n.rsplit(".", 1)[-1] in ("A_log", "A_b_log", "D", "D_b") for n in trainable)
+    for parts, leaves in ((("dt_bias",), ("dt_proj.bias", "dt_proj_b.bias")),
+                          (("conv1d_weight",), ("conv1d.weight", "conv1d_b.weight"))):
+        model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=parts)
+        trainable = {n.split(".", 3)[-1] for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == set(leaves) | {"weight", "bias"}, parts  # + the head's
     with pytest.raises(UserError, match="vim-partial part"):
         apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts=("x",))
+    with pytest.raises(UserError, match="named twice"):
+        apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "vim-partial", parts="D,D")
     with pytest.raises(UserError, match="Mamba"):
         apply_adapter(tiny(), "vim-partial")
 
 
-def test_affix_tokens_surround_every_mixer_and_leave_shapes_alone():
+def _two_sequence_affix(mixer, hidden):
+    """MambaPEFT's Affix-tuning written out: each direction scans its own tokens then the (forward or
+    flipped) in_proj output, in its own sequence; its first ``length`` outputs are dropped."""
+    from vtab_lily.backbones.scan import causal_conv1d, selective_scan_ref
+
+    tokens = mixer.in_proj.tokens
+    xz = mixer.in_proj.base_layer(hidden)
+    n, b = tokens.forward_tokens.shape[0], hidden.shape[0]
+    ys = []
+    for own, seq, conv, x_proj, dt_proj, A_log, D in (
+            (tokens.forward_tokens, xz, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D),
+            (tokens.backward_tokens, xz.flip(1), mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
+             mixer.D_b)):
+        x, z = torch.cat([own.expand(b, -1, -1), seq], dim=1).transpose(1, 2).chunk(2, dim=1)
+        u = causal_conv1d(x, conv.weight, conv.bias, activation="silu")
+        delta, B, C = mixer._ssm_inputs(u, x_proj, dt_proj)
+        ys.append(selective_scan_ref(u, delta, -torch.exp(A_log), B, C, D, z=z)[..., n:])
+    y = (ys[0] + ys[1].flip(-1)) / 2
+    return mixer.out_proj.base_layer(y.transpose(1, 2))
+
+
+def test_affix_tokens_start_each_scan_direction_in_the_xz_space():
     with torch.device("meta"):
         vim_s = create_backbone("vim-s", num_classes=100)
-    assert count_parameters(apply_adapter(vim_s, "affix"))["adapter"] == 24 * 2 * 3 * 384
+    assert count_parameters(apply_adapter(vim_s, "affix"))["adapter"] == 24 * 2 * 3 * 1536 == 221_184
     torch.manual_seed(0)
     base = create_backbone("vim-tiny-test", num_classes=3, img_size=32).eval()
     torch.manual_seed(0)
     model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3, img_size=32), "affix", length=2).eval()
+    assert model.adapter_config.init_std == 1.0
+    mixer = model.layers[1].mixer
+    tokens, inner = mixer.in_proj.tokens, mixer.d_inner
+    assert tokens.forward_tokens.shape == tokens.backward_tokens.shape == (2, 2 * inner)
+    assert 0.7 < torch.cat([tokens.forward_tokens, tokens.backward_tokens]).std() < 1.3  # N(0, 1)
+    # placement: the in_proj output carries the forward tokens first, the backward ones reversed last
     seen = []
-    model.layers[0].mixer.mixer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    mixer.in_proj.register_forward_hook(lambda mod, inp, out: seen.append(out))
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
+    length = model.patch_embed.num_patches + 1
+    assert seen[0].shape == (2, 2 + length + 2, 2 * inner)
+    torch.testing.assert_close(seen[0][:, :2], tokens.forward_tokens.expand(2, -1, -1))
+    torch.testing.assert_close(seen[0][:, -2:], tokens.backward_tokens.flip(0).expand(2, -1, -1))
     assert out.shape == base(x).shape and not torch.allclose(out, base(x), atol=1e-5)
-    tokens = model.layers[0].mixer.tokens
-    torch.testing.assert_close(seen[0][:, :2], tokens.prefix.expand(2, -1, -1))
-    torch.testing.assert_close(seen[0][:, -2:], tokens.suffix.expand(2, -1, -1))
-    out.sum().backward()
-    assert tokens.prefix.grad is not None and tokens.suffix.grad is not None
+    # the one shared sequence computes exactly MambaPEFT's two sequences
+    hidden = torch.randn(2, 7, mixer.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(hidden), _two_sequence_affix(mixer, hidden), rtol=1e-5, atol=1e-6)
+    # gradients: the x halves learn; the z halves gate only dropped positions (zero, as MambaPEFT's)
+    model(x).square().sum().backward()
+    for layer in model.layers:
+        for grad in (layer.mixer.in_proj.tokens.forward_tokens.grad, layer.mixer.in_proj.tokens.backward_tokens.grad):
+            assert grad[:, :inner].abs().min() > 0 and torch.equal(grad[:, inner:], torch.zeros_like(grad[:, inner:]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".tokens." in n or n.startswith("head.") for n in trainable)
     with pytest.raises(UserError, match="Mamba"):
         apply_adapter(tiny(), "affix")
+    with pytest.raises(UserError, match="init_std must be a finite number > 0"):
+        apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "affix", init_std=0)

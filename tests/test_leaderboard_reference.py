@@ -55,8 +55,9 @@ def test_both_averages_recomputed_from_cells_match_the_printed_one_or_are_flagge
     for ref in load_reference():
         by_groups, by_tasks = ref.recomputed(GROUPS)
         if ref.per_task is None:
-            assert (by_groups, by_tasks) == (None, None)
-            continue
+            if ref.group_means is None:
+                assert (by_groups, by_tasks) == (None, None)
+            continue  # group-means rows: test_group_means_rows_give_both_averages_and_flag_mambapeft_full
         cells = ref.per_task
         groups = [statistics.fmean(cells[t] for t in members) for members in GROUPS.values()]
         assert by_groups == pytest.approx(statistics.fmean(groups))
@@ -73,6 +74,113 @@ def test_both_averages_recomputed_from_cells_match_the_printed_one_or_are_flagge
     adaptformer = by_id()["in21k-adaptformer"]  # printed over 19 tasks; the group mean of the same cells is 74.75
     assert adaptformer.average_kind == "tasks"
     assert adaptformer.recomputed(GROUPS)[0] == pytest.approx(74.75, abs=0.005)
+
+
+MAMBAPEFT = {  # id -> (params without head as our adapter counts it, printed Avg)
+    "mambapeft-full": (25.412, 47.08), "mambapeft-lp": (0.0, 52.75), "mambapeft-addscan": (0.664, 68.65),
+    "mambapeft-affix": (0.221, 54.30), "mambapeft-a": (0.590, 64.40), "mambapeft-d": (0.037, 58.16),
+    "mambapeft-bias": (0.037, 61.03), "mambapeft-conv1d": (0.147, 69.09), "mambapeft-lora-in": (1.475, 71.25),
+    "mambapeft-lora-out": (2.654, 71.12), "mambapeft-lora-x": (2.531, 67.77), "mambapeft-lora-dt": (2.433, 69.30),
+}
+MAMBAPEFT_RECIPE = ("batch_size=32", "drop_path=0.1", "lr=0.001", "normalize=imagenet", "warmup=10", "wd=0.0001")
+
+
+def test_group_means_rows_give_both_averages_and_flag_mambapeft_full() -> None:
+    """MambaPEFT prints group means and Avg = the mean over the 19 tasks: from the group means that is
+    (7 Natural + 4 Specialized + 8 Structured) / 19, with the registry's real group sizes."""
+    assert [len(members) for members in GROUPS.values()] == [7, 4, 8]
+    rows = by_id()
+    assert set(MAMBAPEFT) == {rid for rid, ref in rows.items() if ref.source == "mambapeft"}
+    flagged = set()
+    for rid, (params_m, printed) in MAMBAPEFT.items():
+        ref = rows[rid]
+        assert ref.backbone == "vim-s" and ref.per_task is None and ref.average_kind == "tasks", rid
+        assert ref.params_m == params_m and ref.average == printed, rid
+        assert set(MAMBAPEFT_RECIPE) <= set(ref.deviations), rid
+        nat, spe, stru = (ref.group_means[g] for g in ("Natural", "Specialized", "Structured"))
+        by_groups, by_tasks = ref.recomputed(GROUPS)
+        assert by_groups == pytest.approx((nat + spe + stru) / 3)
+        assert by_tasks == pytest.approx((7 * nat + 4 * spe + 8 * stru) / 19)
+        if ref.average_mismatch(GROUPS):
+            flagged.add(rid)
+        else:
+            assert by_tasks == pytest.approx(printed, abs=0.01), rid  # within one printed unit
+    assert flagged == {"mambapeft-full"}
+    assert rows["mambapeft-full"].recomputed(GROUPS)[1] == pytest.approx(50.817, abs=0.001)  # printed 47.08
+    assert rows["mambapeft-addscan"].match == {"states": 6}
+    assert rows["mambapeft-bias"].match == {"parts": ["dt_bias"]}
+    assert rows["mambapeft-lora-x"].match == {"targets": ["x_proj"], "rank": 64}
+
+
+def test_a_group_mean_average_is_flagged_only_beyond_one_printed_unit(tmp_path: Path) -> None:
+    data = json.loads(REFERENCE_FILE.read_text())
+    row = next(r for r in data["rows"] if r["id"] == "mambapeft-addscan")  # group means give 68.649
+    data["rows"] = [row]
+    for printed, flagged in ((68.65, False), (68.64, False), (68.63, True), (68.66, True)):
+        row["average"] = printed
+        path = tmp_path / f"reference-{printed}.json"  # load_reference caches by path
+        path.write_text(json.dumps(data))
+        (ref,) = load_reference(str(path))
+        assert ref.average_mismatch(GROUPS) is flagged, printed
+    row["group_means"] = {"Natural": 74.63, "Specialized": 82.68}
+    path = tmp_path / "reference-two-groups.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="'group_means' must give exactly Natural, Specialized, Structured"):
+        load_reference(str(path))
+
+
+def test_vim_s_table_shows_the_mambapeft_rows_with_both_averages(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _nineteen(runs, backbone="vim-s", adapter="additional-scan", method="additional-scan states=6",
+              method_hash="cccc0001")
+    (table,) = collect(runs).tables
+    headers, _ = markdown_rows(table)
+    md = table_markdown(table)
+    addscan = _line(md, "Additional-scan (MambaPEFT) (reported)")
+    assert [addscan[headers.index(g)] for g in ("Natural", "Specialized", "Structured")] == ["74.6", "82.7", "56.4"]
+    assert addscan[headers.index("Cifar100")] == "-"
+    assert addscan[headers.index("Avg (group means)")] == "71.2" and addscan[headers.index("Avg (all tasks)")] == "68.6"
+    assert addscan[headers.index("Reported avg")] == "68.65 (19 tasks)"
+    assert addscan[headers.index("Params (M, no head)")] == "0.664"
+    full = _line(md, "Full fine-tuning (MambaPEFT) (reported)")
+    assert full[headers.index("Avg (all tasks)")] == "50.8" and full[headers.index("Avg (group means)")] == "54.2"
+    assert full[headers.index("Reported avg")] == "47.08 (19 tasks; group means give 50.82)"
+    lily_fft = _line(md, "Full fine-tuning (reported)")  # the Lily paper's row: per-task cells, as before
+    assert lily_fft[headers.index("Cifar100")] == "47.7"
+    assert "Source `mambapeft`" in md and "sony/MambaPEFT" in md
+    (best,) = collect(runs, "both").tables  # published numbers in the test-selected columns
+    both_headers, _ = markdown_rows(best)
+    addscan = _line(table_markdown(best), "Additional-scan (MambaPEFT) (reported)")
+    assert addscan[both_headers.index("Avg (all tasks), test-selected")] == "68.6"
+
+
+def test_run_rows_meet_the_mambapeft_row_of_their_setting(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+
+    def run(adapter: str, method_hash: str, adapter_config: dict, deviations: list[str]) -> None:
+        d = write_result(runs, backbone="vim-s", adapter=adapter, task="dtd", method=f"{adapter} {method_hash}",
+                         method_hash=method_hash)
+        result = json.loads((d / "result.json").read_text())
+        result["config"]["adapter_config"] = adapter_config
+        result["deviations"] = deviations
+        (d / "result.json").write_text(json.dumps(result))
+
+    recipe = list(MAMBAPEFT_RECIPE)
+    run("additional-scan", "d0000001", {"states": 6}, recipe)
+    run("full", "d0000002", {}, [])  # the official (Lily) setup: the Lily paper's row
+    run("full", "d0000003", {}, recipe)  # MambaPEFT's recipe: its row
+    run("lora", "d0000004", {"targets": ["in_proj"], "rank": 32, "alpha": 3.2},
+        ["alpha=3.2", "dropout=0.1", "dropout_position=after_a", "rank=32", *recipe])
+    run("lora", "d0000005", {"targets": ["in_proj"], "rank": 8}, [])
+    run("vim-partial", "d0000006", {"parts": ["dt_bias"]}, ["parts=dt_bias"])
+    (table,) = collect(runs).tables
+    rows = {r.method_hash: r for r in table.rows if r.kind == "run"}
+    assert {h: r.reference.id for h, r in rows.items()} == {
+        "d0000001": "mambapeft-addscan", "d0000002": "vim-s-fft", "d0000003": "mambapeft-full",
+        "d0000004": "mambapeft-lora-in", "d0000005": "vim-s-lora", "d0000006": "mambapeft-bias"}
+    assert {h: r.setting_differs for h, r in rows.items()} == {
+        "d0000001": False, "d0000002": False, "d0000003": False, "d0000004": False, "d0000005": False,
+        "d0000006": True}
 
 
 def _nineteen(runs: Path, **kw) -> None:

@@ -74,6 +74,11 @@ def test_fast_matches_reference_grouped(groups):
     _compare(d=8, groups=groups, length=21)
 
 
+@pytest.mark.parametrize("n", [3, 22])  # 22 = Vim's 16 states + additional-scan's 6: not a power of two
+def test_fast_matches_reference_non_power_of_two_states(n):
+    _compare(d=8, groups=2, n=n, length=13)
+
+
 def test_grouped_bc_means_per_channel_rows():
     """Group g of B/C drives channels g*d/G..; equals running each group separately."""
     t = _inputs(d=6, groups=3, length=10)

@@ -33,6 +33,7 @@ CASES = {
     "D only": (dict(d=4, length=9, n=2, groups=1), ("u", "delta", "A", "B", "C", "D")),
     "z only": (dict(d=4, length=9, n=2, groups=1), ("u", "delta", "A", "B", "C", "z")),
     "delta_bias only": (dict(d=4, length=9, n=2, groups=1), ("u", "delta", "A", "B", "C", "delta_bias")),
+    "22 states (Vim 16 + additional-scan 6), padded to 32": (dict(d=8, length=11, n=22, groups=2), NAMES),
     "strong decay (delta*A to about -100 per step)": (dict(d=4, length=17, n=2, groups=1, strong=True), NAMES),
 }
 TOL = 1e-4  # max |ours - reference| / (max |reference| + 1), fp32

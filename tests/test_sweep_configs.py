@@ -19,7 +19,7 @@ SHIPPED = sorted(CONFIGS.glob("*.toml"))
 # Adapter -> the option names its sweep files may use. The integrator keeps this in step with the
 # adapter registry (a new baseline's TOML is checked against it until the runner has the adapter,
 # then against the runner itself in test_runner_accepts_every_trial_of_its_registered_adapters).
-RECIPE = {"lr", "wd", "epochs", "batch_size", "warmup", "drop_path"}
+RECIPE = {"lr", "wd", "epochs", "batch_size", "warmup", "drop_path", "normalize"}
 KNOWN = {
     "lily": {"scale", "ne", "ne_a", "ne_b", "rank", "targets", "routing", "router"},
     "lora": {"rank", "alpha", "targets", "variant"},
@@ -36,10 +36,11 @@ KNOWN = {
     "bitfit": set(),
     "ln-tune": set(),
     "ssf": set(),
+    "additional-scan": {"states"},
 }
 # issue 15: one paper-grid file per method
 EXPECTED = {"lily", "lora", "adaptformer", "vpt-deep", "vpt-shallow", "bitfit", "ln-tune", "ssf", "houlsby",
-            "pfeiffer", "convpass", "fact-tt", "fact-tk", "repadapter", "dora"}
+            "pfeiffer", "convpass", "fact-tt", "fact-tk", "repadapter", "dora", "additional-scan"}
 
 
 def runner_has(adapter: str) -> bool:

@@ -25,6 +25,7 @@ from vtab_lily.adapters.lily import (
     reset_router_weights,
     set_lily_naive,
 )
+from vtab_lily.adapters.addscan import AdditionalScanConfig, inject_additional_scan
 from vtab_lily.adapters.affix import AffixConfig, inject_affix
 from vtab_lily.adapters.bottleneck import (
     ConvpassConfig,
@@ -92,6 +93,7 @@ ADAPTERS: dict[str, type] = {
     "peft": PeftTunerConfig,
     "vim-partial": VimPartialConfig,
     "affix": AffixConfig,
+    "additional-scan": AdditionalScanConfig,
 }
 
 _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
@@ -110,6 +112,7 @@ _INJECT: dict[str, Callable[[nn.Module, Any], None]] = {
     "fact-tk": inject_fact,
     "peft": inject_peft,
     "affix": inject_affix,
+    "additional-scan": inject_additional_scan,
 }
 
 # Methods that train some of the backbone's own tensors (after everything else is frozen).

@@ -1,64 +1,97 @@
-"""Affix-tuning for Vision Mamba (Yoshimura et al. 2025, "MambaPEFT"): learned tokens around
-the sequence of every mixer, discarded after it.
+"""Affix-tuning for Vision Mamba (Yoshimura et al. 2025, "MambaPEFT"): learned tokens at the start
+of each scan direction inside every mixer, discarded after the scan.
 
-Each layer's mixer sees ``[prefix, tokens, suffix]`` (``length`` learned tokens on each side:
-the forward scan reads the prefix first, the backward scan the suffix), and only the original
-positions leave the mixer, so the residual stream, the middle class token and the head are
-unchanged in shape. Tokens are N(0, 0.02) initialised, so a fresh model is *not* the backbone
-(tested: shapes, placement, gradients). Vim-S, length 3: 24 x 2 x 3 x 384 = 55,296 parameters.
-The benchmark's per-dataset affix lengths are not shipped; the length is in the method label.
+MambaPEFT's definition (``prefix_type="inner_dual_prefix"``, without the projection, the
+configuration its README runs on VTAB-1K): the tokens live in the mixer's inner ``xz`` space, the
+``in_proj`` output (2 x d_inner wide: 1536 on Vim-S), N(0, 1) initialised. Each scan direction gets
+its own ``length`` tokens placed at the start of its sequence: they go through the frozen causal
+conv1d, x_proj, dt_proj and selective scan, and the outputs at their positions are dropped before
+``out_proj``, so the residual stream, the middle class token and the head keep their shapes.
+
+Here both directions share the mixer's one sequence: ``in_proj``'s output becomes
+``[forward tokens, xz, backward tokens reversed]``. The backward scan runs on the flipped
+sequence, so it starts with its own tokens in order; the conv and the scans are causal, so the
+forward scan never sees the backward tokens before a kept position, nor the backward scan the
+forward ones. This is exactly MambaPEFT's two sequences (tested against a hand-written version of
+them). ``out_proj`` then reads the kept positions only.
+
+Each token's z half (its last d_inner entries) gates only its own, dropped, position, so it gets
+zero gradient and never changes (as in MambaPEFT): 221,184 parameters on Vim-S at length 3
+(24 layers x 2 directions x 3 x 1536), of which half (the x halves) act. A fresh model is *not*
+the backbone. ``init_std`` is the tokens' N(0, std) scale (1 as MambaPEFT's nn.Embedding).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vtab_lily.adapters.checks import check_sizes
-from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
+from vtab_lily.adapters.targets import model_blocks, model_family
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
 
 
 @dataclass
 class AffixConfig:
-    """``length`` tokens before and after the sequence in every layer's mixer."""
+    """``length`` tokens per scan direction in every layer's mixer, in the in_proj output space."""
 
     length: int = 3
+    init_std: float = 1.0
 
     def resolve(self, model: nn.Module) -> "AffixConfig":
         if model_family(model) != "vim":
             raise UserError("affix tuning is defined for Vision Mamba mixers; use vpt-deep on ViT")
         check_sizes("affix", length=self.length)
-        return self
+        std = self.init_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
+            raise UserError(f"affix: init_std must be a finite number > 0, got {std!r}")
+        return AffixConfig(self.length, float(std))
 
 
 class AffixTokens(AdapterModule):
-    def __init__(self, length: int, width: int) -> None:
+    """One mixer's tokens, (length, 2 d_inner) per direction: [:, :d_inner] x, [:, d_inner:] z."""
+
+    def __init__(self, length: int, width: int, std: float) -> None:
         super().__init__()
-        self.prefix = nn.Parameter(0.02 * torch.randn(length, width))
-        self.suffix = nn.Parameter(0.02 * torch.randn(length, width))
+        self.forward_tokens = nn.Parameter(std * torch.randn(length, width))
+        self.backward_tokens = nn.Parameter(std * torch.randn(length, width))
 
 
-class AffixMixer(nn.Module):
-    """``mixer([prefix, x, suffix])`` with the affix positions dropped from the output."""
+class AffixInProj(nn.Module):
+    """``in_proj`` with the tokens around its output: (b, L, d) -> (b, length + L + length, 2 d_inner)."""
 
-    def __init__(self, mixer: nn.Module, tokens: AffixTokens) -> None:
+    def __init__(self, base_layer: nn.Module, tokens: AffixTokens) -> None:
         super().__init__()
-        self.mixer = mixer
+        self.base_layer = base_layer
         self.tokens = tokens
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        b, n = hidden.shape[0], self.tokens.prefix.shape[0]
-        pre = self.tokens.prefix.to(hidden.dtype).expand(b, -1, -1)
-        post = self.tokens.suffix.to(hidden.dtype).expand(b, -1, -1)
-        out = self.mixer(torch.cat([pre, hidden, post], dim=1))
-        return out[:, n:n + hidden.shape[1]]
+        xz = self.base_layer(hidden)
+        batch = xz.shape[0]
+        before = self.tokens.forward_tokens.to(xz.dtype).expand(batch, -1, -1)
+        after = self.tokens.backward_tokens.flip(0).to(xz.dtype).expand(batch, -1, -1)
+        return torch.cat([before, xz, after], dim=1)
+
+
+class AffixOutProj(nn.Module):
+    """``out_proj`` on the kept positions only (drops ``length`` at each end)."""
+
+    def __init__(self, base_layer: nn.Module, length: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.length = length
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(y[:, self.length:y.shape[1] - self.length])
 
 
 def inject_affix(model: nn.Module, config: AffixConfig) -> None:
-    for i, layer in enumerate(model_blocks(model)):
-        width = layer.norm.weight.shape[0]
-        set_submodule(model, f"layers.{i}.mixer", AffixMixer(layer.mixer, AffixTokens(config.length, width)))
+    for layer in model_blocks(model):
+        mixer = layer.mixer
+        tokens = AffixTokens(config.length, mixer.in_proj.out_features, config.init_std)
+        mixer.in_proj = AffixInProj(mixer.in_proj, tokens)
+        mixer.out_proj = AffixOutProj(mixer.out_proj, config.length)

@@ -3,10 +3,16 @@
 - ``bitfit`` (Ben Zaken et al. 2022): every bias term (ViT-B/16: 102,912; published 0.10M).
 - ``ln-tune`` (LayerNorm tuning, as in V-PETL Bench / PETL_Vision): every normalisation
   layer's weight and bias (ViT-B/16: 38,400); on Vim the RMSNorm weights.
-- ``vim-partial`` (the partial tuning baselines of the Mamba PEFT benchmark): a chosen set of
-  Vim's SSM tensors: ``A_log`` (and ``A_b_log``), ``D`` (``D_b``), the depthwise ``conv1d``
-  (``conv1d_b``) weights and biases, and every ``bias``; by default all of them (Vim-S:
-  A 2 x 24 x 12,288 + D 2 x 24 x 768 + conv 2 x 24 x 3,840 + dt biases 2 x 24 x 768 + patch bias 384).
+- ``vim-partial`` (the partial tuning baselines of MambaPEFT, Yoshimura et al. 2025): a chosen
+  set of Vim's own tensors (both scan directions each), ``parts`` from:
+  ``A_log`` (``A_log``, ``A_b_log``; MambaPEFT's A-tuning, Vim-S 589,824), ``D`` (``D``, ``D_b``;
+  D-tuning, 36,864), ``dt_bias`` (``dt_proj``/``dt_proj_b`` biases; Bias-tuning, 36,864),
+  ``conv1d_weight`` (the depthwise conv weights, no bias; Conv1d-tuning, 147,456), ``conv1d``
+  (conv weights and biases, 184,320) and ``bias`` (every bias outside the conv: the dt biases and
+  the patch embedding's, 37,248). Parts may overlap; a tensor trains when any part names it. By
+  default ``A_log, D, conv1d, bias``: 848,256 on Vim-S.
+  MambaPEFT trains a zero-initialised delta on each tensor whose weight decay (x10, Bias x100)
+  pulls it back to the pretrained value; here the tensor itself trains under the run's decay.
 A fresh model computes exactly the backbone (nothing is added). ``count_parameters`` counts
 these trainable backbone tensors as the method's parameters.
 """
@@ -38,14 +44,23 @@ class LNTuneConfig:
         return self
 
 
-VIM_PARTS = ("A_log", "D", "conv1d", "bias")
+# part -> whether a parameter name belongs to it
+VIM_PARTS = {
+    "A_log": lambda name: name.endswith((".A_log", ".A_b_log")),
+    "D": lambda name: name.endswith((".D", ".D_b")),
+    "dt_bias": lambda name: name.endswith((".dt_proj.bias", ".dt_proj_b.bias")),
+    "conv1d_weight": lambda name: name.endswith((".conv1d.weight", ".conv1d_b.weight")),
+    "conv1d": lambda name: ".conv1d." in name or ".conv1d_b." in name,
+    "bias": lambda name: name.endswith(".bias") and ".conv1d" not in name,
+}
+DEFAULT_VIM_PARTS = ("A_log", "D", "conv1d", "bias")
 
 
 @dataclass
 class VimPartialConfig:
-    """``parts``: which of ``A_log``, ``D``, ``conv1d``, ``bias`` train."""
+    """``parts``: which of Vim's tensors train (``VIM_PARTS``; see the module docstring)."""
 
-    parts: tuple[str, ...] = VIM_PARTS
+    parts: tuple[str, ...] = DEFAULT_VIM_PARTS
 
     def resolve(self, model: nn.Module) -> "VimPartialConfig":
         from vtab_lily.errors import UserError, unknown_name
@@ -58,24 +73,19 @@ class VimPartialConfig:
                 raise unknown_name("vim-partial part", part, VIM_PARTS)
         if not parts:
             raise UserError("vim-partial: parts must name at least one of " + ", ".join(VIM_PARTS))
+        if len(set(parts)) != len(parts):
+            raise UserError(f"vim-partial: a part is named twice in {','.join(parts)}")
         return VimPartialConfig(parts)
 
 
-def vim_part_of(name: str) -> str | None:
-    """Which ``VIM_PARTS`` entry a parameter name belongs to (None: none)."""
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf in ("A_log", "A_b_log"):
-        return "A_log"
-    if leaf in ("D", "D_b"):
-        return "D"
-    if ".conv1d" in name:
-        return "conv1d"
-    return "bias" if leaf == "bias" else None
+def in_vim_parts(name: str, parts: tuple[str, ...]) -> bool:
+    """Whether backbone parameter ``name`` belongs to any of ``parts`` (the head never does)."""
+    return not name.startswith("head.") and any(VIM_PARTS[part](name) for part in parts)
 
 
 def unfreeze_vim_parts(model: nn.Module, config: VimPartialConfig) -> None:
     for name, param in model.named_parameters():
-        if vim_part_of(name) in config.parts and not name.startswith("head"):
+        if in_vim_parts(name, config.parts):
             param.requires_grad_(True)
 
 

@@ -142,7 +142,7 @@ def task_page(key: tuple[str, str, str], analyses: list[RunAnalysis], folder: Pa
              "", tabulate([_summary_row(a) for a in analyses], headers=[
                  "method", "adapter params", "sites", "mean eff. rank", f"mean rank>{analyses[0].fraction:g}", "max rank",
                  "mean rel. norm", "non-linear sites"], tablefmt="github"), ""]
-    if len(analyses) > 1:
+    if len(analyses) > 1 and any(_kinds(a) for a in analyses):  # a plot needs some method's dW
         methods_plot(analyses, folder / f"{stem}-methods.png")
         budgets = sorted({a.run.adapter_params for a in analyses if a.run.adapter_params})
         lines += [f"![effective rank per layer, all methods]({stem}-methods.png)", "",

@@ -115,6 +115,14 @@ class BiMambaMixer(nn.Module):
     Every projection is an ``nn.Linear`` called as a module (adapters wrap them by name):
     ``in_proj`` -> x, z; per direction ``x_proj`` -> (dt, B, C) and
     ``delta = softplus(dt_proj(dt))`` (weight and bias); ``out_proj`` at the end.
+
+    Extension point ``extra_states`` (None: nothing registered, the checkpoint layout is
+    unchanged): a module called as ``extra_states(u_f, u_b)`` with the conv outputs of both
+    directions (b, d_inner, L) that returns ``(A, B, C)``: A (2 * d_inner, n) real and negative,
+    forward channels first; B and C (b, 2, n, L), group 0 forward, group 1 backward. They are
+    appended to the mixer's own N states (N + n in one scan); A is diagonal, so the original
+    states evolve as before and y gains sum_n C h over the new ones. Delta, D, the conv and the
+    z gate are shared. MambaPEFT's Additional-scan (``adapters/addscan.py``) uses it.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None):
@@ -136,6 +144,7 @@ class BiMambaMixer(nn.Module):
         self.x_proj_b = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj_b = nn.Linear(self.dt_rank, d_inner, bias=True)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.extra_states: nn.Module | None = None  # see the class docstring; assigning a module registers it
 
     def _make_conv(self) -> nn.Conv1d:
         d = self.d_inner
@@ -171,12 +180,17 @@ class BiMambaMixer(nn.Module):
         delta_b, B_b, C_b = self._ssm_inputs(u_b, self.x_proj_b, self.dt_proj_b)
         # One scan for both directions: channels [forward | backward], B/C as two groups.
         A = -torch.exp(torch.cat([self.A_log, self.A_b_log]).float())
+        B, C = torch.stack([B_f, B_b], dim=1), torch.stack([C_f, C_b], dim=1)
+        if self.extra_states is not None:  # more state dimensions: appended after the N own ones
+            A_x, B_x, C_x = self.extra_states(u_f, u_b)
+            A = torch.cat([A, A_x.float()], dim=1)
+            B, C = torch.cat([B, B_x.to(B.dtype)], dim=2), torch.cat([C, C_x.to(C.dtype)], dim=2)
         y = selective_scan(
             torch.cat([u_f, u_b], dim=1),
             torch.cat([delta_f, delta_b], dim=1),
             A,
-            torch.stack([B_f, B_b], dim=1),
-            torch.stack([C_f, C_b], dim=1),
+            B,
+            C,
             D=torch.cat([self.D, self.D_b]).float(),
         )
         y_f, y_b = y.chunk(2, dim=1)

@@ -31,10 +31,14 @@ def _save(fig, path: str | os.PathLike) -> None:
 
 
 def adapter_colours(adapters: list[str]) -> dict[str, tuple]:
-    """One colour per adapter: tab10 while it suffices, else tab20 (twenty adapters exist, and a
-    repeated colour would make the legend name two methods for one point)."""
-    n = 10 if len(adapters) <= 10 else 20
-    return {a: plt.get_cmap(f"tab{n}")(i % n) for i, a in enumerate(adapters)}
+    """One colour per adapter: tab10 while it suffices, else tab20, else tab20 then tab20b and tab20c
+    (more than twenty adapters exist, and a repeated colour would make the legend name two methods
+    for one point)."""
+    if len(adapters) <= 20:
+        n = 10 if len(adapters) <= 10 else 20
+        return {a: plt.get_cmap(f"tab{n}")(i % n) for i, a in enumerate(adapters)}
+    palette = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    return {a: palette[i % len(palette)] for i, a in enumerate(adapters)}
 
 
 def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:

@@ -102,12 +102,14 @@ def format_reported(row: Row, groups: dict[str, list[str]]) -> str:
     if row.reported_average is None:
         return MISSING
     ref = row.reference
-    kind = "groups" if ref.average_kind == "group_means" else f"{len(ref.per_task or groups)} tasks"
+    tasks = len(ref.per_task) if ref.per_task else sum(len(members) for members in groups.values())
+    kind = "groups" if ref.average_kind == "group_means" else f"{tasks} tasks"
     text = f"{row.reported_average_text} ({kind}"
     if row.average_mismatch:
         by_groups, by_tasks = ref.recomputed(groups)
         value = by_groups if ref.average_kind == "group_means" else by_tasks
-        text += f"; cells give {round_half_up(value, len(row.reported_average_text.partition('.')[2]))}"
+        given_by = "cells" if ref.has_cells(groups) else "group means"
+        text += f"; {given_by} give {round_half_up(value, len(row.reported_average_text.partition('.')[2]))}"
     return text + ")"
 
 
@@ -185,8 +187,9 @@ def _reference_notes(table: Table) -> list[str]:
     citations = {ref.source: ref.citation for ref in load_reference()}
     notes.append(
         "Rows marked (reported) are published numbers, not run here. Reported avg: the printed average and which one "
-        "it is (groups: mean of group means; 19 tasks: mean over tasks), with what the printed cells give when they "
-        "disagree; the other averages are recomputed from the printed cells. Published numbers take the best "
+        "it is (groups: mean of group means; 19 tasks: mean over tasks), with what the printed cells (or, for a row "
+        "printed with group means only, those means) give when they disagree; the other averages are recomputed "
+        "from the printed cells or group means. Published numbers take the best "
         "evaluation on the test set (test-selected): compare with `--metric best` or `--metric both`. "
         "Params: without the head, as printed."
     )

@@ -227,7 +227,8 @@ def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], 
 
 
 def reference_row(ref: ReferenceRow, groups: dict[str, list[str]], metric: str = "final") -> Row:
-    """A published row, labelled as reported; averages recomputed when per-task numbers exist."""
+    """A published row, labelled as reported; averages recomputed from its per-task numbers, or
+    from its printed group means when it has only those."""
     row = Row(kind="reported", method=f"{ref.method} (reported)", adapter=ref.adapter, params_m=ref.params_m,
               reported_average=ref.average, reported_average_text=ref.average_text, ref_id=ref.id,
               source=ref.source, note=ref.note, deviations=ref.deviations, reference=ref,
@@ -240,6 +241,14 @@ def reference_row(ref: ReferenceRow, groups: dict[str, list[str]], metric: str =
             row.cells = cells
         return summarise(row, groups)
     row.avg.group_means = {g: None for g in groups}
+    by_groups, by_tasks = ref.recomputed(groups)
+    if by_groups is not None:  # printed group means, no cells
+        printed = Averages(group_means={g: ref.group_means[g] for g in groups},
+                           group_partial={g: False for g in groups}, by_groups=by_groups, by_tasks=by_tasks)
+        if metric == "both":  # published numbers are test-selected: they sit in the 'best' place
+            row.best_avg = printed
+        else:
+            row.avg = printed
     return row
 
 
@@ -317,7 +326,7 @@ def build_tables(results: list[dict], metric: str = "final", with_reference: boo
         refs = reference_rows(backbone, suite) if protocol == "test" else []
         table.has_references = bool(refs)
         for row in rows:
-            row.reference = matching_reference(refs, row.adapter, row.adapter_config, row.params_m)
+            row.reference = matching_reference(refs, row.adapter, row.adapter_config, row.params_m, row.deviations)
             row.setting_differs = row.reference is not None and (row.deviations is None or row.deviations != row.reference.deviations)
         table.rows = sorted(rows, key=_sort_key)
         if with_reference:
