@@ -113,6 +113,27 @@ def test_bad_adapter_options_name_the_option(opt, message):
 
 
 @pytest.mark.parametrize("extra, message", [
+    (["--adapter-opt", "targets="], "--adapter-opt targets: '' is an empty list"),
+    (["--adapter-opt", "targets=,"], "--adapter-opt targets: ',' is an empty list"),
+    (["--adapter", "lora", "--adapter-opt", "targets= "], "--adapter-opt targets: ' ' is an empty list"),
+    (["--targets", ""], "argument --targets: '' names no target"),
+    (["--adapter", "houlsby", "--adapter-opt", "places="], "--adapter-opt places: '' is an empty list"),
+    (["--adapter", "lora", "--adapter-opt", "per_target="], "--adapter-opt per_target: '' sets nothing"),
+    (["--adapter", "lora", "--adapter-opt", "per_target={}"], "--adapter-opt per_target: '{}' sets nothing"),
+])
+def test_an_empty_list_option_is_refused_never_the_default(tmp_path, capsys, extra, message):
+    """``targets=`` used to fall back to the adapter's default targets (and an empty ``per_target``
+    turned LoRA's official variant into ``custom``): an empty list or mapping is refused by name."""
+    argv = ["--demo", "--task", "colours", "--out", str(tmp_path / "runs"), "--check", *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     (["--seed", str(2**32)], "--seed must be in [0, 2**32)"),
     (["--lr", "nan"], "--lr must be a finite number > 0"),

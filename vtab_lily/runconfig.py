@@ -33,6 +33,14 @@ def adapter_names() -> list[str]:
     return list(ADAPTERS)
 
 
+def _targets_flag(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:  # never the adapter's default in disguise: leave the flag out for that
+        raise argparse.ArgumentTypeError(f"{text!r} names no target; give at least one (e.g. k,v,mlp) or leave "
+                                         "--targets out for the adapter's default targets")
+    return targets
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vtab_lily.run", allow_abbrev=False,
                                 description="One fine-tuning run (see the module docstring of vtab_lily.run).",
@@ -47,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ne-a", type=int, help="Lily: number of A groups")
     a.add_argument("--ne-b", type=int, help="Lily: number of B experts")
     a.add_argument("--scale", type=float)
-    a.add_argument("--targets", type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()),
-                   help="comma-separated targets, e.g. k,v,mlp")
+    a.add_argument("--targets", type=_targets_flag, help="comma-separated targets, e.g. k,v,mlp")
     a.add_argument("--router", help="Lily: per_site | single | none")
     a.add_argument("--routing", help="Lily: batch (official ViT) | token (official Vim) | sample | eq2")
     a.add_argument("--alpha", type=float, help="LoRA alpha")
@@ -141,9 +148,17 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if hint in (int, float, str):
             return hint(text)
         if origin is tuple or hint is tuple:
-            return tuple(t.strip() for t in text.split(",") if t.strip())
+            items = tuple(t.strip() for t in text.split(",") if t.strip())
+            if not items:  # an empty list is never the default in disguise
+                raise UserError(f"--adapter-opt {where}: {text!r} is an empty list; name at least one item "
+                                f"(comma-separated) or leave {where} out for the adapter's default")
+            return items
         if origin is dict or hint is dict:
-            return _coerce_dict(text, args[1] if len(args) == 2 else Any, where)
+            value = _coerce_dict(text, args[1] if len(args) == 2 else Any, where)
+            if not value:
+                raise UserError(f"--adapter-opt {where}: {text!r} sets nothing; give KEY=VALUE items (or a JSON "
+                                f"object) or leave {where} out for the adapter's default")
+            return value
     except (ValueError, TypeError) as err:
         kind = getattr(hint, "__name__", hint)
         raise UserError(f"--adapter-opt {where}: cannot read {text!r} as {kind} ({err})") from None
