@@ -98,6 +98,20 @@ def test_vim_lily_s_through_adapter_options(capsys):
     assert "variant=s" in last and lily_s["config_hash"] != setup["config_hash"]
 
 
+def test_negative_zero_is_zero_in_the_label_deviations_and_run_folder(capsys):
+    """``scale=-0.0`` used to label ``s=-0`` and hash to a run folder of its own."""
+    zero, _ = dry_run(capsys, *VIT, "--scale", "0")
+    for extra in (["--adapter-opt", "scale=-0.0"], ["--scale=-0.0"]):
+        setup, last = dry_run(capsys, *VIT, *extra)
+        assert setup["method"] == zero["method"] == "lily r=32 ne=4 s=0 k,v,mlp"
+        assert setup["config_hash"] == zero["config_hash"] and last.endswith(": scale=0")
+    setup, last = dry_run(capsys, *VIT, "--wd=-0.0", "--adapter", "lora", "--adapter-opt", "per_target=q.alpha=-0.0")
+    assert "wd=0" in setup["deviations"] and "-0" not in setup["method"] and "-0" not in last
+    # other floats keep their documented spelling (Python's shortest %g): 0.00001 -> 1e-05, 5e-4 -> 0.0005
+    assert dry_run(capsys, *VIT, "--scale", "0.00001")[0]["method"] == "lily r=32 ne=4 s=1e-05 k,v,mlp"
+    assert method_label("lora", {"rank": 8, "alpha": -0.0}, ["lr=0.0005"]) == "lora r=8 alpha=0 lr=0.0005"
+
+
 @pytest.mark.parametrize("opt, message", [
     ("rnak=4", "did you mean 'rank'"),
     ("rank=four", "cannot read 'four' as int"),

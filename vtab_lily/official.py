@@ -60,7 +60,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value + 0.0:g}"  # + 0.0: -0.0 reads 0, not -0
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)

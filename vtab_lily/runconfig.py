@@ -396,9 +396,21 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "device": args.device, "threads": pick("threads", local.get("threads")),
         "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
     }
+    config = _unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
     check_numbers(config, warmup_given=args.warmup is not None)
     config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
     return config
+
+
+def _unsigned_zero(value: Any) -> Any:
+    """``value`` with every float -0.0 (flags, --adapter-opt, nested) as 0.0."""
+    if isinstance(value, float) and value == 0:
+        return 0.0
+    if isinstance(value, dict):
+        return {k: _unsigned_zero(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unsigned_zero(v) for v in value)
+    return value
 
 
 def check_args(argv: list[str]) -> dict:

@@ -106,7 +106,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value + 0.0:g}"  # + 0.0: -0.0 reads 0, not -0
     if isinstance(value, (list, tuple)):
         return ",".join(_show(v) for v in value)
     if isinstance(value, dict):
