@@ -285,6 +285,16 @@ def test_cli_refuses_an_unsafe_archive_with_one_line_and_exit_2(noah, tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
+@pytest.mark.parametrize("empty", ["", ",", " "])
+def test_an_empty_task_list_is_refused_never_every_task(noah, tmp_path, empty):
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match=f"--tasks {empty!r} names no task"):
+        prepare_main(["--from", str(noah), "--root", str(root), "--tasks", empty])
+    with pytest.raises(UserError, match="--tasks names no task"):
+        run_prepare([noah], root, tasks=[])
+    assert not root.exists()  # refused before anything was created
+
+
 def test_an_undecodable_test_image_keeps_the_task_out_unless_dropped(noah, tmp_path, capsys):
     tree = tmp_path / "tree"
     shutil.copytree(noah / "dtd", tree / "sun397")

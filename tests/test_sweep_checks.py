@@ -287,3 +287,9 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert "/" not in build_spec({}, "x", flags={"backbone": "../../vit", "adapter": "lily", "tasks": "dtd",
                                                   "grid": [("scale", ["1"])]}).sweep_id()
     assert spec.sweep_id().startswith("vit-lily-val-")
+
+
+@pytest.mark.parametrize("tasks", ["", ",", " "])
+def test_an_empty_task_list_is_refused_never_every_task(tasks):
+    with pytest.raises(UserError, match="tasks: no tasks given"):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", tasks, "--grid", "scale=1", "--dry-run"])

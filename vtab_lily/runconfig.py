@@ -364,6 +364,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if args.adapter not in adapter_names():
         raise unknown_name("adapter", args.adapter, adapter_names())
     suite_name = "demo" if args.demo else "vtab"
+    if args.task is not None and not args.task.strip():
+        raise UserError(f"--task {args.task!r} names no task (python -m vtab_lily.tasks lists them)")
     task = get_task(args.task, suite_name) if args.task else None
     family = backbone_family(backbone)
     recipe = official_recipe(family, demo=args.demo)

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..tasks import VTAB_TASKS, get_task
+from ..tasks import VTAB_TASKS, get_task, split_task_list
 from . import archive
 from .cache import default_cache_dir
 from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, write_manifest
@@ -225,7 +225,9 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--root {root}: exists and is not a folder")
-    wanted = [get_task(name).name for name in tasks] if tasks else None
+    if tasks is not None and not tasks:
+        raise UserError("--tasks names no task; leave it out (None) for every task found")
+    wanted = [get_task(name).name for name in tasks] if tasks is not None else None
     paths = list({Path(s).resolve(): Path(s) for s in sources}.values())  # each source once
     kinds = [archive.source_kind(p) for p in paths]  # every source checked before any work
     for path in paths:
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the 224 px decoded cache built while fingerprinting (training reuses it)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = split_task_list(args.tasks) if args.tasks is not None else None  # '' is refused, never "every task"
     rows = prepare(args.sources, args.root, tasks, args.encoding, args.workers, build_cache=args.cache,
                    drop_undecodable=args.drop_undecodable)
     print(format_summary(rows))

@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     root = check_root(args.root)
     suite_name = args.suite or detect_suite(root)
     registry = suite(suite_name)
-    if args.tasks:
-        from ..tasks import get_task
+    if args.tasks is not None:  # an empty --tasks is refused, never "every task"
+        from ..tasks import get_task, split_task_list
 
-        tasks = [get_task(name.strip(), suite_name) for name in args.tasks.split(",") if name.strip()]
+        tasks = [get_task(name, suite_name) for name in split_task_list(args.tasks)]
     else:
         tasks = list(registry.values())
     pixels_px = PIXELS_PX
