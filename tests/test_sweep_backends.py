@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from vtab_lily.sweep import backends, runopts
+from vtab_lily.sweep import backends
 from vtab_lily.sweep.driver import SweepDriver, selection_record
 from vtab_lily.sweep.execute import Outcome
 from vtab_lily.sweep.plan import grid_trials
@@ -94,10 +94,7 @@ def test_batch_mode_runs_one_process_per_worker(monkeypatch, tmp_path):
     assert all("batches" in o.log for o in outcomes)
 
 
-def test_batch_mode_is_used_only_when_the_runner_has_it(monkeypatch):
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: False)
-    assert backends.make_backend("local").batch is False
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: name == "batch")
+def test_the_local_backend_batches_unless_told_one_process_per_trial():
     local = backends.make_backend("local")
     assert local.batch is True
     local.close()
@@ -126,14 +123,13 @@ def test_ray_packs_trials_per_gpu_with_fractional_gpus(monkeypatch):
 
 # -- --paper ---------------------------------------------------------------------------------
 
-def test_paper_passes_the_flag_when_the_runner_has_it_and_exports_test_selected(monkeypatch, tmp_path):
+def test_paper_passes_the_flag_and_exports_test_selected(tmp_path):
     spec = build_spec({}, "t", flags={"backbone": "vit", "adapter": "lily", "tasks": "dtd", "seeds": "2",
                                       "paper": True, "grid": [("scale", ["0.1", "1"])]})
     assert spec.paper and spec.sweep_id() == make_spec("val").sweep_id()  # the same runs, the same sweep
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: False)
-    assert "--paper" not in grid_trials(spec, "dtd")[0].run_argv(spec, "runs")
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: name == "paper")
     assert "--paper" in grid_trials(spec, "dtd")[0].run_argv(spec, "runs")
+    plain = make_spec("val")
+    assert "--paper" not in grid_trials(plain, "dtd")[0].run_argv(plain, "runs")
 
     runs = FakeRuns(tmp_path / "runs")
     original = runs.write

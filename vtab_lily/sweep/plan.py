@@ -58,7 +58,7 @@ class Trial:
             argv += runopts.option_args(key, value)
         if spec.demo:
             argv.append("--demo")
-        if spec.paper and runopts.flag_is_supported("paper"):
+        if spec.paper:
             argv.append("--paper")
         if self.method_name:
             argv += ["--method-name", self.method_name]
