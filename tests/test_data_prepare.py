@@ -342,6 +342,36 @@ def test_verify_write_manifest_matches_prepare_and_flags_later_edits(noah, tmp_p
     assert "manifest.json: does not match" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("reorder", [False, True])
+def test_prepare_decodes_each_image_once_and_fingerprints_as_before(noah, tmp_path, monkeypatch, reorder):
+    """verify's decoding pass also hashes the pixels: prepare used to decode each training image
+    three times (verify, its split, train800val200) and each test image twice. A train800val200
+    that is not train800 + val200 in order is decoded on its own, with the same fingerprint."""
+    from vtab_lily.data import images
+    from vtab_lily.data.lists import parse_list
+    from vtab_lily.data.manifest import compute_manifest
+
+    tree = tmp_path / "tree"
+    shutil.copytree(noah / "dtd", tree / "dtd")
+    if reorder:
+        lines = (tree / "dtd" / "train800val200.txt").read_text().splitlines(keepends=True)
+        (tree / "dtd" / "train800val200.txt").write_text("".join(lines[::-1]))
+    real, opened = images._open_rgb, []
+    monkeypatch.setattr(images, "_open_rgb", lambda path: opened.append(path) or real(path))
+    rows = run_prepare([tree], tmp_path / "data")
+    monkeypatch.undo()
+    assert rows["dtd"].status == "prepared"
+    unique = 1000 + 5  # train800 + val200 images, and the test split's
+    assert len(opened) == (unique + 1000 if reorder else unique) and len(set(opened)) == unique
+    # the fingerprint is the manifest's own definition, computed from scratch
+    folder = tmp_path / "data" / "dtd"
+    split_lists = {s: parse_list(folder / f"{s}.txt", folder, 47)[0] for s in ("train800", "val200",
+                                                                               "train800val200", "test")}
+    scratch = compute_manifest("dtd", split_lists, "x", size=PX, progress=False)
+    assert read_manifest(tmp_path / "data", "dtd")["splits"] == scratch["splits"]
+    assert rows["dtd"].fingerprint == scratch["fingerprint"]
+
+
 def test_cli_refuses_an_unsafe_archive_with_one_line_and_exit_2(noah, tmp_path):
     import os
     import subprocess

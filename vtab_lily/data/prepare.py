@@ -152,12 +152,15 @@ class Preparer:
         """Verify the staged task; give it a manifest; move it into place (or match an existing one)."""
         row = self.rows.setdefault(task, TaskRow(task, source_label))
         staged, final = self.root / STAGING / task, self.root / task
+        # the pixel hashes come from verify's own decoding (each image decoded once), except when
+        # the cache is built: that decodes anyway, and hashes on the way
+        pixels_px = None if self.build_cache else self.pixels_px
         report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                             show_progress=self.progress)
+                             show_progress=self.progress, pixels_px=pixels_px)
         dropped = self._drop_undecodable(task, report) if self.drop_undecodable and report.unreadable else []
         if dropped:
             report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                                 show_progress=self.progress)
+                                 show_progress=self.progress, pixels_px=pixels_px)
             row.notes.append(f"dropped {len(dropped)} undecodable test image(s): {', '.join(dropped[:5])}")
         row.counts = {s: len(v) for s, v in report.split_lists.items()}
         row.notes += report.warnings
@@ -168,7 +171,7 @@ class Preparer:
         cache_dir = default_cache_dir(self.root) if self.build_cache else None
         manifest = compute_manifest(task, report.split_lists, source_label, encoding, size=self.pixels_px,
                                     cache_dir=cache_dir, build_cache=self.build_cache, workers=self.workers,
-                                    progress=self.progress)
+                                    progress=self.progress, pixels=report.pixels_sha256)
         if dropped:
             manifest["dropped"] = dropped
         row.encoding, row.fingerprint = manifest["encoding"], manifest["fingerprint"]
