@@ -34,7 +34,7 @@ need() { [[ -n "${2:-}" ]] || { echo "error: $1 needs $3" >&2; exit 2; }; }  # b
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tasks) need "$1" "${2:-}" "a comma-separated list"; tasks=$2; shift 2 ;;
-        --tasks=*) tasks=${1#--tasks=}; shift ;;
+        --tasks=*) need "--tasks" "${1#--tasks=}" "a comma-separated list"; tasks=${1#--tasks=}; shift ;;
         --demo) demo=(--demo); shift ;;
         --paper) paper=(--paper); shift ;;
         --out) need "$1" "${2:-}" "a folder"; out=$2; extra+=("$1" "$2"); shift 2 ;;

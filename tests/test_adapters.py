@@ -158,6 +158,12 @@ def test_lora_dropout_only_in_training():
     ("lora", {"dropout": 1.5}, "dropout must be in"),
     ("adaptformer", {"scale": -1.0}, "scale must be >= 0"),
     ("linear", {"rank": 3}, "has no option 'rank'"),
+    # an empty list is refused, never read as "unset" (the default targets / places)
+    ("lora", {"targets": ()}, "lora: targets must name at least one"),
+    ("lily", {"targets": ""}, "lily: targets must name at least one"),
+    ("dora", {"targets": ()}, "dora: targets must name at least one"),
+    ("houlsby", {"places": ()}, "places must name attn and/or mlp, got none"),
+    ("pfeiffer", {"places": ()}, "places must name attn and/or mlp, got none"),
 ])
 def test_bad_adapter_arguments(name, config, message):
     with pytest.raises(UserError, match=message):

@@ -1,6 +1,7 @@
 """``python -m vtab_lily.data prepare``: NOAH archives (zip, tar, folders) extracted safely, TFDS sources
 written through the tfds module's contract (a fake module here), checked file by file, crash-safe."""
 
+import os
 import shutil
 import sys
 import tarfile
@@ -100,8 +101,9 @@ def test_a_tar_with_a_link_entry_is_refused(noah, tmp_path, kind):
     root = tmp_path / "data"
     with pytest.raises(UserError, match="is a (symlink|hardlink); links and special files are refused"):
         run_prepare([source], root)
-    assert not (root / "dtd").exists() and not any(p.is_symlink() for p in root.rglob("*"))
-    assert verify_main(["--root", str(root), "--tasks", "dtd", "--quick"]) == 2  # nothing accepted
+    assert not root.exists()  # nothing was prepared: the root it made is gone, no link anywhere
+    with pytest.raises(UserError, match="does not exist"):  # nothing accepted
+        verify_main(["--root", str(root), "--tasks", "dtd", "--quick"])
 
 
 def test_a_tar_one_task_per_archive_and_several_sources(noah, tmp_path):
@@ -160,6 +162,76 @@ def test_killed_mid_prepare_leaves_nothing_verify_accepts_and_a_rerun_completes(
     monkeypatch.setattr(archive, "write_entry", lambda *a: pytest.fail("rewrote a finished task"))
     again = run_prepare([source], root)
     assert again["cifar"].status == "already prepared" and again["cifar"].fingerprint == rows["cifar"].fingerprint
+
+
+def test_a_failed_prepare_removes_the_empty_root_it_created_and_nothing_else(noah, tmp_path, capsys):
+    """A failed prepare used to leave the --root it created (and its parents) behind, empty."""
+    empty_source = tmp_path / "empty"
+    empty_source.mkdir()
+    fresh = tmp_path / "new" / "deeper" / "data"
+    with pytest.raises(UserError, match="no VTAB-1K task folders"):
+        run_prepare([empty_source], fresh)
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()  # root and the parents it made, not more
+    # a root (or a parent) that was there before is kept, with whatever the user put in it
+    (tmp_path / "mine" / "empty_root").mkdir(parents=True)
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for root in (tmp_path / "mine" / "empty_root", tmp_path / "mine" / "made" / "data"):
+        with pytest.raises(UserError, match="no VTAB-1K task folders"):
+            run_prepare([empty_source], root)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["empty_root", "notes.txt"]
+    # an archive refused half-way: the half-staged task goes too
+    evil = make_zip(tmp_path / "evil.zip", noah / "dtd", prefix="dtd", extra={"../evil.txt": b"x"})
+    with pytest.raises(UserError, match="leaves the target folder"):
+        run_prepare([evil], fresh)
+    assert not (tmp_path / "new").exists()
+    # a wanted task in none of the sources: exit 2 through the CLI, nothing left
+    assert prepare_main(["--from", str(noah), "--root", str(fresh), "--tasks", "kitti"]) == 2
+    assert "task kitti is in none of" in capsys.readouterr().out and not (tmp_path / "new").exists()
+    # a task with bad data keeps its staged copy (the problems name its files): the root stays
+    tree = tmp_path / "tree"
+    shutil.copytree(noah / "dtd", tree / "dtd")
+    (tree / "dtd" / "val200.txt").write_text("images/val200/000004.jpg four\n")
+    rows = run_prepare([tree], fresh)
+    assert rows["dtd"].problems and (fresh / ".staging" / "dtd" / "val200.txt").is_file()
+
+
+def test_the_folder_lock_follows_a_folder_removed_while_it_waited(tmp_path):
+    """A prepare removes the empty root it made while holding the root's lock: a process that was
+    waiting for that lock must end up holding the lock of the folder now at the path, not of the
+    removed one (else a third process could lock the new folder beside it)."""
+    import fcntl
+    import threading
+    import time
+
+    from vtab_lily.data.parallel import folder_lock
+
+    root = tmp_path / "data"
+    holding, inside, leave = threading.Event(), threading.Event(), threading.Event()
+
+    def waiter():
+        holding.wait()
+        with folder_lock(root, poll_s=0.01):
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    try:
+        with folder_lock(root, poll_s=0.01):
+            holding.set()
+            time.sleep(0.2)  # the waiter polls this folder's lock now
+            root.rmdir()
+            root.mkdir()  # another folder at the same path, as a new prepare would make it
+        assert inside.wait(10)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):  # the waiter holds the new folder's lock
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        leave.set()
+        thread.join()
 
 
 def test_an_existing_folder_is_never_overwritten_with_different_files(noah, tmp_path):
@@ -270,6 +342,36 @@ def test_verify_write_manifest_matches_prepare_and_flags_later_edits(noah, tmp_p
     assert "manifest.json: does not match" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("reorder", [False, True])
+def test_prepare_decodes_each_image_once_and_fingerprints_as_before(noah, tmp_path, monkeypatch, reorder):
+    """verify's decoding pass also hashes the pixels: prepare used to decode each training image
+    three times (verify, its split, train800val200) and each test image twice. A train800val200
+    that is not train800 + val200 in order is decoded on its own, with the same fingerprint."""
+    from vtab_lily.data import images
+    from vtab_lily.data.lists import parse_list
+    from vtab_lily.data.manifest import compute_manifest
+
+    tree = tmp_path / "tree"
+    shutil.copytree(noah / "dtd", tree / "dtd")
+    if reorder:
+        lines = (tree / "dtd" / "train800val200.txt").read_text().splitlines(keepends=True)
+        (tree / "dtd" / "train800val200.txt").write_text("".join(lines[::-1]))
+    real, opened = images._open_rgb, []
+    monkeypatch.setattr(images, "_open_rgb", lambda path: opened.append(path) or real(path))
+    rows = run_prepare([tree], tmp_path / "data")
+    monkeypatch.undo()
+    assert rows["dtd"].status == "prepared"
+    unique = 1000 + 5  # train800 + val200 images, and the test split's
+    assert len(opened) == (unique + 1000 if reorder else unique) and len(set(opened)) == unique
+    # the fingerprint is the manifest's own definition, computed from scratch
+    folder = tmp_path / "data" / "dtd"
+    split_lists = {s: parse_list(folder / f"{s}.txt", folder, 47)[0] for s in ("train800", "val200",
+                                                                               "train800val200", "test")}
+    scratch = compute_manifest("dtd", split_lists, "x", size=PX, progress=False)
+    assert read_manifest(tmp_path / "data", "dtd")["splits"] == scratch["splits"]
+    assert rows["dtd"].fingerprint == scratch["fingerprint"]
+
+
 def test_cli_refuses_an_unsafe_archive_with_one_line_and_exit_2(noah, tmp_path):
     import os
     import subprocess
@@ -283,6 +385,16 @@ def test_cli_refuses_an_unsafe_archive_with_one_line_and_exit_2(noah, tmp_path):
         f"error: {source}: entry '../evil.txt' leaves the target folder ('..'); refusing the archive "
         "(nothing written outside it)"]
     assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("empty", ["", ",", " "])
+def test_an_empty_task_list_is_refused_never_every_task(noah, tmp_path, empty):
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match=f"--tasks {empty!r} names no task"):
+        prepare_main(["--from", str(noah), "--root", str(root), "--tasks", empty])
+    with pytest.raises(UserError, match="--tasks names no task"):
+        run_prepare([noah], root, tasks=[])
+    assert not root.exists()  # refused before anything was created
 
 
 def test_an_undecodable_test_image_keeps_the_task_out_unless_dropped(noah, tmp_path, capsys):

@@ -100,6 +100,13 @@ def test_missing_root_and_unknown_task_are_user_errors(tmp_path):
         verify(tmp_path, "--tasks", "alpah")
 
 
+@pytest.mark.parametrize("empty", ["", ",", " "])
+def test_an_empty_task_list_is_refused_never_every_task(clean_root, empty):
+    """``--tasks ''`` used to verify every task (and ``--tasks ,`` none, saying "all 0 tasks ok")."""
+    with pytest.raises(UserError, match=f"--tasks {empty!r} names no task"):
+        verify(clean_root, "--tasks", empty)
+
+
 def test_cli_subprocess_exit_codes(tmp_path):
     # a VTAB task name with a short test split: a warning, not a failure
     write_task(tmp_path, "eurosat", 10, test_size=5, size=(8, 8))
@@ -119,6 +126,8 @@ def test_cli_subprocess_exit_codes(tmp_path):
         assert refused.returncode == 2 and "--workers" in refused.stderr and "Traceback" not in refused.stderr
     abbreviated = subprocess.run([*command, "--quic"], capture_output=True, text=True, env=env)
     assert abbreviated.returncode == 2  # no abbreviations
+    empty = subprocess.run([*command[:-1], ""], capture_output=True, text=True, env=env)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: --tasks '' names no task")
 
 
 def test_quick_mode_refuses_a_list_entry_naming_a_folder(root, capsys):

@@ -142,3 +142,31 @@ def test_metric_both_puts_test_selected_beside_final(tmp_path: Path, capsys) -> 
     assert main(["--runs", str(runs), "--out", str(out), "--metric", "both", "--no-plots"]) == 0
     assert (out / "vit-b16-in21k.both.md").exists() and (out / "vit-b16-in21k.both.csv").exists()
     assert not (out / "vit-b16-in21k.md").exists()
+
+
+def test_a_peft_row_never_reads_official(tmp_path: Path, capsys) -> None:
+    """PEFT has no official setup: its deviations list only the recipe's, and an empty list is
+    shown as ``peft config`` (in the table, its tags and the task view), not ``official``."""
+    runs = tmp_path / "runs"
+    result(runs, adapter="peft", method="peft peft_type=LORA r=4", method_hash="p0000001", deviations=[])
+    result(runs, adapter="peft", method="peft peft_type=LORA r=4", method_hash="p0000001", deviations=["epochs=1"],
+           config_hash="p0000002")
+    result(runs, adapter="lora", method="lora r=8", method_hash="l0000001", deviations=[])
+    table, rows = runs_rows(runs)
+    headers, body = markdown_rows(table)
+    setup = {line[0]: line[headers.index("Setup")] for line in body}
+    assert setup["lora r=8"] == "official"
+    assert sorted(v for k, v in setup.items() if k.startswith("peft")) == ["peft config", "peft config, epochs=1"]
+    # the two peft rows share a label and a method hash: their tags say how they were made, never "official"
+    assert sorted(k for k in setup if k.startswith("peft")) == ["peft peft_type=LORA r=4 [p0000001 peft config,epochs=1]",
+                                                                "peft peft_type=LORA r=4 [p0000001 peft config]"]
+    assert main(["--runs", str(runs), "--task", "dtd", "--format", "csv"]) == 0
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert sorted(r["setup"] for r in records if r["adapter"] == "peft") == ["peft config", "peft config, epochs=1"]
+
+
+def test_the_leaderboards_adapters_without_an_official_setup_are_the_adapters_own() -> None:
+    from vtab_lily.adapters.official import NO_OFFICIAL_SETUP as adapters_side
+    from vtab_lily.official import NO_OFFICIAL_SETUP  # the torch-free copy the leaderboard reads
+
+    assert NO_OFFICIAL_SETUP == adapters_side == {"peft"}

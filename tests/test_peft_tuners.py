@@ -97,7 +97,10 @@ def test_the_runner_takes_a_peft_config_and_labels_it_by_its_contents(tmp_path, 
         path.write_text(json.dumps(CONFIGS[kind]))
         assert run.main(["--demo", "--task", "colours", "--adapter", "peft", "--adapter-opt", f"config={path}",
                          "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
-        setup = json.loads(capsys.readouterr().out.split("\nparameters:")[0])
-        assert setup["deviations"] == []
+        out = capsys.readouterr().out
+        setup = json.loads(out.split("\nparameters:")[0])
+        assert setup["deviations"] == []  # the recipe's only: the adapter has no official setup to differ from
+        assert out.strip().splitlines()[-1] == ("peft has no official setup (its settings are the config file's); "
+                                                "differences from the official recipe: none")
         labels.append(setup["method"])
     assert labels[0].startswith("peft peft_type=LOHA r=4") and labels[1].startswith("peft peft_type=LOKR")

@@ -140,6 +140,7 @@ def test_dry_run_prints_parameter_counts(demo_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--task", "colour"], "did you mean 'colours'"),
+    (["--task", ""], "--task '' names no task"),
     (["--backbone", "vit-tiny-tset"], "did you mean 'vit-tiny-test'"),
     (["--adapter", "lilly"], "did you mean 'lily'"),
     (["--ne-a", "9"], "exceed the model depth"),

@@ -83,7 +83,7 @@ def test_run_all_refuses_bad_arguments_before_running(tmp_path):
     assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr
     assert not (tmp_path / "runs").exists()
     assert run_all().returncode == 2
-    for empty in (["--tasks", ""], ["--tasks"], ["--out", ""], ["--out"]):  # exit 2 (bad input), not bash's 1
+    for empty in (["--tasks", ""], ["--tasks="], ["--tasks"], ["--out", ""], ["--out"]):  # exit 2 (bad input), not bash's 1
         proc = run_all("vit", "lily", "--demo", *empty)
         assert proc.returncode == 2 and "needs" in proc.stderr, (empty, proc.stderr)
 

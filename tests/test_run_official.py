@@ -98,6 +98,20 @@ def test_vim_lily_s_through_adapter_options(capsys):
     assert "variant=s" in last and lily_s["config_hash"] != setup["config_hash"]
 
 
+def test_negative_zero_is_zero_in_the_label_deviations_and_run_folder(capsys):
+    """``scale=-0.0`` used to label ``s=-0`` and hash to a run folder of its own."""
+    zero, _ = dry_run(capsys, *VIT, "--scale", "0")
+    for extra in (["--adapter-opt", "scale=-0.0"], ["--scale=-0.0"]):
+        setup, last = dry_run(capsys, *VIT, *extra)
+        assert setup["method"] == zero["method"] == "lily r=32 ne=4 s=0 k,v,mlp"
+        assert setup["config_hash"] == zero["config_hash"] and last.endswith(": scale=0")
+    setup, last = dry_run(capsys, *VIT, "--wd=-0.0", "--adapter", "lora", "--adapter-opt", "per_target=q.alpha=-0.0")
+    assert "wd=0" in setup["deviations"] and "-0" not in setup["method"] and "-0" not in last
+    # other floats keep their documented spelling (Python's shortest %g): 0.00001 -> 1e-05, 5e-4 -> 0.0005
+    assert dry_run(capsys, *VIT, "--scale", "0.00001")[0]["method"] == "lily r=32 ne=4 s=1e-05 k,v,mlp"
+    assert method_label("lora", {"rank": 8, "alpha": -0.0}, ["lr=0.0005"]) == "lora r=8 alpha=0 lr=0.0005"
+
+
 @pytest.mark.parametrize("opt, message", [
     ("rnak=4", "did you mean 'rank'"),
     ("rank=four", "cannot read 'four' as int"),
@@ -110,6 +124,27 @@ def test_bad_adapter_options_name_the_option(opt, message):
 
     with pytest.raises(UserError, match=re.escape(message)):  # the option's syntax, then its value on the model
         identify(check_args(["--task", "dtd", "--scale", "1", "--adapter-opt", opt, "--checkpoint", "none"]))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--adapter-opt", "targets="], "--adapter-opt targets: '' is an empty list"),
+    (["--adapter-opt", "targets=,"], "--adapter-opt targets: ',' is an empty list"),
+    (["--adapter", "lora", "--adapter-opt", "targets= "], "--adapter-opt targets: ' ' is an empty list"),
+    (["--targets", ""], "argument --targets: '' names no target"),
+    (["--adapter", "houlsby", "--adapter-opt", "places="], "--adapter-opt places: '' is an empty list"),
+    (["--adapter", "lora", "--adapter-opt", "per_target="], "--adapter-opt per_target: '' sets nothing"),
+    (["--adapter", "lora", "--adapter-opt", "per_target={}"], "--adapter-opt per_target: '{}' sets nothing"),
+])
+def test_an_empty_list_option_is_refused_never_the_default(tmp_path, capsys, extra, message):
+    """``targets=`` used to fall back to the adapter's default targets (and an empty ``per_target``
+    turned LoRA's official variant into ``custom``): an empty list or mapping is refused by name."""
+    argv = ["--demo", "--task", "colours", "--out", str(tmp_path / "runs"), "--check", *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

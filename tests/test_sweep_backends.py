@@ -11,10 +11,10 @@ import types
 
 import pytest
 
-from vtab_lily.sweep import backends, runopts
+from vtab_lily.sweep import backends
 from vtab_lily.sweep.driver import SweepDriver, selection_record
 from vtab_lily.sweep.execute import Outcome
-from vtab_lily.sweep.plan import grid_trials
+from vtab_lily.sweep.plan import final_trials
 from vtab_lily.sweep.report import selection_markdown
 from vtab_lily.sweep.spec import build_spec
 
@@ -94,10 +94,7 @@ def test_batch_mode_runs_one_process_per_worker(monkeypatch, tmp_path):
     assert all("batches" in o.log for o in outcomes)
 
 
-def test_batch_mode_is_used_only_when_the_runner_has_it(monkeypatch):
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: False)
-    assert backends.make_backend("local").batch is False
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: name == "batch")
+def test_the_local_backend_batches_unless_told_one_process_per_trial():
     local = backends.make_backend("local")
     assert local.batch is True
     local.close()
@@ -126,14 +123,14 @@ def test_ray_packs_trials_per_gpu_with_fractional_gpus(monkeypatch):
 
 # -- --paper ---------------------------------------------------------------------------------
 
-def test_paper_passes_the_flag_when_the_runner_has_it_and_exports_test_selected(monkeypatch, tmp_path):
+def test_paper_passes_the_flag_to_the_test_runs_and_exports_test_selected(tmp_path):
     spec = build_spec({}, "t", flags={"backbone": "vit", "adapter": "lily", "tasks": "dtd", "seeds": "2",
                                       "paper": True, "grid": [("scale", ["0.1", "1"])]})
     assert spec.paper and spec.sweep_id() == make_spec("val").sweep_id()  # the same runs, the same sweep
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: False)
-    assert "--paper" not in grid_trials(spec, "dtd")[0].run_argv(spec, "runs")
-    monkeypatch.setattr(runopts, "flag_is_supported", lambda name: name == "paper")
-    assert "--paper" in grid_trials(spec, "dtd")[0].run_argv(spec, "runs")
+    final = final_trials(spec, "dtd", spec.points()[0])[0]
+    assert final.protocol == "test" and "--paper" in final.run_argv(spec, "runs")
+    plain = make_spec("val")
+    assert "--paper" not in final_trials(plain, "dtd", plain.points()[0])[0].run_argv(plain, "runs")
 
     runs = FakeRuns(tmp_path / "runs")
     original = runs.write
@@ -155,4 +152,17 @@ def test_paper_passes_the_flag_when_the_runner_has_it_and_exports_test_selected(
     assert entry["test"] == {"0": 50.0, "1": 50.0} and entry["test_selected"] == {"0": 55.0, "1": 55.0}
     page = selection_markdown(state)
     assert "test acc (final)" in page and "test acc (test-selected)" in page and "55.00" in page
-    assert all("--paper" in argv for argv in runs.started)
+    started = [argv for argv in runs.started if "test" == argv[argv.index("--protocol") + 1]]
+    assert started and all("--paper" in argv for argv in started)
+
+
+def test_a_paper_sweep_selecting_on_val_passes_paper_to_its_test_runs_only(capsys):
+    """``--paper`` with the default ``--select val`` used to be refused by the runner's own check
+    (``--paper ... needs --protocol test``), because the val grid trials got it too."""
+    from vtab_lily.sweep.__main__ import main as sweep_main
+
+    assert sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=1,10",
+                       "--paper", "--dry-run"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python -m vtab_lily.run")]
+    assert any("--protocol val" in line for line in commands)
+    assert all(("--paper" in line) == ("--protocol test" in line) for line in commands)

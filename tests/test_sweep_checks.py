@@ -169,6 +169,15 @@ def test_equal_grid_values_run_once_and_the_sweep_says_so(capsys):
     assert "grid.ne: '2' is the same value as '2'" in captured.err
 
 
+def test_negative_zero_is_zero_in_the_grid_and_its_label(capsys):
+    code = sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=-0.0,0,0.00001",
+                       "--dry-run", "--", "--wd=-0.0"])
+    captured = capsys.readouterr()
+    assert code == 0 and "2 grid points x 1 tasks" in captured.out
+    assert "grid.scale: '0' is the same value as '-0.0'; running it once" in captured.err
+    assert "labelled 'lily (val-selected: scale={0,1e-05}; seeds 0 scored on 0; --wd 0)'" in captured.out
+
+
 @pytest.mark.parametrize("grid, named", [
     ("scale=0.1,nan", "scale = 'nan' is not a finite number"),
     ("scale=inf", "scale = 'inf' is not a finite number"),
@@ -278,3 +287,9 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert "/" not in build_spec({}, "x", flags={"backbone": "../../vit", "adapter": "lily", "tasks": "dtd",
                                                   "grid": [("scale", ["1"])]}).sweep_id()
     assert spec.sweep_id().startswith("vit-lily-val-")
+
+
+@pytest.mark.parametrize("tasks", ["", ",", " "])
+def test_an_empty_task_list_is_refused_never_every_task(tasks):
+    with pytest.raises(UserError, match="tasks: no tasks given"):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", tasks, "--grid", "scale=1", "--dry-run"])

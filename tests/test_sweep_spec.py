@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vtab_lily.errors import UserError
+from vtab_lily.errors import UserError, run_cli
 from vtab_lily.sweep.__main__ import main as sweep_main
 from vtab_lily.sweep.__main__ import split_run_args
 from vtab_lily.sweep.plan import (FINAL, GRID, choose_point, final_trials, grid_trials, method_label, point_key)
@@ -84,6 +84,19 @@ def test_toml_errors_name_the_file(tmp_path):
         build_spec(load_toml(path), str(path))
     with pytest.raises(UserError, match="no such file"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_a_config_directory_is_called_a_directory(tmp_path, capsys):
+    """``--config DIR`` used to say "no such file"."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"--config .*empty: is a directory, not a TOML file \(e\.g\. --config "):
+        load_toml(empty)
+    with pytest.raises(UserError, match=r"configs: is a directory, not a TOML file; it holds adaptformer-vit-paper"):
+        load_toml(CONFIGS)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(sweep_main, ["--config", str(CONFIGS)])
+    assert exit_info.value.code == 2 and "is a directory" in capsys.readouterr().err
 
 
 def test_shipped_configs_load():

@@ -33,6 +33,11 @@ COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "e
 # so the adapters need a higher lr, and no warmup epoch.
 DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
         "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
+# Adapters whose settings are wholly the user's (``peft``: a PEFT config file). Their runs have an
+# official recipe but no official adapter setup, so ``deviations`` holds the recipe's alone and an
+# empty list does not mean "official" (the leaderboard says ``peft config``). The adapters layer
+# keeps the same set (``adapters.official.NO_OFFICIAL_SETUP``); this copy needs no torch.
+NO_OFFICIAL_SETUP = frozenset({"peft"})
 # Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
 PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
@@ -55,7 +60,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value + 0.0:g}"  # + 0.0: -0.0 reads 0, not -0
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import UserError, run_cli
 from .fsutil import LockBusy, check_creatable_dir
-from .official import DEMO, RECIPES, deviations, method_label  # noqa: F401 - re-exported
+from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, RunDir, config_hash, json_normal
 from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
     build_parser,
@@ -172,7 +172,11 @@ def print_setup(config: dict, run: RunDir, params: dict, devs: list[str]) -> Non
                       "deviations": devs, "params": params}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
-    print(f"differences from the official setup: {', '.join(devs) if devs else 'none'}")
+    if config["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared
+        print(f"{config['adapter']} has no official setup (its settings are the config file's); "
+              f"differences from the official recipe: {', '.join(devs) if devs else 'none'}")
+    else:
+        print(f"differences from the official setup: {', '.join(devs) if devs else 'none'}")
     if config.get("adapter_task_settings"):
         from .adapters.pertask import describe
 

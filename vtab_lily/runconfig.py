@@ -33,6 +33,14 @@ def adapter_names() -> list[str]:
     return list(ADAPTERS)
 
 
+def _targets_flag(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not targets:  # never the adapter's default in disguise: leave the flag out for that
+        raise argparse.ArgumentTypeError(f"{text!r} names no target; give at least one (e.g. k,v,mlp) or leave "
+                                         "--targets out for the adapter's default targets")
+    return targets
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vtab_lily.run", allow_abbrev=False,
                                 description="One fine-tuning run (see the module docstring of vtab_lily.run).",
@@ -47,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ne-a", type=int, help="Lily: number of A groups")
     a.add_argument("--ne-b", type=int, help="Lily: number of B experts")
     a.add_argument("--scale", type=float)
-    a.add_argument("--targets", type=lambda s: tuple(t.strip() for t in s.split(",") if t.strip()),
-                   help="comma-separated targets, e.g. k,v,mlp")
+    a.add_argument("--targets", type=_targets_flag, help="comma-separated targets, e.g. k,v,mlp")
     a.add_argument("--router", help="Lily: per_site | single | none")
     a.add_argument("--routing", help="Lily: batch (official ViT) | token (official Vim) | sample | eq2")
     a.add_argument("--alpha", type=float, help="LoRA alpha")
@@ -146,9 +153,17 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if hint in (int, float, str):
             return hint(text)
         if origin is tuple or hint is tuple:
-            return tuple(t.strip() for t in text.split(",") if t.strip())
+            items = tuple(t.strip() for t in text.split(",") if t.strip())
+            if not items:  # an empty list is never the default in disguise
+                raise UserError(f"--adapter-opt {where}: {text!r} is an empty list; name at least one item "
+                                f"(comma-separated) or leave {where} out for the adapter's default")
+            return items
         if origin is dict or hint is dict:
-            return _coerce_dict(text, args[1] if len(args) == 2 else Any, where)
+            value = _coerce_dict(text, args[1] if len(args) == 2 else Any, where)
+            if not value:
+                raise UserError(f"--adapter-opt {where}: {text!r} sets nothing; give KEY=VALUE items (or a JSON "
+                                f"object) or leave {where} out for the adapter's default")
+            return value
     except (ValueError, TypeError) as err:
         kind = getattr(hint, "__name__", hint)
         raise UserError(f"--adapter-opt {where}: cannot read {text!r} as {kind} ({err})") from None
@@ -355,6 +370,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if args.adapter not in adapter_names():
         raise unknown_name("adapter", args.adapter, adapter_names())
     suite_name = "demo" if args.demo else "vtab"
+    if args.task is not None and not args.task.strip():
+        raise UserError(f"--task {args.task!r} names no task (python -m vtab_lily.tasks lists them)")
     task = get_task(args.task, suite_name) if args.task else None
     family = backbone_family(backbone)
     recipe = official_recipe(family, demo=args.demo)
@@ -387,9 +404,21 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "device": args.device, "threads": pick("threads", local.get("threads")),
         "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
     }
+    config = _unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
     check_numbers(config, warmup_given=args.warmup is not None)
     config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
     return config
+
+
+def _unsigned_zero(value: Any) -> Any:
+    """``value`` with every float -0.0 (flags, --adapter-opt, nested) as 0.0."""
+    if isinstance(value, float) and value == 0:
+        return 0.0
+    if isinstance(value, dict):
+        return {k: _unsigned_zero(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unsigned_zero(v) for v in value)
+    return value
 
 
 def check_args(argv: list[str]) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import unknown_name
+from .errors import UserError, unknown_name
 
 GROUPS = ("Natural", "Specialized", "Structured")
 
@@ -84,6 +84,17 @@ def get_task(name: str, suite_name: str = "vtab") -> Task:
     if name not in tasks:
         raise unknown_name("task", name, tasks)
     return tasks[name]
+
+
+def split_task_list(text: str, option: str = "--tasks") -> list[str]:
+    """``"dtd, svhn"`` -> ``["dtd", "svhn"]`` (stray commas ignored). A list that names no task
+    (``''``, ``','``) is a UserError naming ``option``: leaving the option out means every task,
+    an empty value never does."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"{option} {text!r} names no task; give task names (python -m vtab_lily.tasks lists "
+                        f"them) or leave {option} out for every task")
+    return names
 
 
 def task_names(suite_name: str = "vtab") -> list[str]:

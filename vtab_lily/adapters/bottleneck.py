@@ -41,6 +41,8 @@ class HoulsbyConfig:
             raise UserError(f"{type(self).__name__[:-6].lower()} adapters are defined for ViT blocks")
         check_sizes("adapter", rank=self.rank)
         check_scale_dropout("adapter", self.scale, self.dropout)
+        if not self.places:
+            raise UserError("adapter: places must name attn and/or mlp, got none")
         for place in self.places:
             if place not in ("attn", "mlp"):
                 raise UserError(f"adapter: places must be attn and/or mlp, got {place!r}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vtab_lily.adapters.lora import LoraConfig, LoraDelta
-from vtab_lily.adapters.targets import resolve_sites
+from vtab_lily.adapters.targets import check_targets, model_family, resolve_sites
 from vtab_lily.adapters.wrappers import adapted_linear_at
 
 
@@ -26,9 +26,11 @@ class DoraConfig(LoraConfig):
     ViT ``q, v`` (Vim ``in_proj``), LoRA's ``custom`` variant (the DoRA paper's setting)."""
 
     def resolve(self, model: nn.Module) -> "DoraConfig":
-        from vtab_lily.adapters.targets import model_family
-
-        targets = self.targets or (("q", "v") if model_family(model) == "vit" else ("in_proj",))
+        targets = self.targets
+        if targets is None:
+            targets = ("q", "v") if model_family(model) == "vit" else ("in_proj",)
+        else:  # checked under DoRA's name; an empty tuple is refused, never read as "unset"
+            targets = check_targets(model_family(model), targets, "dora", allowed_styles=("linear",))
         return super(DoraConfig, replace(self, targets=targets, variant=self.variant or "custom")).resolve(model)
 
 

@@ -115,7 +115,8 @@ class LilyConfig:
         rank = _first(self.rank, preset["rank"])
         ne_a = _first(self.ne_a, self.ne, depth if vim else 4)
         ne_b = _first(self.ne_b, self.ne, preset["ne_b"])
-        targets = check_targets(family, self.targets or (("in_proj", "dt_proj") if vim else ("k", "v", "mlp")), "lily")
+        default = ("in_proj", "dt_proj") if vim else ("k", "v", "mlp")
+        targets = check_targets(family, default if self.targets is None else self.targets, "lily")  # () is refused
         router = self.router or ("single" if vim else "per_site")
         routing = self.routing or ("token" if vim else "batch")
         dropout = _first(self.dropout, 0.1 if vim else 0.0)

@@ -58,7 +58,7 @@ class LoraConfig:
         family = model_family(model)
         variant = self.variant
         if variant is None:  # no variant: NOAH's unless the targets say otherwise
-            given = check_targets(family, self.targets, "lora", ("linear",)) if self.targets else None
+            given = check_targets(family, self.targets, "lora", ("linear",)) if self.targets is not None else None
             noah = family == "vit" and given in (None, VIT_VARIANTS["noah"]["targets"]) and self.per_target is None
             variant = "noah" if noah else "custom"
         choices = (*VIT_VARIANTS, "custom") if family == "vit" else ("custom",)
@@ -66,7 +66,7 @@ class LoraConfig:
             raise unknown_name(f"lora variant for a {family} backbone", variant, choices)
         preset = VIT_VARIANTS.get(variant, CUSTOM)
         default = preset.get("targets") or (("q", "v") if family == "vit" else ("in_proj",))
-        targets = check_targets(family, self.targets or default, "lora", allowed_styles=("linear",))
+        targets = check_targets(family, default if self.targets is None else self.targets, "lora", allowed_styles=("linear",))
         if variant in VIT_VARIANTS and tuple(targets) != preset["targets"]:
             raise UserError(f"lora: variant {variant!r} adapts {','.join(preset['targets'])}, not "
                             f"{','.join(targets)}; use variant=custom for other targets")

@@ -21,8 +21,9 @@ from vtab_lily.errors import UserError, unknown_name
 
 PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
 # Adapters whose settings are wholly the user's (a PEFT config file): no official setup to differ
-# from, and no default that resolves without the user's file.
-NO_OFFICIAL_SETUP = {"peft"}
+# from, and no default that resolves without the user's file. ``vtab_lily.official`` keeps the same
+# set for readers without torch (the leaderboard); a test checks they agree.
+NO_OFFICIAL_SETUP = frozenset({"peft"})
 
 
 def official_adapter_settings(family: str, adapter: str, model: nn.Module | None = None) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value + 0.0:g}"  # + 0.0: -0.0 reads 0, not -0
     if isinstance(value, (list, tuple)):
         return ",".join(_show(v) for v in value)
     if isinstance(value, dict):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..fsutil import atomic_write
 from . import images
-from .lists import SplitList, format_problems
+from .lists import ListEntry, SplitList, format_problems
 from .parallel import PROGRESS_MIN_ITEMS, default_workers, waiting_lock
 
 FORMAT_VERSION = 2  # v2: the key includes each image's size and mtime
@@ -155,23 +155,28 @@ def _cannot_write(path: Path, needed: int, err: OSError) -> UserError:
 
 
 def decode_chunks(split_list: SplitList, size: int, workers: int | None = None, progress: bool = True,
-                  desc: str | None = None) -> Iterator[np.ndarray]:
+                  desc: str | None = None,
+                  on_unreadable: Callable[[ListEntry, str], None] | None = None) -> Iterator[np.ndarray]:
     """The split's images decoded at ``size``, in list order, as ``(m, 3, size, size)`` uint8 chunks
     of at most :data:`CHUNK_BYTES` (one buffer, reused: copy a chunk to keep it).
 
-    Every unreadable image is collected and raised at the end as one :class:`UserError`.
+    Every unreadable image is collected and raised at the end as one :class:`UserError`; with
+    ``on_unreadable`` each is given to it instead, ``(entry, why)`` in list order, and its slot of
+    the chunk holds no image (the caller discards what it computed from such a split).
     """
     entries = split_list.entries
     per_chunk = max(1, CHUNK_BYTES // (3 * size * size))
     buffer = np.empty((min(per_chunk, max(len(entries), 1)), 3, size, size), dtype=np.uint8)
     problems: list[str] = []
 
-    def decode_into(slot_index: tuple[int, int]) -> str | None:
+    def decode_into(slot_index: tuple[int, int]) -> str | tuple[ListEntry, str] | None:
         slot, i = slot_index
         entry = entries[i]
         try:
             buffer[slot] = images.decode_image(split_list.image_path(entry), size)
         except images.ImageDecodeError as err:
+            if on_unreadable is not None:
+                return entry, str(err)
             return f"{split_list.where(entry)}: {entry.path}: {err}"
         return None
 
@@ -182,7 +187,9 @@ def decode_chunks(split_list: SplitList, size: int, workers: int | None = None, 
             stop = min(start + per_chunk, len(entries))
             for problem in pool.map(decode_into, enumerate(range(start, stop))):
                 bar.update()
-                if problem:
+                if problem and on_unreadable is not None:
+                    on_unreadable(*problem)
+                elif problem:
                     problems.append(problem)
             yield buffer[: stop - start]
     if problems:

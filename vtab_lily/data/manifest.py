@@ -9,7 +9,8 @@ a hash over those split hashes: equal fingerprints mean equal lists and equal mo
 
 Written by ``prepare``, by ``verify --write-manifest`` for a tree laid out by hand, and by the
 demo generator. Hashing the pixels reads the decoded cache when one exists, else decodes a
-chunk at a time (never a whole split in memory).
+chunk at a time (never a whole split in memory). ``prepare`` takes the hashes from ``verify``'s
+own decoding pass (``verify_task(pixels_px=...)``), so each image is decoded once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def list_sha256(split_list: SplitList) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def pixels_digest(n: int, size: int = PIXELS_PX) -> "hashlib._Hash":
+    """A pixel hash before any image: feed it each image's ``(3, size, size)`` uint8 bytes in
+    list order (what :func:`pixels_sha256` does; ``verify`` does it while checking the images)."""
+    return hashlib.sha256(f"uint8 {n} 3 {size} {size}\n".encode())
+
+
 def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int = PIXELS_PX,
                   cache_dir: Path | None = None, build: bool = False, workers: int | None = None,
                   progress: bool = True) -> str:
@@ -50,7 +57,7 @@ def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int =
     cache is built on the way (so training later reuses it); otherwise images are decoded a chunk
     at a time and only hashed.
     """
-    digest = hashlib.sha256(f"uint8 {len(split_list)} 3 {size} {size}\n".encode())
+    digest = pixels_digest(len(split_list), size)
     path = cache.split_cache_path(cache_dir, task_name, split_list, split, size) if cache_dir else None
     cached = cache.open_cached(path, len(split_list), size) if path is not None else None
     if cached is not None:
@@ -95,8 +102,13 @@ def detect_encoding(split_lists: list[SplitList]) -> str:
 def compute_manifest(task_name: str, split_lists: dict[str, SplitList], source: str, encoding: str | None = None,
                      size: int = PIXELS_PX, cache_dir: Path | None = None, build_cache: bool = False,
                      workers: int | None = None, progress: bool = True,
-                     on_split: Callable[[str], None] | None = None) -> dict:
-    """The manifest of one task from its parsed (and already checked) list files."""
+                     on_split: Callable[[str], None] | None = None, pixels: dict[str, str] | None = None) -> dict:
+    """The manifest of one task from its parsed (and already checked) list files.
+
+    ``pixels``: split -> pixel hash at ``size`` already computed from these lists (``verify``'s
+    decoding pass, ``TaskReport.pixels_sha256``); those splits are not decoded again (unless
+    ``build_cache``: the cache is built, and hashed, on the way).
+    """
     splits = {}
     for split in SPLITS:
         if split not in split_lists:
@@ -104,9 +116,10 @@ def compute_manifest(task_name: str, split_lists: dict[str, SplitList], source: 
         if on_split is not None:
             on_split(split)
         split_list = split_lists[split]
+        known = None if build_cache else (pixels or {}).get(split)
         splits[split] = {"n": len(split_list), "list_sha256": list_sha256(split_list),
-                         "pixels_sha256": pixels_sha256(split_list, task_name, split, size, cache_dir, build_cache,
-                                                        workers, progress)}
+                         "pixels_sha256": known or pixels_sha256(split_list, task_name, split, size, cache_dir,
+                                                                 build_cache, workers, progress)}
     from .. import __version__
 
     return {"schema": SCHEMA, "task": task_name, "source": source,

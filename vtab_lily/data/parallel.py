@@ -72,15 +72,8 @@ def folder_lock(folder: Path, poll_s: float = 0.5) -> Iterator[None]:
     directory cannot be flocked (some network file systems) it falls back to a lock file that is
     removed afterwards.
     """
-    import errno
-    import fcntl
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        fd = None
+    fd = _locked_folder_fd(folder, poll_s)
     if fd is None:
         with waiting_lock(folder, ".lock"):
             yield
@@ -88,18 +81,45 @@ def folder_lock(folder: Path, poll_s: float = 0.5) -> Iterator[None]:
             (folder / ".lock").unlink()
         return
     try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if not waited:
-                    print(f"waiting: another process is writing {folder}", file=sys.stderr)
-                    waited = True
-                time.sleep(poll_s)
         yield
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _locked_folder_fd(folder: Path, poll_s: float) -> int | None:
+    """An open descriptor of ``folder`` holding its flock (None where a directory cannot be
+    opened). The folder is created when missing; when the process that held the lock removed it
+    (a failed ``prepare`` removes the empty root it created), the lock is taken again on the
+    folder now at that path, never kept on a removed one."""
+    import errno
+    import fcntl
+
+    waited = False
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                    if not waited:
+                        print(f"waiting: another process is writing {folder}", file=sys.stderr)
+                        waited = True
+                    time.sleep(poll_s)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(folder))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            return fd
+        os.close(fd)  # locked a folder that is gone: lock the one at the path now

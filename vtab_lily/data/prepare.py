@@ -21,7 +21,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..tasks import VTAB_TASKS, get_task
+from ..tasks import VTAB_TASKS, get_task, split_task_list
 from . import archive
 from .cache import default_cache_dir
 from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, write_manifest
@@ -141,17 +141,26 @@ class Preparer:
         write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
                         self.progress)
 
+    def discard_unfinished(self) -> None:
+        """Remove the staging folders of this run's claimed tasks that are not in place (a source
+        failed mid-way): they are ours, and a rerun starts them over anyway."""
+        for task in self.claimed:
+            shutil.rmtree(self.root / STAGING / task, ignore_errors=True)
+
     # --- checking and moving into place ---------------------------------------------------------
     def finish(self, task: str, source_label: str, encoding: str | None) -> None:
         """Verify the staged task; give it a manifest; move it into place (or match an existing one)."""
         row = self.rows.setdefault(task, TaskRow(task, source_label))
         staged, final = self.root / STAGING / task, self.root / task
+        # the pixel hashes come from verify's own decoding (each image decoded once), except when
+        # the cache is built: that decodes anyway, and hashes on the way
+        pixels_px = None if self.build_cache else self.pixels_px
         report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                             show_progress=self.progress)
+                             show_progress=self.progress, pixels_px=pixels_px)
         dropped = self._drop_undecodable(task, report) if self.drop_undecodable and report.unreadable else []
         if dropped:
             report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                                 show_progress=self.progress)
+                                 show_progress=self.progress, pixels_px=pixels_px)
             row.notes.append(f"dropped {len(dropped)} undecodable test image(s): {', '.join(dropped[:5])}")
         row.counts = {s: len(v) for s, v in report.split_lists.items()}
         row.notes += report.warnings
@@ -162,7 +171,7 @@ class Preparer:
         cache_dir = default_cache_dir(self.root) if self.build_cache else None
         manifest = compute_manifest(task, report.split_lists, source_label, encoding, size=self.pixels_px,
                                     cache_dir=cache_dir, build_cache=self.build_cache, workers=self.workers,
-                                    progress=self.progress)
+                                    progress=self.progress, pixels=report.pixels_sha256)
         if dropped:
             manifest["dropped"] = dropped
         row.encoding, row.fingerprint = manifest["encoding"], manifest["fingerprint"]
@@ -225,13 +234,16 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--root {root}: exists and is not a folder")
-    wanted = [get_task(name).name for name in tasks] if tasks else None
+    if tasks is not None and not tasks:
+        raise UserError("--tasks names no task; leave it out (None) for every task found")
+    wanted = [get_task(name).name for name in tasks] if tasks is not None else None
     paths = list({Path(s).resolve(): Path(s) for s in sources}.values())  # each source once
     kinds = [archive.source_kind(p) for p in paths]  # every source checked before any work
     for path in paths:
         if path.is_dir() and path.resolve() in (root.resolve(), *root.resolve().parents):
             raise UserError(f"--from {path}: is the target root (or holds it); for a tree already laid out run "
                             f"`python -m vtab_lily.data verify --root {root} --write-manifest`")
+    created = _missing_folders(root)  # what mkdir makes (root, parents), removed again if left empty
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -239,10 +251,19 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     prep = Preparer(root, wanted, encoding, workers, progress, pixels_px, build_cache, drop_undecodable)
     found: dict[Path, list[str]] = {}
     try:
-        _run_sources(prep, paths, kinds, found)
+        with folder_lock(root):
+            try:
+                _run_sources(prep, paths, kinds, found)
+            except Exception:  # a source failed: its half-staged task is never reused (claim starts it over).
+                prep.discard_unfinished()  # (Ctrl-C keeps it, as a kill would)
+                raise
+            finally:
+                _remove_if_empty([root / STAGING, *created])  # under the lock: nobody is writing there
     except OSError as err:  # disk full, a read-only root, a source that fails to read mid-way
         raise WriteFailed(f"{err.filename or root}: {err.strerror or err} (finished tasks are kept; rerun to "
                           "continue)") from None
+    finally:
+        _remove_if_empty(created)  # the fallback lock file (no flock on this file system) is gone only now
     if not any(found.values()):
         raise UserError(f"no VTAB-1K task folders in {', '.join(map(str, paths))} (expected <task>/train800.txt ... "
                         "or one folder above, e.g. vtab-1k/<task>/...; task names as in python -m vtab_lily.tasks)")
@@ -255,19 +276,36 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
 
 
 def _run_sources(prep: Preparer, paths: list[Path], kinds: list[str], found: dict[Path, list[str]]) -> None:
-    """Each source in turn (under a lock on the root); ``found`` gets the tasks each one held."""
-    with folder_lock(prep.root):
-        for path, kind in zip(paths, kinds):
-            if kind == "tfds":
-                found[path] = prep.from_tfds(path)
-                continue
-            found[path] = prep.from_archive(path, kind)
-            for task in found[path]:
-                if prep.claimed.get(task, ("",))[0] == str(path):
-                    prep.finish(task, f"{kind} {path.name}", None)
-        staging = prep.root / STAGING
-        if staging.is_dir() and not any(staging.iterdir()):
-            staging.rmdir()
+    """Each source in turn (the caller holds the lock on the root); ``found`` gets the tasks each one held."""
+    for path, kind in zip(paths, kinds):
+        if kind == "tfds":
+            found[path] = prep.from_tfds(path)
+            continue
+        found[path] = prep.from_archive(path, kind)
+        for task in found[path]:
+            if prep.claimed.get(task, ("",))[0] == str(path):
+                prep.finish(task, f"{kind} {path.name}", None)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) while it is empty; stop at the first that is not (or is
+    gone, or cannot be removed): a folder holding anything, ours or the user's, is never touched."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails on a folder that holds anything
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def format_summary(rows: dict[str, TaskRow]) -> str:
@@ -305,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the 224 px decoded cache built while fingerprinting (training reuses it)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = split_task_list(args.tasks) if args.tasks is not None else None  # '' is refused, never "every task"
     rows = prepare(args.sources, args.root, tasks, args.encoding, args.workers, build_cache=args.cache,
                    drop_undecodable=args.drop_undecodable)
     print(format_summary(rows))

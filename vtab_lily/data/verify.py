@@ -38,6 +38,7 @@ class TaskReport:
     manifest: dict | None = None
     split_lists: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)  # image path -> why it cannot be decoded
+    pixels_sha256: dict = field(default_factory=dict)  # split -> pixel hash (verify_task's pixels_px)
 
     @property
     def ok(self) -> bool:
@@ -51,9 +52,53 @@ def _image_problems(paths: list[Path], quick: bool, workers: int | None, progres
     return {path: why for path, why in zip(paths, results) if why}
 
 
+def _decode_and_hash(parsed: dict, size: int, workers: int | None,
+                     progress: bool) -> tuple[dict[Path, str], dict[str, str]]:
+    """Decode every image of ``parsed`` at ``size`` in list order, as the manifest's pixel hash
+    does: (path -> why unreadable, split -> pixel hash of each split whose images all decoded).
+
+    A split listing exactly the splits decoded before it, in order (``train800val200`` =
+    ``train800`` + ``val200``), is hashed from their images as they pass: each image is decoded
+    once. Other splits are decoded on their own (an image listed twice is decoded twice).
+    """
+    from .cache import decode_chunks
+    from .manifest import pixels_digest
+
+    decoded: list[str] = []  # splits decoded, in order
+    targets: dict[str, list[str]] = {}  # decoded split -> the splits its images are hashed into
+    for split, split_list in parsed.items():
+        paths = [e.path for e in split_list.entries]
+        if decoded and paths == [e.path for s in decoded for e in parsed[s].entries]:
+            for part in decoded:
+                targets[part].append(split)
+        else:
+            decoded.append(split)
+            targets[split] = [split]
+    digests = {split: pixels_digest(len(split_list), size) for split, split_list in parsed.items()}
+    unreadable: dict[Path, str] = {}
+    broken: set[str] = set()
+    for split in decoded:
+        split_list = parsed[split]
+
+        def bad(entry, why: str, split_list=split_list, split=split) -> None:
+            unreadable.setdefault(split_list.image_path(entry), why)
+            broken.update(targets[split])
+
+        for chunk in decode_chunks(split_list, size, workers, progress, desc=f"checking {split_list.file.name}",
+                                   on_unreadable=bad):
+            for target in targets[split]:
+                digests[target].update(memoryview(chunk))
+    return unreadable, {s: d.hexdigest() for s, d in digests.items() if s not in broken}
+
+
 def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None = None,
-                show_progress: bool = True) -> TaskReport:
-    """Check all four splits of one task; never raises for bad data, only reports it."""
+                show_progress: bool = True, pixels_px: int | None = None) -> TaskReport:
+    """Check all four splits of one task; never raises for bad data, only reports it.
+
+    With ``pixels_px`` (not ``quick``) the images are decoded at that size, in list order, and
+    each split's pixel hash for its manifest (``report.pixels_sha256``) is computed on the way,
+    so ``prepare`` decodes each image once instead of again for the fingerprint.
+    """
     report = TaskReport(task)
     folder = root / task.name
     if not folder.is_dir():
@@ -74,7 +119,12 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
     for split_list in parsed.values():
         for entry in split_list.entries:
             first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
-    unreadable = report.unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
+    if pixels_px is not None and not quick:
+        unreadable, report.pixels_sha256 = _decode_and_hash(parsed, pixels_px, workers, show_progress)
+        unreadable = {path: unreadable[path] for path in first_listed if path in unreadable}  # listed order
+    else:
+        unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
+    report.unreadable = unreadable
     for path, why in unreadable.items():
         report.problems.append(f"{first_listed[path]}: {path.relative_to(folder)}: {why}")
     for split, split_list in parsed.items():
@@ -166,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     root = check_root(args.root)
     suite_name = args.suite or detect_suite(root)
     registry = suite(suite_name)
-    if args.tasks:
-        from ..tasks import get_task
+    if args.tasks is not None:  # an empty --tasks is refused, never "every task"
+        from ..tasks import get_task, split_task_list
 
-        tasks = [get_task(name.strip(), suite_name) for name in args.tasks.split(",") if name.strip()]
+        tasks = [get_task(name, suite_name) for name in split_task_list(args.tasks)]
     else:
         tasks = list(registry.values())
     pixels_px = PIXELS_PX

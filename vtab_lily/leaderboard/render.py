@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from .datamarks import DIFFERS_MARK
 from .table import Cell, Row, Table
-from .text import md_escape, round_half_up
+from .text import md_escape, round_half_up, setup_text
 
 MISSING = "-"
 PARTIAL_MARK = "*"
@@ -87,11 +87,9 @@ def format_seeds(row: Row) -> str:
 
 
 def format_setup(row: Row) -> str:
-    """``official``, the deviations, or ``?`` (not recorded), marked when they differ from the reference row's."""
-    if row.deviations is None:
-        text = "?"
-    else:
-        text = ", ".join(row.deviations) or "official"
+    """``official``, the deviations, or ``?`` (not recorded), marked when they differ from the reference row's
+    (``peft config`` and the recipe's deviations for an adapter without an official setup)."""
+    text = setup_text(row.adapter, row.deviations)
     if row.kind == "run" and row.precision and not any(d.startswith("precision=") for d in row.deviations or ()):
         text += f" ({row.precision})" if row.precision != "fp32" else ""
     return text + (SETTING_MARK if row.setting_differs else "")
@@ -216,7 +214,9 @@ def footnotes(table: Table) -> list[str]:
         f"{AVG_GROUPS}: mean of the {len(table.groups)} group means (VPT/NOAH/Lily papers). "
         f"{AVG_TASKS}: mean over the {n_tasks} tasks (official VTAB).",
         "Method: the run's label (adapter settings, then its differences from the official setup). Setup: those "
-        "differences (result.json `deviations`); `official`: none; `?`: not recorded (older result).",
+        "differences (result.json `deviations`); `official`: none; `?`: not recorded (older result); `peft config`: "
+        "the adapter's settings are a PEFT config file (spelled out in the label), so it has no official setup and "
+        "only the recipe is compared.",
         f"Data: image encoding (png lossless / jpeg / mixed) and a digest of the per-task data fingerprints "
         f"(`?` not recorded, `mixed` recorded for some tasks only); `{DIFFERS_MARK}`: built on data other than what "
         "most rows of this table use for that task, or, when no one copy is the most used, made on a copy other "

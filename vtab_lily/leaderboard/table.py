@@ -22,6 +22,7 @@ from ..results import (METRICS, RESULT_FILE, accuracy, adapter_config_of, data_o
 from ..tasks import GROUPS, PROTOCOLS
 from . import datamarks
 from .reference import ReferenceRow, matching_reference, reference_rows
+from .text import setup_text
 
 TABLE_METRICS = METRICS + ("both",)  # both: final-epoch cells with the best (test-selected) beside them
 
@@ -264,7 +265,7 @@ def _disambiguate(rows: list[Row]) -> None:
         out = [row.method_hash or ""]
         if row.precision:
             out.append(row.precision)
-        out.append("official" if row.deviations == () else "setup ?" if row.deviations is None else ",".join(row.deviations))
+        out.append("setup ?" if row.deviations is None else setup_text(row.adapter, row.deviations, sep=","))
         if row.data.variant:
             out.append(f"data {row.data.variant + 1}")
         return out

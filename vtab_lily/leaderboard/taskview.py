@@ -6,7 +6,7 @@ from typing import Any
 
 from ..results import data_of, deviations_of, finished_utc, params_without_head
 from .render import MISSING, format_duration, format_params
-from .text import round_half_up
+from .text import round_half_up, setup_text
 
 
 def task_view(results: list[dict], task: str, failed: list[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
@@ -17,8 +17,7 @@ def task_view(results: list[dict], task: str, failed: list[Any] | None = None) -
     for r in sorted(results, key=lambda r: (r["backbone"], r["protocol"], r["method"], r["seed"])):
         acc = r["accuracy"]
         best = MISSING if acc.get("best") is None else f"{round_half_up(acc['best'], 2)} ({acc.get('best_epoch', '?')})"
-        deviations = deviations_of(r)
-        setup = "?" if deviations is None else ", ".join(deviations) or "official"
+        setup = setup_text(r["adapter"], deviations_of(r))
         no_head = params_without_head(r)
         data = data_of(r)
         finished = finished_utc(r)

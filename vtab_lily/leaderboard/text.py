@@ -12,6 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
 from ..errors import UserError
+from ..official import NO_OFFICIAL_SETUP
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
@@ -24,6 +25,17 @@ def round_half_up(value: float, digits: int = 1) -> str:
     except (InvalidOperation, ValueError):  # nan/inf never reach here after validation; be safe
         return str(value)
     return "0" + text[2:] if text.startswith("-0") and not any(c in "123456789" for c in text) else text
+
+
+def setup_text(adapter: str, deviations: tuple[str, ...] | list[str] | None, sep: str = ", ") -> str:
+    """The Setup of a row or run: ``official`` (no deviations), the deviations, or ``?`` (not
+    recorded). An adapter with no official setup (``peft``) is never ``official``: ``peft config``,
+    then the recipe's deviations."""
+    if deviations is None:
+        return "?"
+    if adapter in NO_OFFICIAL_SETUP:
+        return sep.join([f"{adapter} config", *deviations])
+    return sep.join(deviations) or "official"
 
 
 def md_escape(text: object) -> str:

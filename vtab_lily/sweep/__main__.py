@@ -85,11 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     spec = build_spec(config, where, flags=flags)
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
-    from .runopts import flag_is_supported
-
-    if spec.paper and not flag_is_supported("paper"):
-        print("note: this vtab_lily.run has no --paper; the test-selected number is still read from each "
-              "result.json's accuracy.best", file=sys.stderr)
 
     from .api import check_trials, plan_summary, run_sweep
     from .locate import RunLocator
@@ -106,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
                         leaderboards=args.leaderboards, progress=not args.no_progress,
-                        trials_per_gpu=args.trials_per_gpu, batch=False if args.one_process_per_trial else None)
+                        trials_per_gpu=args.trials_per_gpu, batch=not args.one_process_per_trial)
     print(outcome.summary())
     return 0 if outcome.ok else 1
 

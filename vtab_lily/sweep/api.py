@@ -52,13 +52,13 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, out: str = "runs", backend: str = "local", address: str | None = None,
               num_cpus: int | None = None, leaderboards: str | Path = "leaderboards", progress: bool = True,
-              locate: Locator | None = None, trials_per_gpu: int = 1, batch: bool | None = None) -> SweepOutcome:
+              locate: Locator | None = None, trials_per_gpu: int = 1, batch: bool = True) -> SweepOutcome:
     """Run (or finish) a sweep and write its selection, table and TensorBoard view.
 
     Runs write under ``out``; the sweep's own files under ``<out>/sweeps/<sweep-id>/``. Calling
     it again with the same spec repeats nothing that finished. ``trials_per_gpu`` trials share
     each GPU; ``batch`` (local backend): one ``vtab_lily.run --batch`` process per worker
-    (None: when the runner has it; False: one process per trial).
+    (False: one process per trial).
     """
     # Runs get an absolute folder: Ray workers do not share our working directory.
     run_out = str(Path(out).resolve())

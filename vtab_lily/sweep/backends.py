@@ -59,7 +59,7 @@ class LocalBackend:
     (``CUDA_VISIBLE_DEVICES`` set per worker), or ``trials_per_gpu`` at once on a CPU-only one.
 
     With several workers each trial gets ``--threads cores // workers`` unless its options set
-    ``--threads``. With ``batch`` (the runner has ``--batch``), a worker runs the trials it takes
+    ``--threads``. With ``batch``, a worker runs the trials it takes
     in one ``python -m vtab_lily.run --batch FILE`` process (one process per GPU slot instead of
     one per trial); a batch is formed from what was submitted up to the last :meth:`flush`.
     """
@@ -243,16 +243,14 @@ def _local_runtime_env() -> dict | None:
 
 
 def make_backend(name: str, address: str | None = None, num_cpus: int | None = None, trials_per_gpu: int = 1,
-                 batch: bool | None = None) -> Backend:
-    """``batch``: one process per local worker via ``vtab_lily.run --batch`` (None: when the runner has it)."""
+                 batch: bool = True) -> Backend:
+    """``batch``: one process per local worker via ``vtab_lily.run --batch`` (False: one per trial)."""
     if not isinstance(trials_per_gpu, int) or isinstance(trials_per_gpu, bool) or not 1 <= trials_per_gpu <= 64:
         raise UserError(f"--trials-per-gpu must be between 1 and 64, got {trials_per_gpu!r}")
     if name == "local":
         if address:
             raise UserError("--address is only for --backend ray")
-        from .runopts import flag_is_supported
-
-        return LocalBackend(trials_per_gpu=trials_per_gpu, batch=flag_is_supported("batch") if batch is None else batch)
+        return LocalBackend(trials_per_gpu=trials_per_gpu, batch=batch)
     if name == "ray":
         return RayBackend(address, num_cpus, trials_per_gpu)
     from ..errors import unknown_name

@@ -58,8 +58,8 @@ class Trial:
             argv += runopts.option_args(key, value)
         if spec.demo:
             argv.append("--demo")
-        if spec.paper and runopts.flag_is_supported("paper"):
-            argv.append("--paper")
+        if spec.paper and self.protocol == "test":  # the test-selected number exists on test only (val grid
+            argv.append("--paper")                 # trials of --select val would be refused by the runner)
         if self.method_name:
             argv += ["--method-name", self.method_name]
         return argv + list(spec.run_args)

@@ -8,8 +8,9 @@ Names are matched exactly (no abbreviations): ``--ou`` is not ``--out`` and ``se
   options, never in the grid, and left out of labels and the sweep id;
 - everything else changes the numbers: allowed in the grid and in the label.
 
-A grid key that is not a run option goes to the adapter as ``--adapter-opt KEY=VALUE`` when
-the runner has that option (its own coercion then validates the value).
+A grid key that is not a run option goes to the adapter as ``--adapter-opt KEY=VALUE`` (the
+runner's own coercion then validates the value). The runner and the sweep ship together, so the
+runner's ``--paper``, ``--batch`` and ``--adapter-opt`` are always there.
 """
 
 from __future__ import annotations
@@ -81,20 +82,14 @@ def check_fixed_name(name: str, where: str) -> argparse.Action:
 
 def check_grid_key(key: str, where: str) -> argparse.Action | None:
     """A grid key: an exact run option that changes numbers, or (None) an adapter option passed
-    with ``--adapter-opt`` when the runner has it."""
+    with ``--adapter-opt`` (checked against the adapter's fields by the caller)."""
     name = flag_name(key)
     if name in RESERVED:
         raise UserError(f"{where}: grid key {key!r} is not a tunable run option: the sweep sets --{name} "
                         f"itself; use {RESERVED[name]}")
     if name in MACHINE or name == ADAPTER_OPT:
         raise UserError(f"{where}: grid key {key!r} is not a tunable run option (it does not change the numbers)")
-    action = run_actions().get(name)
-    if action is not None:
-        return action
-    if has_run_option(ADAPTER_OPT):
-        return None
-    err = _unknown(key, f"{where}: grid key")
-    raise UserError(f"{err}; nor can it go to the adapter: this vtab_lily.run has no --{ADAPTER_OPT}")
+    return run_actions().get(name)
 
 
 def normal_value(key: str, action: argparse.Action | None, text: str, where: str) -> Any:
@@ -119,6 +114,8 @@ def normal_value(key: str, action: argparse.Action | None, text: str, where: str
             number = None
     if isinstance(number, float) and not math.isfinite(number):
         raise UserError(f"{where}: {key} = {text!r} is not a finite number")
+    if isinstance(value, float) and value == 0:
+        value = 0.0  # the run reads -0.0 as 0 (one run folder, one label)
     if isinstance(value, (list, tuple)):
         value = tuple(value)
     return value
@@ -164,10 +161,3 @@ def parse_fixed(run_args: list[str], where: str = "run options") -> list[tuple[s
         i += 1
     return pairs
 
-
-def flag_is_supported(name: str) -> bool:
-    """Whether this vtab_lily.run has ``--name`` (e.g. ``--paper``, ``--batch``): newer runners do."""
-    try:
-        return has_run_option(name)
-    except Exception:  # noqa: BLE001 - an unimportable runner fails later, with its own message
-        return False

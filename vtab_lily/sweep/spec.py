@@ -190,6 +190,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     path = Path(path)
+    if path.is_dir():
+        try:
+            inside = sorted(p.name for p in path.glob("*.toml") if p.is_file())
+        except OSError:
+            inside = []
+        hint = f"; it holds {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}" if inside else ""
+        raise UserError(f"--config {path}: is a directory, not a TOML file{hint} "
+                        "(e.g. --config vtab_lily/configs/lily-vit-paper.toml)")
+    if path.exists() and not path.is_file():
+        raise UserError(f"--config {path}: not a regular file; give a TOML file")
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
     try:
