@@ -237,3 +237,19 @@ def test_a_default_warmup_longer_than_the_run_is_said(capsys):
     assert "default warmup of 10 epochs is longer than --epochs 3" in capsys.readouterr().err
     with pytest.raises(UserError, match="--warmup 5 is longer than --epochs 3"):
         check_args(["--task", "dtd", "--epochs", "3", "--warmup", "5", "--checkpoint", "none"])
+
+
+
+def test_a_per_target_setting_is_labelled_once():
+    from vtab_lily.official import method_label
+    from vtab_lily.run import identify
+
+    def label(*argv: str) -> tuple[str, list[str]]:
+        config, _, _, devs = identify(check_args(["--task", "dtd", *argv, "--checkpoint", "none"]), must_exist=False)
+        return method_label(config["adapter"], config["adapter_config"], devs), devs
+
+    assert label("--adapter", "lora", "--adapter-opt", "variant=custom", "--adapter-opt", "targets=q,v",
+                 "--adapter-opt", "per_target=q.alpha=4")[0] == "lora r=8 alpha=8 q,v q:alpha=4 variant=custom"
+    # one that the core label does not show (it equals the top level) stays as its deviation
+    text, devs = label("--backbone", "vim", "--adapter", "lily", "--adapter-opt", "per_target=dt_proj.rank=8")
+    assert text.endswith(" dt_proj.rank=8") and devs == ["dt_proj.rank=8"]

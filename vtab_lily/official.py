@@ -156,25 +156,33 @@ def core_label(adapter: str, adapter_config: dict) -> tuple[str, set[str]]:
     return " ".join(parts), shown
 
 
-def _per_target_parts(adapter_config: dict) -> list[str]:
-    """``dt_proj:r=4,ne_b=1`` for each target whose settings differ from the adapter-wide ones."""
+def _per_target_settings(adapter_config: dict) -> dict[str, dict]:
+    """{target: {key: value}} for the per-target settings that differ from the adapter-wide ones."""
     per_target = adapter_config.get("per_target")
     if not isinstance(per_target, dict):
-        return []
-    parts = []
+        return {}
+    out = {}
     for target, plan in per_target.items():
-        if not isinstance(plan, dict):
-            continue
-        diff = [f"{_SHORT.get(k, k)}={_show(v)}" for k, v in plan.items() if adapter_config.get(k) != v]
-        if diff:
-            parts.append(f"{target}:{','.join(diff)}")
-    return parts
+        if isinstance(plan, dict):
+            diff = {k: v for k, v in plan.items() if adapter_config.get(k) != v}
+            if diff:
+                out[target] = diff
+    return out
+
+
+def _per_target_parts(adapter_config: dict) -> list[str]:
+    """``dt_proj:r=4,ne_b=1`` for each target whose settings differ from the adapter-wide ones."""
+    return [f"{target}:{','.join(f'{_SHORT.get(k, k)}={_show(v)}' for k, v in diff.items())}"
+            for target, diff in _per_target_settings(adapter_config).items()]
 
 
 def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = ()) -> str:
     """The adapter's core settings then the deviations not already shown, e.g.
     ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``."""
     core, shown = core_label(adapter, adapter_config)
-    # per-target settings are in the core label already (``dt_proj:r=4``)
-    extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")]
+    # per-target settings the core label shows (``q:alpha=4``) are not repeated as ``q.alpha=4``
+    shown_per_target = {f"{t}.{k}={_show(v)}" for t, diff in _per_target_settings(adapter_config).items()
+                        for k, v in diff.items()}
+    extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")
+             and d not in shown_per_target]
     return " ".join([core, *extra])
