@@ -156,7 +156,7 @@ def test_in21k_reference_rows_are_attached_and_marked(runs: Path) -> None:
     assert {"Full fine-tuning (reported)", "Linear probing (reported)", "LoRA (NOAH: fused qkv, r=8) (reported)",
             "AdaptFormer (reported)", "NOAH (reported)", "Lily (reported)", "VPT-deep (reported)", "BitFit (reported)",
             "SSF (reported)", "Convpass (reported)", "FacT-TT (r<=16) (reported)", "FacT-TK (r<=32) (reported)",
-            "Adapter (Houlsby-style, r=8) (reported)"} == set(by_name)
+            "Adapter (Houlsby-style, r=8) (reported)", "RepAdapter (reported)"} == set(by_name)
     assert by_name["Lily (reported)"].reported_average == 77.3
     assert by_name["LoRA (NOAH: fused qkv, r=8) (reported)"].params_m == 0.29
     assert by_name["Full fine-tuning (reported)"].reported_average == 68.9
