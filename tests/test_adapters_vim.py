@@ -264,19 +264,6 @@ def test_additional_scan_trains_only_its_tensors_and_the_head():
         apply_adapter(tiny_vim(), "additional-scan", states=0)
 
 
-def _outputs_of(model, names):
-    """{module path: output} of the named Linears (their frozen base layer's own output excluded)."""
-    seen, hooks = {}, []
-    for name in names:
-        module = model.get_submodule(name)
-        hooks.append(module.register_forward_hook(lambda mod, inp, out, name=name: seen.setdefault(name, out)))
-    with torch.no_grad():
-        model(X)
-    for hook in hooks:
-        hook.remove()
-    return seen
-
-
 @pytest.mark.parametrize("target, rows", [
     ("in_proj_x", {"in_proj": (0, 64)}), ("in_proj_z", {"in_proj": (64, 128)}),
     ("x_proj_dt", {"x_proj": (0, 2), "x_proj_b": (0, 2)}), ("x_proj_B", {"x_proj": (2, 10), "x_proj_b": (2, 10)}),
