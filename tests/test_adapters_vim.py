@@ -262,3 +262,70 @@ def test_additional_scan_trains_only_its_tensors_and_the_head():
         apply_adapter(helpers.tiny_vit(), "additional-scan")
     with pytest.raises(UserError, match="states must be an integer >= 1"):
         apply_adapter(tiny_vim(), "additional-scan", states=0)
+
+
+@pytest.mark.parametrize("target, rows", [
+    ("in_proj_x", {"in_proj": (0, 64)}), ("in_proj_z", {"in_proj": (64, 128)}),
+    ("x_proj_dt", {"x_proj": (0, 2), "x_proj_b": (0, 2)}), ("x_proj_B", {"x_proj": (2, 10), "x_proj_b": (2, 10)}),
+    ("x_proj_C", {"x_proj": (10, 18), "x_proj_b": (10, 18)}),
+])
+def test_partial_lora_changes_only_its_row_block(target, rows):
+    """MambaPEFT's LoRA_p: a low-rank update on one row block of in_proj (x = [:d_inner], z =
+    [d_inner:]) or of each direction's x_proj (dt [:dt_rank], B, C). Tiny Vim: d_inner 64,
+    d_state 8, dt_rank 2."""
+    from vtab_lily.adapters import merge_lora, unmerge_lora
+    from vtab_lily.official import adapter_deviations, method_label
+    import dataclasses
+
+    base = tiny_vim()
+    model = apply_adapter(tiny_vim(), "lora", targets=target, rank=2, alpha=0.2, dropout=0.1,
+                          dropout_position="after_a")
+    depth = len(model.layers)
+    count = sum(depth * 2 * (32 + stop - start) if name == "in_proj" else depth * 2 * (64 + stop - start)
+                for name, (start, stop) in rows.items())
+    assert count_parameters(model)["adapter"] == count
+    assert torch.equal(model(X), base(X))  # B starts at zero
+    randomize_trainable(model)
+    # feed every layer the same input: compare each adapted Linear's output with the frozen one's
+    for layer in model.layers:
+        for name, (start, stop) in rows.items():
+            adapted = layer.mixer.get_submodule(name)
+            inp = torch.randn(5, adapted.in_features)
+            with torch.no_grad():
+                delta = adapted(inp) - adapted.base_layer(inp)
+            assert delta[:, start:stop].abs().min() > 0, (target, name)
+            outside = torch.cat([delta[:, :start], delta[:, stop:]], dim=1)
+            assert torch.equal(outside, torch.zeros_like(outside)), (target, name)
+    # merging folds the update into that block only, exactly, and unmerging restores the bits
+    with torch.no_grad():
+        ours = model(X)
+        frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+        assert merge_lora(model) == depth * len(rows)
+        torch.testing.assert_close(model(X), ours, rtol=1e-5, atol=1e-5)
+        for layer_index, layer in enumerate(model.layers):
+            for name, (start, stop) in rows.items():
+                key = f"layers.{layer_index}.mixer.{name}.base_layer.weight"
+                merged = layer.mixer.get_submodule(name).base_layer.weight
+                assert torch.equal(torch.cat([merged[:start], merged[stop:]]),
+                                   torch.cat([frozen[key][:start], frozen[key][stop:]]))
+                assert not torch.equal(merged[start:stop], frozen[key][start:stop])
+        unmerge_lora(model)
+        assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    config = dataclasses.asdict(model.adapter_config)
+    assert method_label("lora", config, adapter_deviations("vim", "lora", config)) == \
+        f"lora r=2 alpha=0.2 {target} dropout=0.1 dropout_position=after_a"
+
+
+def test_partial_lora_targets_refuse_their_whole_layer_and_round_trip_through_peft(tmp_path):
+    with pytest.raises(UserError, match="target 'in_proj' overlaps \\['in_proj_x'\\]"):
+        apply_adapter(tiny_vim(), "lora", targets="in_proj,in_proj_x")
+    with pytest.raises(UserError, match="target 'x_proj' overlaps \\['x_proj_B', 'x_proj_C'\\]"):
+        apply_adapter(tiny_vim(), "lora", targets="x_proj_C,x_proj,x_proj_B")
+    both = apply_adapter(tiny_vim(), "lora", rank=2, targets="in_proj_x,in_proj_z,x_proj_dt")  # disjoint blocks
+    randomize_trainable(both)
+    peft = pytest.importorskip("peft")
+    with torch.no_grad():
+        ours = both(X)
+        export_peft(both, tmp_path)
+        assert torch.allclose(peft.PeftModel.from_pretrained(tiny_vim(), str(tmp_path))(X), ours, atol=1e-5)
+        assert torch.equal(load_peft(tiny_vim(), tmp_path)(X), ours)

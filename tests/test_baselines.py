@@ -264,3 +264,65 @@ def test_affix_tokens_start_each_scan_direction_in_the_xz_space():
         apply_adapter(tiny(), "affix")
     with pytest.raises(UserError, match="init_std must be a finite number > 0"):
         apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "affix", init_std=0)
+
+
+def test_affix_projection_makes_every_layers_tokens_from_one_mlp():
+    """MambaPEFT's Affix-tuning with its projection (prefix_projection=True): Embedding(length, W) ->
+    Linear(W, W) -> tanh -> Linear(W, depth * 2 * W), W = 2 d_inner; layer l's forward tokens are
+    columns [2 l W, 2 l W + W) of its output, its backward ones the next W."""
+    from vtab_lily.adapters import recorded_config
+    from vtab_lily.official import adapter_deviations, method_label
+
+    with torch.device("meta"):
+        vim_s = create_backbone("vim-s", num_classes=100)
+    width = 1536
+    assert count_parameters(apply_adapter(vim_s, "affix", projection=True))["adapter"] == \
+        3 * width + (width * width + width) + (width * 24 * 2 * width + 24 * 2 * width) == 115_685_376
+    torch.manual_seed(0)
+    model = apply_adapter(create_backbone("vim-tiny-test", num_classes=3, img_size=32), "affix", length=2,
+                          projection=True)
+    projection, depth, inner = model.affix_projection, len(model.layers), model.layers[0].mixer.d_inner
+    width = 2 * inner
+    assert projection.embedding.weight.shape == (2, width)
+    assert [tuple(m.weight.shape) for m in projection.mlp if isinstance(m, torch.nn.Linear)] == \
+        [(width, width), (depth * 2 * width, width)]
+    assert isinstance(projection.mlp[1], torch.nn.Tanh)
+    # the tokens each layer's in_proj output carries are its slice of the MLP's output
+    seen, calls = {}, []
+    hooks = [layer.mixer.in_proj.register_forward_hook(lambda mod, inp, out, index=index: seen.update({index: out}))
+             for index, layer in enumerate(model.layers)]
+    projection.mlp.register_forward_hook(lambda mod, inp, out: calls.append(out))
+    x = torch.randn(2, 3, 32, 32)
+    model(x).square().sum().backward()
+    for hook in hooks:
+        hook.remove()
+    assert len(calls) == 1 and projection._cache is None  # once per model forward, then released
+    with torch.no_grad():
+        out = projection.mlp(projection.embedding.weight)
+    for index in range(depth):
+        own = out[:, 2 * width * index:2 * width * (index + 1)]
+        torch.testing.assert_close(seen[index][:, :2], own[:, :width].expand(2, -1, -1))
+        torch.testing.assert_close(seen[index][:, -2:], own[:, width:].flip(0).expand(2, -1, -1))
+    # only the projection and the head train; gradients reach the embedding and both Linears
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"affix_projection.embedding.weight", "affix_projection.mlp.0.weight",
+                         "affix_projection.mlp.0.bias", "affix_projection.mlp.2.weight",
+                         "affix_projection.mlp.2.bias", "head.weight", "head.bias"}
+    for name in trainable:
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    # the output rows that become z halves gate dropped positions only: zero gradient, as w/o projection
+    rows = projection.mlp[2].weight.grad.view(depth, 2, 2, inner, width)  # layer, direction, x|z, ...
+    assert torch.equal(rows[:, :, 1], torch.zeros_like(rows[:, :, 1])) and rows[:, :, 0].abs().sum() > 0
+    # a mixer called on its own computes the tokens afresh: still MambaPEFT's two sequences
+    mixer = model.layers[1].mixer
+    hidden = torch.randn(2, 7, mixer.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(hidden), _two_sequence_affix(mixer, hidden), rtol=1e-5, atol=1e-6)
+    # recorded only when on: runs without it keep their config (hash) and label
+    assert "projection" not in recorded_config(apply_adapter(create_backbone("vim-tiny-test", 3), "affix").adapter_config)
+    config = recorded_config(model.adapter_config)
+    assert config["projection"] is True
+    assert method_label("affix", config, adapter_deviations("vim", "affix", config)) == \
+        "affix length=2 init_std=1 projection=on"
+    with pytest.raises(UserError, match="projection must be true or false"):
+        apply_adapter(create_backbone("vim-tiny-test", num_classes=3), "affix", projection="yes")

@@ -81,6 +81,8 @@ MAMBAPEFT = {  # id -> (params without head as our adapter counts it, printed Av
     "mambapeft-affix": (0.221, 54.30), "mambapeft-a": (0.590, 64.40), "mambapeft-d": (0.037, 58.16),
     "mambapeft-bias": (0.037, 61.03), "mambapeft-conv1d": (0.147, 69.09), "mambapeft-lora-in": (1.475, 71.25),
     "mambapeft-lora-out": (2.654, 71.12), "mambapeft-lora-x": (2.531, 67.77), "mambapeft-lora-dt": (2.433, 69.30),
+    "mambapeft-affix-proj": (115.685, 70.29), "mambapeft-lorap-x": (1.769, 71.52), "mambapeft-lorap-z": (1.769, 70.94),
+    "mambapeft-lorap-d": (2.433, 65.46), "mambapeft-lorap-b": (2.408, 66.07), "mambapeft-lorap-c": (2.408, 65.61),
 }
 MAMBAPEFT_RECIPE = ("batch_size=32", "drop_path=0.1", "lr=0.001", "normalize=imagenet", "warmup=10", "wd=0.0001")
 
@@ -110,6 +112,8 @@ def test_group_means_rows_give_both_averages_and_flag_mambapeft_full() -> None:
     assert rows["mambapeft-addscan"].match == {"states": 6}
     assert rows["mambapeft-bias"].match == {"parts": ["dt_bias"]}
     assert rows["mambapeft-lora-x"].match == {"targets": ["x_proj"], "rank": 64}
+    assert rows["mambapeft-lorap-x"].match == {"targets": ["in_proj_x"], "rank": 64}
+    assert rows["mambapeft-affix-proj"].match == {"length": 3, "projection": True}
 
 
 def test_a_group_mean_average_is_flagged_only_beyond_one_printed_unit(tmp_path: Path) -> None:
@@ -255,3 +259,21 @@ def test_a_broken_reference_file_is_a_user_error(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="unknown source"):
         load_reference(str(path))
+
+
+def test_mambapeft_affix_and_partial_lora_runs_find_their_rows() -> None:
+    """A run's recorded adapter_config (config.json) picks its MambaPEFT row: affix without the
+    projection (the key is not recorded when off) the w/o-proj row, with it the w/ proj row; LoRA on
+    a row block of in_proj / x_proj its LoRA_p row."""
+    from vtab_lily.leaderboard.reference import matching_reference
+
+    refs = [r for r in load_reference() if r.backbone == "vim-s"]
+    affix = {"length": 3, "init_std": 1.0}
+    assert matching_reference(refs, "affix", affix, 0.221).id == "mambapeft-affix"
+    assert matching_reference(refs, "affix", {**affix, "projection": True}, 115.685).id == "mambapeft-affix-proj"
+    for target, rid in (("in_proj_x", "x"), ("in_proj_z", "z"), ("x_proj_dt", "d"), ("x_proj_B", "b"),
+                        ("x_proj_C", "c")):
+        config = {"variant": "custom", "rank": 64, "alpha": 6.4, "targets": [target]}
+        assert matching_reference(refs, "lora", config, 2.0).id == f"mambapeft-lorap-{rid}"
+    assert matching_reference(refs, "lora", {"rank": 64, "targets": ["in_proj_x"], "alpha": 64}, 1.769).id \
+        == "mambapeft-lorap-x"  # another scale is still compared with it (its deviations say so)

@@ -46,11 +46,9 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     """Resolve everything that names the run without loading weights or data: the model is
     built on the ``meta`` device. Fills ``adapter_config`` and ``pretrained`` into ``config``;
     returns (config, run dir, parameter counts, deviations)."""
-    import dataclasses
-
     import torch
 
-    from .adapters import apply_adapter, count_parameters
+    from .adapters import apply_adapter, count_parameters, recorded_config
     from .backbones import backbone_family, create_backbone
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
@@ -58,7 +56,7 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
                                 **_backbone_kwargs(config))
         model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
-    config["adapter_config"] = json_normal(dataclasses.asdict(model.adapter_config))
+    config["adapter_config"] = json_normal(recorded_config(model.adapter_config))
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
     config["pretrained"] = weights.name if weights else None
@@ -109,9 +107,9 @@ def build_model(config: dict, weights: Path | None) -> Any:
 
 def _same_as_identified(model: Any, config: dict) -> None:
     """The real model must be the one the meta build named (else the run folder would lie)."""
-    import dataclasses
+    from .adapters import recorded_config
 
-    real = json_normal(dataclasses.asdict(model.adapter_config))
+    real = json_normal(recorded_config(model.adapter_config))
     kept = getattr(model, "pre_logits_kept", config["pre_logits"])
     if real != config["adapter_config"] or bool(kept) != bool(config["pre_logits"]):
         raise RuntimeError(f"the loaded model differs from its meta-device description: adapter {real} vs "

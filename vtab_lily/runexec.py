@@ -27,6 +27,9 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SNAPSHOT_MAX_PARAMS = 10_000_000
+
+
 class EvalRecorder:
     """``before_eval``/``on_eval`` hooks for the training loop: TensorBoard router scalars,
     router history (Lily) and a snapshot of the trainable tensors at each evaluation."""
@@ -34,7 +37,10 @@ class EvalRecorder:
     def __init__(self, model: Any, run: RunDir, writer: Any, config: dict, start_epoch: int):
         self.model, self.run, self.writer, self.config = model, run, writer, config
         self.lily = config["adapter"] == "lily"
-        self.snapshots = config["adapter"] != "full"  # full fine-tuning: 86M parameters per snapshot
+        # full fine-tuning (86M parameters per snapshot) and any method past 10M trainable
+        # parameters (Affix with its projection: 116M) keep no snapshots
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.snapshots = config["adapter"] != "full" and trainable <= SNAPSHOT_MAX_PARAMS
         old = run.read_router_history() if start_epoch > 0 else None
         self.history = {"sites": [], "experts": 0, "epochs": [], "weights": []}
         if old and isinstance(old.get("epochs"), list):  # keep the evaluations the checkpoint covers

@@ -139,6 +139,21 @@ def make_config(name: str, **config: Any) -> Any:
     return cls(**config)
 
 
+# A field with this metadata key is left out of ``recorded_config`` while it holds its default: an
+# option added after runs were recorded keeps their config hashes, run folders and labels.
+UNRECORDED_DEFAULT = "unrecorded_default"
+
+
+def recorded_config(config: Any) -> dict[str, Any]:
+    """A resolved adapter config as a run records it (``dataclasses.asdict``, less the
+    ``UNRECORDED_DEFAULT`` fields that hold their default)."""
+    out = dataclasses.asdict(config)
+    for field in dataclasses.fields(config):
+        if field.metadata.get(UNRECORDED_DEFAULT) and out.get(field.name) == field.default:
+            out.pop(field.name)
+    return out
+
+
 def apply_adapter(model: nn.Module, name: str, task: str | None = None, **config: Any) -> nn.Module:
     """Freeze ``model``, inject adapter ``name`` with ``config``; adapter + head stay trainable.
 
@@ -227,5 +242,5 @@ __all__ = [
     "ADAPTERS", "TARGETS", "AdaptFormerConfig", "FullConfig", "LilyConfig", "LinearConfig", "LoraConfig",
     "adapter_deviations", "apply_adapter", "balanced_groups", "count_parameters", "export_peft", "lily_router_weights", "load_peft",
     "make_config", "merge_lora", "merge_repadapter", "merge_ssf", "model_family", "official_adapter_settings",
-    "reset_router_weights", "set_lily_naive", "unmerge_lora",
+    "recorded_config", "reset_router_weights", "set_lily_naive", "unmerge_lora",
 ]

@@ -19,12 +19,25 @@ Each token's z half (its last d_inner entries) gates only its own, dropped, posi
 zero gradient and never changes (as in MambaPEFT): 221,184 parameters on Vim-S at length 3
 (24 layers x 2 directions x 3 x 1536), of which half (the x halves) act. A fresh model is *not*
 the backbone. ``init_std`` is the tokens' N(0, std) scale (1 as MambaPEFT's nn.Embedding).
+
+``projection=True`` is MambaPEFT's best Affix row (its default ``prefix_projection=True``; the
+HF PEFT prefix-tuning reparameterisation): the tokens are no longer parameters but the output of
+one model-wide MLP, ``Embedding(length, 2 d_inner)`` (N(0, init_std)) -> ``Linear(2 d_inner,
+2 d_inner)`` -> tanh -> ``Linear(2 d_inner, depth * 2 * 2 d_inner)`` (nn.Linear's default inits).
+Row i of its output holds token i of every layer: layer l reads columns
+``[l * 2W, (l + 1) * 2W)`` (W = 2 d_inner), the first W its forward tokens, the next W its
+backward ones. Placement and dropping are as above; the MLP is only a reparameterisation. It is
+evaluated once per model forward (a pre-hook opens a cache that the layers share, a hook closes
+it; a mixer called on its own computes it afresh). Vim-S, length 3: 3 * 1536 + (1536 * 1536 + 1536)
++ (1536 * 73728 + 73728) = 115,685,376 trainable parameters. MambaPEFT prints 117,000K for this
+row, which with its ~9K head would be ~116.99M: 1.3M more than its code gives (not reconciled;
+``tests/test_mambapeft.py``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,6 +54,8 @@ class AffixConfig:
 
     length: int = 3
     init_std: float = 1.0
+    # recorded only when true: runs from before the option keep their hashes and labels
+    projection: bool = field(default=False, metadata={"unrecorded_default": True})
 
     def resolve(self, model: nn.Module) -> "AffixConfig":
         if model_family(model) != "vim":
@@ -49,7 +64,9 @@ class AffixConfig:
         std = self.init_std
         if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < math.inf:
             raise UserError(f"affix: init_std must be a finite number > 0, got {std!r}")
-        return AffixConfig(self.length, float(std))
+        if not isinstance(self.projection, bool):
+            raise UserError(f"affix: projection must be true or false, got {self.projection!r}")
+        return AffixConfig(self.length, float(std), self.projection)
 
 
 class AffixTokens(AdapterModule):
@@ -59,6 +76,55 @@ class AffixTokens(AdapterModule):
         super().__init__()
         self.forward_tokens = nn.Parameter(std * torch.randn(length, width))
         self.backward_tokens = nn.Parameter(std * torch.randn(length, width))
+
+
+class AffixProjection(AdapterModule):
+    """Every layer's tokens from one embedding through an MLP: (length, depth * 2 * width)."""
+
+    def __init__(self, length: int, width: int, depth: int, std: float) -> None:
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.embedding = nn.Embedding(length, width)
+        nn.init.normal_(self.embedding.weight, std=std)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, depth * 2 * width))
+        self._cache: torch.Tensor | None = None
+        self._open = False
+
+    def forward(self) -> torch.Tensor:
+        if not self._open:
+            return self.mlp(self.embedding.weight)
+        if self._cache is None:
+            self._cache = self.mlp(self.embedding.weight)
+        return self._cache
+
+    def open_cache(self, *_: object) -> None:
+        self._open, self._cache = True, None
+
+    def close_cache(self, *_: object) -> None:
+        self._open, self._cache = False, None
+
+    def layer_tokens(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s (forward, backward) tokens, each (length, width)."""
+        own = self()[:, layer * 2 * self.width:(layer + 1) * 2 * self.width]
+        return own[:, :self.width], own[:, self.width:]
+
+
+class ProjectedTokens(nn.Module):
+    """One layer's view of the projection's output, read like ``AffixTokens`` (no parameters of
+    its own: the projection is registered once, on the model)."""
+
+    def __init__(self, projection: AffixProjection, layer: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "projection", projection)  # not a submodule: counted and saved once
+        self.layer = layer
+
+    @property
+    def forward_tokens(self) -> torch.Tensor:
+        return self.projection.layer_tokens(self.layer)[0]
+
+    @property
+    def backward_tokens(self) -> torch.Tensor:
+        return self.projection.layer_tokens(self.layer)[1]
 
 
 class AffixInProj(nn.Module):
@@ -90,8 +156,19 @@ class AffixOutProj(nn.Module):
 
 
 def inject_affix(model: nn.Module, config: AffixConfig) -> None:
-    for layer in model_blocks(model):
+    layers = model_blocks(model)
+    projection = None
+    if config.projection:
+        projection = AffixProjection(config.length, layers[0].mixer.in_proj.out_features, len(layers),
+                                     config.init_std)
+        model.affix_projection = projection
+        model.register_forward_pre_hook(projection.open_cache)
+        model.register_forward_hook(projection.close_cache, always_call=True)
+    for index, layer in enumerate(layers):
         mixer = layer.mixer
-        tokens = AffixTokens(config.length, mixer.in_proj.out_features, config.init_std)
+        if projection is None:
+            tokens = AffixTokens(config.length, mixer.in_proj.out_features, config.init_std)
+        else:
+            tokens = ProjectedTokens(projection, index)
         mixer.in_proj = AffixInProj(mixer.in_proj, tokens)
         mixer.out_proj = AffixOutProj(mixer.out_proj, config.length)

@@ -2,6 +2,8 @@
 
 A is Kaiming-uniform (nn.Linear default), B zeros. ``q``/``k``/``v`` adapt their slice of timm's
 fused ``qkv`` separately (each its own A and B); ``qkv`` is one A and one B for the fused layer.
+On Vim, ``in_proj_x``/``in_proj_z`` and ``x_proj_dt``/``x_proj_B``/``x_proj_C`` adapt one row
+block of ``in_proj`` / of each direction's ``x_proj`` the same way (MambaPEFT's partial LoRA).
 Named variants reproduce published baselines (see ``LoraConfig``). ``merge_lora``/``unmerge_lora``
 fold the update into the frozen weight and restore the original weight bit-for-bit.
 """
@@ -41,7 +43,8 @@ class LoraConfig:
       targets but takes explicit ``rank``/``alpha``/``dropout``. Vim: ``custom`` only.
     - ``rank`` r, ``alpha`` (None: = rank, i.e. scaling 1), ``dropout`` rate and
       ``dropout_position`` (``input``: on the LoRA input, HF PEFT; ``after_a``: on A's output).
-    - ``targets``: ViT q, k, v, qkv, proj, fc1, fc2; Vim in_proj, x_proj, dt_proj, out_proj.
+    - ``targets``: ViT q, k, v, qkv, proj, fc1, fc2; Vim in_proj, x_proj, dt_proj, out_proj and
+      the row blocks in_proj_x, in_proj_z (x and gate z halves), x_proj_dt, x_proj_B, x_proj_C.
     - ``per_target`` overrides such as ``{"qkv": {"rank": 16, "alpha": 32}}``. Resolved, it
       lists every target.
     """

@@ -5,8 +5,9 @@ block, to one or more *kinds* (``dt_proj`` -> ``dt_proj`` and ``dt_proj_b``, the
 backward scan), and each (block, kind) pair is one *site*. Lily shares A and B per kind.
 
 Site styles:
-- ``linear``: adapt an ``nn.Linear`` (optionally only a slice of its outputs, e.g. ``k`` of the
-  fused ``qkv``): ``y = W0 x + delta(x)``.
+- ``linear``: adapt an ``nn.Linear`` (optionally only a block of its output rows: ``k`` of the
+  fused ``qkv``, the x or z half of Vim's ``in_proj``, the dt/B/C rows of Vim's ``x_proj``):
+  ``y = W0 x + delta(x)``, the delta added to that block only.
 - ``parallel``: put a module beside a whole sub-module (``mlp``): ``y = module(x) + delta(x)``.
 """
 
@@ -26,7 +27,13 @@ class TargetPart:
     kind: str
     path: str  # module path inside the block
     style: str = "linear"  # "linear" | "parallel"
-    slice_index: int | None = None  # which third of a fused qkv (0 q, 1 k, 2 v)
+    slice_index: int | None = None  # which block of the Linear's output rows (None: all of them)
+    split: str = "thirds"  # how the rows split: SPLITS below
+
+
+# How a Linear's output rows split into the blocks a sliced target adapts (slice_index picks one):
+# "thirds" timm's fused qkv (q, k, v); "halves" Vim's in_proj (x, then the gate z);
+# "x_proj" Vim's x_proj (dt_rank rows for delta, then d_state rows of B, then d_state of C).
 
 
 # Target names per backbone family. Vim's x_proj and dt_proj cover both scan directions as
@@ -47,6 +54,13 @@ TARGETS: dict[str, dict[str, tuple[TargetPart, ...]]] = {
         "x_proj": (TargetPart("x_proj", "mixer.x_proj"), TargetPart("x_proj_b", "mixer.x_proj_b")),
         "dt_proj": (TargetPart("dt_proj", "mixer.dt_proj"), TargetPart("dt_proj_b", "mixer.dt_proj_b")),
         "out_proj": (TargetPart("out_proj", "mixer.out_proj"),),
+        # MambaPEFT's partial LoRA (LoRA_p): one row block of in_proj (shared by both directions)
+        # or of each direction's x_proj.
+        "in_proj_x": (TargetPart("in_proj_x", "mixer.in_proj", slice_index=0, split="halves"),),
+        "in_proj_z": (TargetPart("in_proj_z", "mixer.in_proj", slice_index=1, split="halves"),),
+        **{f"x_proj_{rows}": (TargetPart(f"x_proj_{rows}", "mixer.x_proj", slice_index=i, split="x_proj"),
+                              TargetPart(f"x_proj_b_{rows}", "mixer.x_proj_b", slice_index=i, split="x_proj"))
+           for i, rows in enumerate(("dt", "B", "C"))},
     },
 }
 
@@ -112,8 +126,12 @@ def check_targets(family: str, targets: tuple[str, ...] | list[str], method: str
         if target in seen:
             raise UserError(f"{method}: target {target!r} given twice")
         seen.add(target)
-    if "qkv" in seen and seen & {"q", "k", "v"}:
-        raise UserError(f"{method}: target 'qkv' overlaps {sorted(seen & {'q', 'k', 'v'})}; use one or the other")
+    for whole in targets:  # a whole Linear and a row block of it (qkv and q; in_proj and in_proj_x)
+        paths = {p.path for p in TARGETS[family][whole] if p.slice_index is None}
+        inside = [t for t in targets if t != whole
+                  and any(p.path in paths and p.slice_index is not None for p in TARGETS[family][t])]
+        if inside:
+            raise UserError(f"{method}: target {whole!r} overlaps {sorted(inside)}; use one or the other")
     return targets
 
 
@@ -127,11 +145,33 @@ def resolve_sites(model: nn.Module, targets: tuple[str, ...]) -> list[Site]:
             for layer in range(model_depth(model)):
                 path = f"{prefix}.{layer}.{part.path}"
                 module = original_module(model.get_submodule(path))
-                sites.append(_site(layer, target, part, path, module))
+                block = model.get_submodule(f"{prefix}.{layer}")
+                sites.append(_site(layer, target, part, path, module, block))
     return sites
 
 
-def _site(layer: int, target: str, part: TargetPart, path: str, module: nn.Module) -> Site:
+def _row_blocks(split: str, module: nn.Linear, block: nn.Module) -> list[tuple[int, int]]:
+    """The (start, stop) output rows of each block of ``module`` under ``split``."""
+    out = module.out_features
+    if split == "thirds":
+        sizes = [out // 3] * 3
+    elif split == "halves":
+        sizes = [out // 2] * 2
+    elif split == "x_proj":
+        dt_rank = block.mixer.dt_rank
+        sizes = [dt_rank, (out - dt_rank) // 2, (out - dt_rank) // 2]
+    else:
+        raise ValueError(f"unknown row split {split!r}")
+    if sum(sizes) != out:
+        raise UserError(f"cannot split the {out} output rows of a {type(module).__name__} as {split}")
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _site(layer: int, target: str, part: TargetPart, path: str, module: nn.Module, block: nn.Module) -> Site:
     if part.style == "parallel":
         width = _parallel_width(module, path)
         return Site(layer, target, part.kind, path, "parallel", None, width, width)
@@ -140,9 +180,8 @@ def _site(layer: int, target: str, part: TargetPart, path: str, module: nn.Modul
     out_slice = None
     out_features = module.out_features
     if part.slice_index is not None:
-        width = module.out_features // 3
-        out_slice = (part.slice_index * width, (part.slice_index + 1) * width)
-        out_features = width
+        out_slice = _row_blocks(part.split, module, block)[part.slice_index]
+        out_features = out_slice[1] - out_slice[0]
     return Site(layer, target, part.kind, path, "linear", out_slice, module.in_features, out_features)
 
 
