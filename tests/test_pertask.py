@@ -111,7 +111,7 @@ def test_a_fixed_value_is_one_deviation_on_every_task_even_where_the_paper_agree
 
 
 @pytest.mark.parametrize("opt, message", [
-    ("rank=papr", "rank must be a number or 'paper'"),
+    ("rank=papr", r"--adapter-opt rank: cannot read 'papr' as int .*; or paper \(the published per-task value\)"),
     ("rank=1.5", r"--adapter-opt rank: cannot read '1.5' as int"),
     ("rank=0", "rank must be an integer >= 1"),
     ("scale=-1", "must be a finite number >= 0"),
