@@ -260,7 +260,8 @@ def adapter_option_value(adapter: str, key: str, text: str, hint: Any) -> Any:
     ``paper`` (any case) where the adapter has a per-task table for ``key``, else coerced to the type."""
     if _is_paper_word(text):
         return paper_option(adapter, key, f"--adapter-opt {key}=paper")
-    kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+    union = typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] if union else []
     if str in kinds and len(kinds) > 1:  # ``int | str``: the text is there for ``paper`` only
         numbers = [a for a in kinds if a is not str]
         try:
