@@ -299,9 +299,9 @@ def _finite_numbers(value: Any, where: str) -> None:
         return
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value < 0:
-            raise UserError(f"--{where.replace('_', '-')} must be a finite number >= 0, got {value}")
+            raise UserError(f"{where} must be a finite number >= 0, got {value}")
         if isinstance(value, int) and value > ADAPTER_INT_LIMIT:  # sizes: a typo, or an int64 overflow
-            raise UserError(f"--{where.replace('_', '-')} must be <= {ADAPTER_INT_LIMIT:,}, got {value:,}")
+            raise UserError(f"{where} must be <= {ADAPTER_INT_LIMIT:,}, got {value:,}")
     elif isinstance(value, dict):
         for key, item in value.items():
             _finite_numbers(item, f"{where}.{key}")
@@ -340,7 +340,8 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
     if config["drop_path"] >= 1:
         raise UserError(f"--drop-path must be below 1, got {config['drop_path']}")
     for key, value in config["adapter_options"].items():
-        _finite_numbers(value, key)
+        # named as given: --rank (a flag), --adapter-opt states (no flag of its own)
+        _finite_numbers(value, f"--{key.replace('_', '-')}" if key in ADAPTER_FLAGS else f"--adapter-opt {key}")
     if config["adapter_options"].get("dropout", 0) >= 1:
         raise UserError(f"--dropout must be below 1, got {config['adapter_options']['dropout']}")
 
