@@ -129,7 +129,6 @@ def test_a_group_mean_average_is_flagged_only_beyond_one_printed_unit(tmp_path: 
         load_reference(str(path))
 
 
-
 def test_vim_s_table_shows_the_mambapeft_rows_with_both_averages(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     _nineteen(runs, backbone="vim-s", adapter="additional-scan", method="additional-scan states=6",
