@@ -255,4 +255,3 @@ def test_a_broken_reference_file_is_a_user_error(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="unknown source"):
         load_reference(str(path))
-
