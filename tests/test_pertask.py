@@ -111,8 +111,8 @@ def test_a_fixed_value_is_one_deviation_on_every_task_even_where_the_paper_agree
 
 
 @pytest.mark.parametrize("opt, message", [
-    ("rank=papr", "rank must be a number or 'paper'"),
-    ("rank=1.5", "rank must be a number or 'paper'"),
+    ("rank=papr", r"--adapter-opt rank: cannot read 'papr' as int .*; or paper \(the published per-task value\)"),
+    ("rank=1.5", r"--adapter-opt rank: cannot read '1.5' as int"),
     ("rank=0", "rank must be an integer >= 1"),
     ("scale=-1", "must be a finite number >= 0"),
 ])
@@ -122,5 +122,39 @@ def test_bad_per_task_options_name_the_option(opt, message):
 
 
 def test_vpt_shallow_has_no_paper_table_and_says_so():
-    with pytest.raises(UserError, match="vpt-shallow: no published per-task prompt lengths"):
+    with pytest.raises(UserError, match="adapter 'vpt-shallow' has no published per-task length"):
         identified("--task", "dtd", "--adapter", "vpt-shallow", "--adapter-opt", "length=paper")
+    with pytest.raises(UserError, match="vpt-shallow: no published per-task prompt lengths"):
+        paper_model("vpt-shallow", "dtd", length="paper")  # the Python API says so too
+
+
+@pytest.mark.parametrize("opt", ["length=1e3", "length=50.0", "length=nan"])
+def test_a_number_of_the_wrong_kind_is_named_as_such_not_as_not_a_number(opt):
+    """``int | str`` options: a float-looking value is not an int, said as such (never 'must be a
+    number or paper', which reads as if 1e3 were no number)."""
+    with pytest.raises(UserError, match=rf"--adapter-opt length: cannot read '{opt[7:]}' as int"):
+        identified("--task", "dtd", "--adapter", "vpt-deep", "--adapter-opt", opt)
+
+
+@pytest.mark.parametrize("argv", [
+    ("--scale", "paper"), ("--rank", "paper", "--scale", "paper"), ("--scale", "PAPER"),
+    ("--adapter-opt", "rank=Paper"), ("--adapter-opt", "scale= paper"),
+])
+def test_paper_is_accepted_by_the_flags_and_in_any_case(argv):
+    """``--scale paper`` (the flag, as a sweep grid over scale passes it) and ``PAPER`` are the default."""
+    default, devs_default = identified("--task", "dtd", "--adapter", "fact-tt")
+    given, devs = identified("--task", "dtd", "--adapter", "fact-tt", *argv)
+    assert devs == devs_default == [] and given["adapter_config"] == default["adapter_config"]
+    assert given["adapter_task_settings"] == default["adapter_task_settings"]
+
+
+@pytest.mark.parametrize("adapter, argv, where", [
+    ("lily", ("--adapter-opt", "rank=paper"), "--adapter-opt rank=paper"),
+    ("lily", ("--scale", "paper"), "--scale paper"),
+    ("lora", ("--rank", "PAPER"), "--rank paper"),
+    ("repadapter", ("--adapter-opt", "rank=paper"), "--adapter-opt rank=paper"),
+    ("vpt-deep", ("--adapter-opt", "dropout=paper"), "--adapter-opt dropout=paper"),
+])
+def test_paper_on_a_setting_without_a_table_names_the_option_and_the_tables(adapter, argv, where):
+    with pytest.raises(UserError, match=rf"^{where}: adapter '{adapter}' has no published per-task .*fact-tt rank/scale"):
+        check_args(["--task", "dtd", "--adapter", adapter, *argv])

@@ -167,8 +167,10 @@ def test_an_empty_list_option_is_refused_never_the_default(tmp_path, capsys, ext
     (["--epochs", "99999999999999999999"], "--epochs must be <= 100,000"),
     (["--adapter-opt", "rank=9999999999999999999999"], "--rank must be <= 1,000,000"),  # was an int64 crash
     (["--rank", "100000000"], "--rank must be <= 1,000,000"),
-    (["--adapter-opt", "per_target=k.rank=99999999999"], "--per-target.k.rank must be <= 1,000,000"),
-    (["--adapter", "lora", "--adapter-opt", "per_target=q.alpha=nan"], "--per-target.q.alpha must be a finite"),
+    (["--adapter-opt", "per_target=k.rank=99999999999"], "--adapter-opt per_target.k.rank must be <= 1,000,000"),
+    (["--backbone", "vim", "--adapter", "additional-scan", "--adapter-opt", "states=-1"],
+     "--adapter-opt states must be a finite number >= 0, got -1"),  # no --states flag to name
+    (["--adapter", "lora", "--adapter-opt", "per_target=q.alpha=nan"], "--adapter-opt per_target.q.alpha must be a finite"),
     (["--paper", "--protocol", "val"], "--paper"),
     (["--ou", "x"], "unrecognized arguments: --ou"),  # no abbreviations (issue 16.14)
     (["--precision", "fp16"], "invalid choice"),

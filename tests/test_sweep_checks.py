@@ -192,6 +192,33 @@ def test_dry_run_applies_the_runs_number_checks_to_every_grid_value(grid, named)
     assert named in str(err.value)
 
 
+def test_adapter_option_grid_values_are_read_as_the_runner_reads_them(capsys):
+    """A grid key without a run flag (--adapter-opt): 'paper' in any case is one value, and a
+    value the runner refuses (length=5.0 on an int) fails the sweep now, not every trial later."""
+    code = sweep_main(["--backbone", "vit", "--adapter", "vpt-deep", "--tasks", "dtd",
+                       "--grid", "length=paper,PAPER,5,05", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0 and "2 grid points x 1 tasks" in captured.out
+    assert "grid.length: 'PAPER' is the same value as 'paper'; running it once" in captured.err
+    assert "grid.length: '05' is the same value as '5'; running it once" in captured.err
+    for bad, named in (("5.0", "length = '5.0': --adapter-opt length: cannot read '5.0' as int"),
+                       ("1e3", "cannot read '1e3' as int"), ("papr", "cannot read 'papr' as int.*; or paper")):
+        with pytest.raises(UserError, match=named):
+            sweep_main(["--backbone", "vit", "--adapter", "vpt-deep", "--tasks", "dtd",
+                        "--grid", f"length=5,{bad}", "--dry-run"])
+
+
+def test_paper_in_a_grid_over_a_flag_option(capsys):
+    """scale and rank are run flags: 'paper' goes through them where the adapter has a table."""
+    code = sweep_main(["--backbone", "vit", "--adapter", "fact-tt", "--tasks", "dtd",
+                       "--grid", "scale=paper,1,1.0", "--grid", "rank=paper,8", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0 and "4 grid points x 1 tasks" in captured.out
+    assert "--scale paper --rank paper" in captured.out
+    with pytest.raises(UserError, match="adapter 'lily' has no published per-task scale"):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=paper,1", "--dry-run"])
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--trials-per-gpu", "0"], "--trials-per-gpu must be between 1 and 64"),
     (["--num-cpus", "-1", "--backend", "ray"], "--num-cpus must be at least 1"),

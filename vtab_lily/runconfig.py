@@ -41,6 +41,20 @@ def _targets_flag(text: str) -> tuple[str, ...]:
     return targets
 
 
+def _number_or_paper(kind: type) -> Any:
+    """A flag's type that also takes the word ``paper`` (the published per-task value; which
+    adapters have one is checked in :func:`adapter_options`)."""
+    def convert(text: str) -> Any:
+        return "paper" if _is_paper_word(text) else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse: "invalid int value: 'x'"
+    return convert
+
+
+def _is_paper_word(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "paper"  # adapters.pertask.PAPER
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vtab_lily.run", allow_abbrev=False,
                                 description="One fine-tuning run (see the module docstring of vtab_lily.run).",
@@ -50,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default="lily", help="lily, lora, adaptformer, linear (head only), full, ...")
     p.add_argument("--task", help="task folder name (python -m vtab_lily.tasks lists them)")
     a = p.add_argument_group("adapter options (unset ones take the adapter's official defaults)")
-    a.add_argument("--rank", type=int)
+    a.add_argument("--rank", type=_number_or_paper(int))
     a.add_argument("--ne", type=int, help="Lily: A groups and B experts")
     a.add_argument("--ne-a", type=int, help="Lily: number of A groups")
     a.add_argument("--ne-b", type=int, help="Lily: number of B experts")
-    a.add_argument("--scale", type=float)
+    a.add_argument("--scale", type=_number_or_paper(float),
+                   help="a number, or paper: the published per-task value (vpt-deep, fact-tt/tk, repadapter)")
     a.add_argument("--targets", type=_targets_flag, help="comma-separated targets, e.g. k,v,mlp")
     a.add_argument("--router", help="Lily: per_site | single | none")
     a.add_argument("--routing", help="Lily: batch (official ViT) | token (official Vim) | sample | eq2")
@@ -137,11 +152,14 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if type(None) in args and text.strip().lower() in ("none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
+        errors = []
         for kind in inner[:-1]:  # ``int | str``: a number when it reads as one (``paper`` stays text)
             try:
                 return _coerce(text, kind, where)
-            except UserError:
-                pass
+            except UserError as err:
+                errors.append(err)
+        if errors and inner[-1] is str and _reads_as_number(text):
+            raise errors[0]  # ``rank=16.0``, ``length=1e3``: a number of the wrong kind, not a word
         return _coerce(text, inner[-1], where)
     try:
         if hint is bool:
@@ -190,6 +208,14 @@ def _coerce_dict(text: str, value_hint: Any, where: str) -> dict:
     return out
 
 
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _number(text: str) -> Any:
     for kind in (int, float):
         try:
@@ -210,6 +236,9 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
     cls = ADAPTERS[adapter]
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)} if hints else {}  # not ClassVars
+    for key, value in options.items():
+        if _is_paper_word(value):  # --rank paper, --scale paper
+            options[key] = paper_option(adapter, key, f"--{key.replace('_', '-')} paper")
     for item in args.adapter_opt:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -222,8 +251,37 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
                             f"options: {', '.join(hints) or 'none'}")
         if key in options:
             raise UserError(f"--adapter-opt {key}: {key} is given twice (flag or --adapter-opt); give it once")
-        options[key] = _coerce(value, hints[key], key)
+        options[key] = adapter_option_value(adapter, key, value, hints[key])
     return options
+
+
+def adapter_option_value(adapter: str, key: str, text: str, hint: Any) -> Any:
+    """``--adapter-opt KEY=TEXT`` read as adapter ``adapter``'s field ``key`` (typed ``hint``):
+    ``paper`` (any case) where the adapter has a per-task table for ``key``, else coerced to the type."""
+    if _is_paper_word(text):
+        return paper_option(adapter, key, f"--adapter-opt {key}=paper")
+    union = typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] if union else []
+    if str in kinds and len(kinds) > 1:  # ``int | str``: the text is there for ``paper`` only
+        numbers = [a for a in kinds if a is not str]
+        try:
+            return _coerce(text, numbers[0] if len(numbers) == 1 else typing.Union[tuple(numbers)], key)
+        except UserError as err:
+            raise UserError(f"{err}; or paper (the published per-task value)") from None
+    return _coerce(text, hint, key)
+
+
+def paper_option(adapter: str, key: str, where: str) -> str:
+    """``paper`` for a field of ``adapter`` with a published per-task table; else a UserError
+    (``where``: how the user spelled it) naming the adapters and fields that have one."""
+    from .adapters import ADAPTERS
+    from .adapters.pertask import PAPER, paper_fields
+
+    if key in paper_fields(ADAPTERS[adapter]):
+        return PAPER
+    tables = [f"{name} {'/'.join(paper_fields(cls))}" for name, cls in ADAPTERS.items() if paper_fields(cls)]
+    raise UserError(f"{where}: adapter {adapter!r} has no published per-task {key}; give a number "
+                    f"(per-task tables: {', '.join(tables)})")
 
 
 # --- checks on numbers ------------------------------------------------------------------------
@@ -241,9 +299,9 @@ def _finite_numbers(value: Any, where: str) -> None:
         return
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value < 0:
-            raise UserError(f"--{where.replace('_', '-')} must be a finite number >= 0, got {value}")
+            raise UserError(f"{where} must be a finite number >= 0, got {value}")
         if isinstance(value, int) and value > ADAPTER_INT_LIMIT:  # sizes: a typo, or an int64 overflow
-            raise UserError(f"--{where.replace('_', '-')} must be <= {ADAPTER_INT_LIMIT:,}, got {value:,}")
+            raise UserError(f"{where} must be <= {ADAPTER_INT_LIMIT:,}, got {value:,}")
     elif isinstance(value, dict):
         for key, item in value.items():
             _finite_numbers(item, f"{where}.{key}")
@@ -282,7 +340,8 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
     if config["drop_path"] >= 1:
         raise UserError(f"--drop-path must be below 1, got {config['drop_path']}")
     for key, value in config["adapter_options"].items():
-        _finite_numbers(value, key)
+        # named as given: --rank (a flag), --adapter-opt states (no flag of its own)
+        _finite_numbers(value, f"--{key.replace('_', '-')}" if key in ADAPTER_FLAGS else f"--adapter-opt {key}")
     if config["adapter_options"].get("dropout", 0) >= 1:
         raise UserError(f"--dropout must be below 1, got {config['adapter_options']['dropout']}")
 

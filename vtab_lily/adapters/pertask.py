@@ -40,6 +40,12 @@ def is_paper(value: Any) -> bool:
     return isinstance(value, str) and value == PAPER
 
 
+def paper_fields(config_class: Any) -> tuple[str, ...]:
+    """The fields of an adapter config class that take ``paper`` (those of its per-task table)."""
+    table: PerTaskTable | None = getattr(config_class, "PAPER_TABLE", None)
+    return tuple(table.fallback) if table is not None else ()
+
+
 def check_paper_or(method: str, key: str, value: Any) -> None:
     """A string option of a per-task field must be exactly ``paper``."""
     if isinstance(value, str) and not is_paper(value):

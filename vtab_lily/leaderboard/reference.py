@@ -89,19 +89,37 @@ def _number(raw: dict, key: str, where: str, optional: bool = False) -> float | 
     return float(value)
 
 
+def _accuracy(raw: dict, key: str, where: str) -> float:
+    """A printed accuracy: a number in [0, 100] (percent)."""
+    value = _number(raw, key, where)
+    if not 0 <= value <= 100:
+        raise UserError(f"{where}: {key!r} must be an accuracy in percent (0 to 100), got {value:g}")
+    return value
+
+
+def _object(raw: dict, key: str, where: str) -> dict | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{where}: {key!r} must be an object ({{\"name\": value, ...}}), got {value!r}")
+    return value
+
+
 def _row(raw: dict, sources: dict, where: str) -> ReferenceRow:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: a row must be an object, got {raw!r}")
     if raw.get("source") not in sources:
         raise UserError(f"{where}: cites unknown source {raw.get('source')!r}")
     if raw.get("average_kind") not in AVERAGE_KINDS:
         raise UserError(f"{where}: average_kind must be one of {AVERAGE_KINDS}")
-    per_task = raw.get("per_task")
+    per_task = _object(raw, "per_task", where)
     if per_task is not None:
-        per_task = {str(t): _number(per_task, t, f"{where}.per_task") for t in per_task}
+        per_task = {str(t): _accuracy(per_task, t, f"{where}.per_task") for t in per_task}
     group_means = raw.get("group_means")
     if group_means is not None:
         if not isinstance(group_means, dict) or set(group_means) != set(GROUPS):
             raise UserError(f"{where}: 'group_means' must give exactly {', '.join(GROUPS)}, got {group_means!r}")
-        group_means = {g: _number(group_means, g, f"{where}.group_means") for g in GROUPS}
+        group_means = {g: _accuracy(group_means, g, f"{where}.group_means") for g in GROUPS}
+    _object(raw, "match", where)
     deviations = raw.get("deviations")
     return ReferenceRow(
         id=str(raw["id"]),
@@ -109,7 +127,7 @@ def _row(raw: dict, sources: dict, where: str) -> ReferenceRow:
         method=str(raw["method"]),
         adapter=str(raw["adapter"]),
         params_m=_number(raw, "params_m", where, optional=True),
-        average=_number(raw, "average", where),
+        average=_accuracy(raw, "average", where),
         average_kind=raw["average_kind"],
         average_text=json.dumps(raw["average"]),
         per_task=per_task,
@@ -129,8 +147,10 @@ def load_reference(path: str | None = None) -> tuple[ReferenceRow, ...]:
     file = Path(path) if path else REFERENCE_FILE
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-        sources = data["sources"]
-        rows = tuple(_row(raw, sources, f"{file}: rows[{i}]") for i, raw in enumerate(data["rows"]))
+        sources, raw_rows = data["sources"], data["rows"]
+        if not isinstance(sources, dict) or not isinstance(raw_rows, list):
+            raise UserError(f"{file}: 'sources' must be an object and 'rows' a list")
+        rows = tuple(_row(raw, sources, f"{file}: rows[{i}]") for i, raw in enumerate(raw_rows))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{file}: cannot read the reference rows ({err!r})") from None
     ids = [row.id for row in rows]

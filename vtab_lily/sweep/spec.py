@@ -254,6 +254,30 @@ def _check_adapter_field(key: str, adapter: Any, where: str) -> None:
                         f"{hint}")
 
 
+def _adapter_value(key: str, adapter: Any, text: str, where: str) -> Any:
+    """Grid value ``text`` of adapter option ``key`` as the runner's ``--adapter-opt`` reads it
+    (``paper`` where the adapter has a per-task table, else the field's type), or a UserError now
+    rather than one failed trial per task later."""
+    import dataclasses
+    import typing
+
+    from ..adapters import ADAPTERS
+    from ..runconfig import adapter_option_value
+
+    cls = ADAPTERS.get(adapter) if isinstance(adapter, str) else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return text  # an unknown adapter is reported with its own message
+    try:
+        value = adapter_option_value(adapter, key, text, typing.get_type_hints(cls)[key])
+    except UserError as err:
+        raise UserError(f"{where}: {key} = {text!r}: {err}") from None
+    return runopts.normal_value(key, None, value, where) if isinstance(value, str) else _zero(value)
+
+
+def _zero(value: Any) -> Any:
+    return 0.0 if isinstance(value, float) and value == 0 else value
+
+
 def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tuple[dict[str, list[str]], list[str]]:
     """The grid (keys checked, values deduplicated by what the run parses them to) and notes."""
     grid: dict[str, list[str]] = {}
@@ -279,7 +303,10 @@ def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tup
             raise UserError(f"{where}: grid.{key} has no values")
         kept: dict[str, str] = {}
         for text in values:
-            normal = json.dumps(runopts.normal_value(key, action, text, f"{where}: grid"), default=str)
+            value = runopts.normal_value(key, action, text, f"{where}: grid")
+            if action is None:  # an adapter option: as the runner reads it (5 and 5.0 differ for an int)
+                value = _adapter_value(key, flags.get("adapter") or config.get("adapter"), text, f"{where}: grid")
+            normal = json.dumps(value, default=str)
             if normal in kept:
                 notes.append(f"grid.{key}: {text!r} is the same value as {kept[normal]!r}; running it once")
             else:
