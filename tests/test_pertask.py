@@ -82,7 +82,7 @@ def test_repadapter_published_022m_counts_weights_only_and_scale_follows_the_tas
 def test_a_task_outside_vtab_uses_the_fallback_and_says_so():
     model = paper_model("fact-tt", None)
     assert model.adapter_task_settings == {"rank": 8, "scale": 1.0,
-                                           "from": "fallback: no published value for task None"}
+                                           "from": "fallback: no task given"}
     assert paper_model("lora", None).adapter_task_settings == {}
     assert paper_model("fact-tt", None, rank=4, scale=2.0).adapter_task_settings == {}
 

@@ -67,7 +67,10 @@ def for_task(config: Any, task: str | None) -> tuple[Any, dict[str, Any]]:
     values, published = table.lookup(task)
     concrete = dataclasses.replace(config, **{k: values[k] for k in wanted})
     record = {k: values[k] for k in wanted}
-    record["from"] = f"{table.source}, {task}" if published else f"fallback: no published value for task {task!r}"
+    if published:
+        record["from"] = f"{table.source}, {task}"
+    else:
+        record["from"] = "fallback: no task given" if task is None else f"fallback: no published value for task {task!r}"
     return concrete, record
 
 
