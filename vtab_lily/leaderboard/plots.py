@@ -97,7 +97,8 @@ def plot_accuracy_vs_params(table: Table, path: str | os.PathLike) -> int:
     if not drawn and not lines:
         ax.text(0.5, 0.5, "no rows with params and an average", transform=ax.transAxes, ha="center")
     caption = "hollow: partial row (its average covers only the tasks present); runs: " + (
-        "test-selected" if table.metric == "best" else "final-epoch") + " accuracy; reported rows: as published (test-selected)"
+        "test-selected" if table.metric == "best" else "final-epoch") + (
+        " accuracy; reported rows: as published (mostly test-selected; see each source)")
     if left_out:
         caption += "; not drawn (no average or no params): " + ", ".join(map(plain, left_out))
     fig.text(0.01, -0.02, caption, fontsize=7, wrap=True)

@@ -187,8 +187,9 @@ def _reference_notes(table: Table) -> list[str]:
         "Rows marked (reported) are published numbers, not run here. Reported avg: the printed average and which one "
         "it is (groups: mean of group means; 19 tasks: mean over tasks), with what the printed cells (or, for a row "
         "printed with group means only, those means) give when they disagree; the other averages are recomputed "
-        "from the printed cells or group means. Published numbers take the best "
-        "evaluation on the test set (test-selected): compare with `--metric best` or `--metric both`. "
+        "from the printed cells or group means. Most published numbers take the best "
+        "evaluation on the test set (test-selected): compare with `--metric best` or `--metric both`; "
+        "MambaPEFT's are its last epoch's (final), as its source says. "
         "Params: without the head, as printed."
     )
     for source in dict.fromkeys(row.source for row in table.rows if row.kind == "reported"):
