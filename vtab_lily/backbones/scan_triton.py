@@ -47,26 +47,35 @@ def _delta(raw, bias, SOFTPLUS: tl.constexpr):
     return x
 
 
+# Shared by both kernels: this program's channels and states (indices, masks) and their A,
+# delta_bias and D (zeros when absent).
 @triton.jit
-def _fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, h_ptr,
-                d, L, H, NS, nchunks, G,
-                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
-    pb, pg, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _program_tile(A_ptr, D_ptr, bias_ptr, H, NS,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
+    pg, pk = tl.program_id(1), tl.program_id(2)
     j = pk * BD + tl.arange(0, BD)
     cmask = j < H
     ch = pg * H + j
     n = tl.arange(0, NP)
     nmask = n < NS
-    tt = tl.arange(0, T)
     an = cmask[:, None] & nmask[None, :]
     A = tl.load(A_ptr + ch[:, None] * NS + n[None, :], mask=an, other=0.0)
+    bias = tl.zeros((BD,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)
-    else:
-        bias = tl.zeros((BD,), tl.float32)
+    Dv = tl.zeros((BD,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)
+    return cmask, ch, n, nmask, tl.arange(0, T), an, A, bias, Dv
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, h_ptr,
+                d, L, H, NS, nchunks, G,
+                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
+    pb, pg = tl.program_id(0), tl.program_id(1)
+    cmask, ch, n, nmask, tt, an, A, bias, Dv = _program_tile(A_ptr, D_ptr, bias_ptr, H, NS, HAS_D, HAS_BIAS, NP, BD, T)
     row = (pb * d + ch[:, None]) * L  # (BD, 1) offsets of each channel's sequence
     bc = ((pb * G + pg) * NS + n[:, None]) * L  # (NP, 1)
     hbase = ((pb * d + ch[:, None]) * nchunks) * NS + n[None, :]
@@ -102,21 +111,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
     pb, pg, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    j = pk * BD + tl.arange(0, BD)
-    cmask = j < H
-    ch = pg * H + j
-    n = tl.arange(0, NP)
-    nmask = n < NS
-    tt = tl.arange(0, T)
-    an = cmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + ch[:, None] * NS + n[None, :], mask=an, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + ch, mask=cmask, other=0.0)
-    else:
-        bias = tl.zeros((BD,), tl.float32)
-    Dv = tl.zeros((BD,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + ch, mask=cmask, other=0.0)
+    cmask, ch, n, nmask, tt, an, A, bias, Dv = _program_tile(A_ptr, D_ptr, bias_ptr, H, NS, HAS_D, HAS_BIAS, NP, BD, T)
     row = (pb * d + ch[:, None]) * L
     bc = ((pb * G + pg) * NS + n[:, None]) * L
     part = (((pb * G + pg) * nblk + pk) * NS + n[:, None]) * L  # this program's dB/dC partial rows
