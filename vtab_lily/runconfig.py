@@ -152,14 +152,11 @@ def _coerce(text: str, hint: Any, where: str) -> Any:
         if type(None) in args and text.strip().lower() in ("none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
-        errors = []
-        for kind in inner[:-1]:  # ``int | str``: a number when it reads as one (``paper`` stays text)
-            try:
+        for kind in inner[:-1]:  # several kinds: the first that reads the text (``int | str``: see
+            try:                 # adapter_option_value, which reads those before this)
                 return _coerce(text, kind, where)
-            except UserError as err:
-                errors.append(err)
-        if errors and inner[-1] is str and _reads_as_number(text):
-            raise errors[0]  # ``rank=16.0``, ``length=1e3``: a number of the wrong kind, not a word
+            except UserError:
+                pass
         return _coerce(text, inner[-1], where)
     try:
         if hint is bool:
@@ -206,14 +203,6 @@ def _coerce_dict(text: str, value_hint: Any, where: str) -> dict:
             hint = typing.get_args(hint)[1] if len(typing.get_args(hint)) == 2 else Any
         node[last] = _coerce(value.strip(), hint, where) if hint is not Any else _number(value.strip())
     return out
-
-
-def _reads_as_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _number(text: str) -> Any:
@@ -463,20 +452,21 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "device": args.device, "threads": pick("threads", local.get("threads")),
         "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
     }
-    config = _unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
+    config = unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
     check_numbers(config, warmup_given=args.warmup is not None)
     config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
     return config
 
 
-def _unsigned_zero(value: Any) -> Any:
-    """``value`` with every float -0.0 (flags, --adapter-opt, nested) as 0.0."""
+def unsigned_zero(value: Any) -> Any:
+    """``value`` with every float -0.0 (flags, --adapter-opt, nested) as 0.0 (the sweep reads grid
+    values through it too)."""
     if isinstance(value, float) and value == 0:
         return 0.0
     if isinstance(value, dict):
-        return {k: _unsigned_zero(v) for k, v in value.items()}
+        return {k: unsigned_zero(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_unsigned_zero(v) for v in value)
+        return type(value)(unsigned_zero(v) for v in value)
     return value
 
 
