@@ -114,8 +114,9 @@ def normal_value(key: str, action: argparse.Action | None, text: str, where: str
             number = None
     if isinstance(number, float) and not math.isfinite(number):
         raise UserError(f"{where}: {key} = {text!r} is not a finite number")
-    if isinstance(value, float) and value == 0:
-        value = 0.0  # the run reads -0.0 as 0 (one run folder, one label)
+    from ..runconfig import unsigned_zero
+
+    value = unsigned_zero(value)  # the run reads -0.0 as 0 (one run folder, one label)
     if isinstance(value, (list, tuple)):
         value = tuple(value)
     return value

@@ -262,7 +262,7 @@ def _adapter_value(key: str, adapter: Any, text: str, where: str) -> Any:
     import typing
 
     from ..adapters import ADAPTERS
-    from ..runconfig import adapter_option_value
+    from ..runconfig import adapter_option_value, unsigned_zero
 
     cls = ADAPTERS.get(adapter) if isinstance(adapter, str) else None
     if cls is None or not dataclasses.is_dataclass(cls):
@@ -271,11 +271,7 @@ def _adapter_value(key: str, adapter: Any, text: str, where: str) -> Any:
         value = adapter_option_value(adapter, key, text, typing.get_type_hints(cls)[key])
     except UserError as err:
         raise UserError(f"{where}: {key} = {text!r}: {err}") from None
-    return runopts.normal_value(key, None, value, where) if isinstance(value, str) else _zero(value)
-
-
-def _zero(value: Any) -> Any:
-    return 0.0 if isinstance(value, float) and value == 0 else value
+    return runopts.normal_value(key, None, value, where) if isinstance(value, str) else unsigned_zero(value)
 
 
 def build_grid(config: dict[str, Any], flags: dict[str, Any], where: str) -> tuple[dict[str, list[str]], list[str]]:
