@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..fsutil import atomic_write_json
 from ..tasks import ALIASES, SPLITS
 from . import cache
+from .cache import pixels_digest
 from .lists import SplitList
 
 SCHEMA = 1
@@ -42,27 +43,24 @@ def list_sha256(split_list: SplitList) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def pixels_digest(n: int, size: int = PIXELS_PX) -> "hashlib._Hash":
-    """A pixel hash before any image: feed it each image's ``(3, size, size)`` uint8 bytes in
-    list order (what :func:`pixels_sha256` does; ``verify`` does it while checking the images)."""
-    return hashlib.sha256(f"uint8 {n} 3 {size} {size}\n".encode())
-
-
 def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int = PIXELS_PX,
                   cache_dir: Path | None = None, build: bool = False, workers: int | None = None,
                   progress: bool = True) -> str:
     """Hash of the split's decoded ``(n, 3, size, size)`` uint8 pixels, in list order.
 
-    Reads the decoded cache in ``cache_dir`` when it holds this split; with ``build`` a missing
-    cache is built on the way (so training later reuses it); otherwise images are decoded a chunk
-    at a time and only hashed.
+    With ``cache_dir``: a pixel note for this exact data (see :mod:`.cache`) answers at once;
+    else the split's decoded cache is read when there is one, or with ``build`` built on the way
+    (so training later reuses it); the hash is noted for next time. Otherwise images are decoded
+    a chunk at a time and only hashed.
     """
-    digest = pixels_digest(len(split_list), size)
     path = cache.split_cache_path(cache_dir, task_name, split_list, split, size) if cache_dir else None
+    known = cache.read_pixels_note(path) if path is not None else None
+    if known:
+        return known
+    digest = pixels_digest(len(split_list), size)
     cached = cache.open_cached(path, len(split_list), size) if path is not None else None
     if cached is not None:
-        for start in range(0, len(cached), _READ_CHUNK):
-            digest.update(memoryview(cached[start : start + _READ_CHUNK]))
+        hash_array(digest, cached)
     elif path is not None and build:
         with cache.build_lock(path, cache.cache_bytes(len(split_list), size)):
             cache.build_cache(path, split_list, size, workers, progress,
@@ -70,7 +68,15 @@ def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int =
     else:
         for chunk in cache.decode_chunks(split_list, size, workers, progress, desc=f"hashing {split_list.file}"):
             digest.update(memoryview(chunk))
+    if path is not None:
+        cache.write_pixels_note(path, digest.hexdigest())
     return digest.hexdigest()
+
+
+def hash_array(digest: "hashlib._Hash", images) -> None:
+    """Feed a ``(n, 3, s, s)`` uint8 array (e.g. a memory-mapped cache) to ``digest``, a chunk at a time."""
+    for start in range(0, len(images), _READ_CHUNK):
+        digest.update(memoryview(images[start : start + _READ_CHUNK]).cast("B"))
 
 
 def fingerprint(splits: dict[str, dict]) -> str:
@@ -188,16 +194,3 @@ def data_fingerprint(root: str | Path, task_name: str) -> str | None:
     """The task's data fingerprint from its manifest, or None when it has none."""
     manifest = read_manifest(root, task_name)
     return manifest["fingerprint"] if manifest else None
-
-
-def stale_problems(manifest: dict, split_lists: dict[str, SplitList], path: Path) -> list[str]:
-    """Where the list files no longer match the manifest (edited after it was written)."""
-    problems = []
-    for split, split_list in split_lists.items():
-        recorded = manifest["splits"].get(split)
-        if recorded is None:
-            problems.append(f"{path}: has no entry for {split}")
-        elif recorded["n"] != len(split_list) or recorded["list_sha256"] != list_sha256(split_list):
-            problems.append(f"{path}: does not match {split_list.file} (changed after the manifest was written; "
-                            f"run verify --write-manifest)")
-    return problems
