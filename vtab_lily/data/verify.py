@@ -194,6 +194,8 @@ def _manifest_problems(report: TaskReport, path: Path, quick: bool, notes_dir: P
     manifest = report.manifest
     size = manifest.get("pixels_px", PIXELS_PX)
     problems = []
+    if report.pixels_px is not None and report.pixels_px != size:  # --write-manifest hashes at the suite's size
+        problems.append(f"{path}: pixels_px {size}, but this suite's manifests hash pixels at {report.pixels_px} px")
     for split, split_list in report.split_lists.items():
         recorded = manifest["splits"].get(split)
         if recorded is None:
