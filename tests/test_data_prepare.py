@@ -264,6 +264,22 @@ def test_the_same_task_from_two_sources_is_refused(noah, tmp_path):
         run_prepare([a, b], tmp_path / "data")
 
 
+def test_a_task_in_two_sources_is_refused_before_anything_is_installed(noah, tmp_path):
+    a = make_zip(tmp_path / "a.zip", noah)  # cifar and dtd
+    b = tmp_path / "b.tar.gz"
+    with tarfile.open(b, "w:gz") as tf:
+        tf.add(noah / "dtd", "dtd")
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match=r"task dtd is in two places: .*a.zip \(vtab-1k/dtd/\) and .*b.tar.gz "
+                                        r"\(dtd/\); .*nothing was written"):
+        run_prepare([a, b], root)
+    assert not root.exists()  # not even cifar, which only a.zip holds
+    rows = run_prepare([b], root)  # the rerun with one of them takes its copy, not an earlier one
+    assert rows["dtd"].status == "prepared" and rows["dtd"].source.endswith("b.tar.gz")
+    rows = run_prepare([a, b], root, tasks=["cifar"])  # not wanted twice: no conflict
+    assert rows["cifar"].status == "prepared"
+
+
 # --- TFDS sources, through the tfds module's contract (the real module is another helper's) -----
 class FakeSource:
     def __init__(self, n: int, seed: int, classes: int):

@@ -185,6 +185,15 @@ def entries(source: Path, kind: str) -> Iterator[Entry]:
         raise UserError(f"{source}: the archive is damaged or truncated ({type(err).__name__}: {err})") from None
 
 
+def task_folders(source: Path, kind: str) -> dict[str, set[str]]:
+    """``{task: {folder as named, ...}}`` of a zip, tar or folder source, reading names only
+    (a compressed tar is decompressed once for them)."""
+    found: dict[str, set[str]] = {}
+    for entry in entries(source, kind):
+        found.setdefault(entry.task, set()).add(entry.folder)
+    return found
+
+
 def _same_content(path: Path, data: BinaryIO) -> bool:
     ours, theirs = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:

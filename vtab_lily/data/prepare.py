@@ -111,14 +111,26 @@ class Preparer:
                 bar.update()
         return tasks
 
+    def refuse_tasks_in_two_places(self, paths: list[Path], kinds: list[str]) -> None:
+        """Before anything is written: a wanted task (not in place yet) found in two sources, or
+        twice in one, is refused. Reads every source's names (``claim`` would otherwise notice
+        only after the first copy was installed)."""
+        places: dict[str, list[tuple[str, str]]] = {}
+        for path, kind in zip(paths, kinds):
+            found = {t: {"tfds"} for t in _tfds_builders(path)} if kind == "tfds" else archive.task_folders(path, kind)
+            for task, folders in found.items():
+                places.setdefault(task, []).extend((str(path), folder) for folder in sorted(folders))
+        for task in VTAB_TASKS:
+            where = places.get(task, [])
+            if len(where) > 1 and self.wants(task) and not self.finished(task):
+                (first, first_folder), (second, second_folder) = where[:2]
+                raise UserError(f"task {task} is in two places: {first} ({first_folder}/) and {second} "
+                                f"({second_folder}/); prepare one of them (--tasks, or fewer --from); nothing "
+                                "was written")
+
     def from_tfds(self, source: Path) -> list[str]:
-        try:
-            tfds = importlib.import_module("vtab_lily.data.tfds")
-        except ImportError as err:
-            raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # version notes come again per task, below
-            builders = tfds.find_builders(source)
+        tfds = _tfds_module(source)
+        builders = _tfds_builders(source)  # version notes come again per task, below
         tasks = [t for t in VTAB_TASKS if t in builders and self.claim(t, str(source), "tfds")]
         for task in tasks:
             row = self.rows.setdefault(task, TaskRow(task, f"tfds {source}"))
@@ -206,6 +218,19 @@ class Preparer:
         return [e.path for e in test.entries if e.line in drop]
 
 
+def _tfds_module(source: Path):
+    try:
+        return importlib.import_module("vtab_lily.data.tfds")
+    except ImportError as err:
+        raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
+
+
+def _tfds_builders(source: Path) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version notes come with the task
+        return _tfds_module(source).find_builders(source)
+
+
 def _differences(staged: Path, final: Path) -> str | None:
     """The first file of ``staged`` missing from ``final`` or different there, or None."""
     import filecmp
@@ -253,6 +278,8 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     try:
         with folder_lock(root):
             try:
+                if len(paths) > 1:  # one source is checked as it is read, before any of its tasks is installed
+                    prep.refuse_tasks_in_two_places(paths, kinds)
                 _run_sources(prep, paths, kinds, found)
             except Exception:  # a source failed: its half-staged task is never reused (claim starts it over).
                 prep.discard_unfinished()  # (Ctrl-C keeps it, as a kill would)
