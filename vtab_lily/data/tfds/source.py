@@ -65,7 +65,7 @@ def decode_image(data: bytes, kind: str) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> HxWx3 uint8, as VTAB feeds them (see TfdsTask.image)."""
     from PIL import Image
 
-    from ..images import DECODE_ERRORS
+    from ..images import DECODE_ERRORS, is_high_range, to_rgb
 
     if kind == "rgb":
         arr = _decode_jpeg_like_tf(data)
@@ -74,10 +74,10 @@ def decode_image(data: bytes, kind: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if kind == "rgb":
-                if img.mode == "P" and "transparency" in img.info:
-                    img = img.convert("RGBA")
-                arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+            if kind == "rgb":  # 16-bit, palette, CMYK...: converted as the NOAH-layout reader does
+                arr = np.asarray(to_rgb(img), dtype=np.uint8)
+            elif kind == "gray" and is_high_range(img):  # smallnorb stored at 16 bits: scaled, never clipped
+                arr = np.asarray(to_rgb(img).convert("L"), dtype=np.uint8)
             else:
                 if img.mode not in ("L", "1"):
                     raise LabelError(f"expected a one-channel image, got PIL mode {img.mode}")
