@@ -56,6 +56,7 @@ class Preparer:
     drop_undecodable: bool = False  # drop undecodable *test* images (SUN397 has one), recorded in the manifest
     rows: dict[str, TaskRow] = field(default_factory=dict)
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (source, folder as named)
+    tfds_dropped: dict[str, list[str]] = field(default_factory=dict)  # task -> test records left out of a TFDS source
 
     def wants(self, task: str) -> bool:
         return self.wanted is None or task in self.wanted
@@ -143,6 +144,7 @@ class Preparer:
             except UserError as err:
                 row.problems.append(str(err))
                 row.status = "NOT prepared (source error)"
+                shutil.rmtree(self.root / STAGING / task, ignore_errors=True)  # half-written: never reused
                 continue
             finally:
                 row.notes += [str(w.message) for w in caught]  # e.g. a kitti version other than the pinned one
@@ -150,8 +152,10 @@ class Preparer:
         return [t for t in VTAB_TASKS if t in builders]
 
     def write_tfds_task(self, task: str, splits: dict) -> None:
-        write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
-                        self.progress)
+        dropped = write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
+                                  self.progress, self.drop_undecodable)
+        if dropped:
+            self.tfds_dropped[task] = dropped
 
     def discard_unfinished(self) -> None:
         """Remove the staging folders of this run's claimed tasks that are not in place (a source
@@ -167,13 +171,17 @@ class Preparer:
         # the pixel hashes come from verify's own decoding (each image decoded once), except when
         # the cache is built: that decodes anyway, and hashes on the way
         pixels_px = None if self.build_cache else self.pixels_px
+        notes_dir = default_cache_dir(self.root)  # the pixel hashes, noted for the first run's data check
         report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                             show_progress=self.progress, pixels_px=pixels_px)
+                             show_progress=self.progress, pixels_px=pixels_px, notes_dir=notes_dir)
         dropped = self._drop_undecodable(task, report) if self.drop_undecodable and report.unreadable else []
         if dropped:
             report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                                 show_progress=self.progress, pixels_px=pixels_px)
+                                 show_progress=self.progress, pixels_px=pixels_px, notes_dir=notes_dir)
             row.notes.append(f"dropped {len(dropped)} undecodable test image(s): {', '.join(dropped[:5])}")
+        if task in self.tfds_dropped:  # left out while reading the TFDS records
+            dropped = self.tfds_dropped.pop(task) + dropped
+            row.notes.append(f"dropped {len(dropped)} undecodable test record(s): {', '.join(dropped[:5])}")
         row.counts = {s: len(v) for s, v in report.split_lists.items()}
         row.notes += report.warnings
         if not report.ok:
