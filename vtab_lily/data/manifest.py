@@ -32,6 +32,7 @@ from .lists import SplitList
 SCHEMA = 1
 MANIFEST = "manifest.json"
 PIXELS_PX = 224  # the resolution the fingerprint's pixels are decoded at (the models' input)
+MAX_PIXELS_PX = 1024  # a larger pixels_px is no manifest of ours: refused before anything decodes at it
 ENCODINGS = ("png", "jpeg", "mixed")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _READ_CHUNK = 256  # images hashed at a time from a cache file
@@ -156,6 +157,9 @@ def _check(manifest: object, path: Path) -> dict:
         raise bad(f"schema {manifest.get('schema')!r}, expected {SCHEMA}")
     if not isinstance(manifest.get("fingerprint"), str) or not _HEX16.fullmatch(manifest["fingerprint"]):
         raise bad(f"fingerprint {manifest.get('fingerprint')!r} is not 16 hex digits")
+    px = manifest.get("pixels_px", PIXELS_PX)  # the size its pixels were hashed at (runs and verify decode at it)
+    if isinstance(px, bool) or not isinstance(px, int) or not 1 <= px <= MAX_PIXELS_PX:
+        raise bad(f"pixels_px {px!r} is not an integer in 1..{MAX_PIXELS_PX}")
     if manifest.get("encoding") not in ENCODINGS:
         raise bad(f"encoding {manifest.get('encoding')!r} is not one of {', '.join(ENCODINGS)}")
     splits = manifest.get("splits")
