@@ -196,3 +196,11 @@ def test_checks_in_flight_are_bounded_whatever_the_number_of_items():
             assert result == 2 * (consumed - 1)  # in order
             ahead.append(pulled - consumed)
     assert max(ahead) <= 8 and len(ahead) == 10_000  # Executor.map would have pulled all 10,000 first
+
+
+@pytest.mark.parametrize("px", [10**6, "224", True, 0])
+def test_a_manifest_pixels_px_that_is_no_size_is_refused_before_anything_decodes_at_it(root, px):
+    path = root / "colours" / "manifest.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), pixels_px=px)))
+    with pytest.raises(UserError, match=r"pixels_px .* is not an integer in 1..1024"):
+        check_read_data(root, "colours", [])

@@ -108,14 +108,16 @@ def _decode_and_hash(parsed: dict, size: int, workers: int | None,
 
 def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None = None,
                 show_progress: bool = True, pixels_px: int | None = None,
-                notes_dir: Path | None = None) -> TaskReport:
+                notes_dir: Path | None = None, hash_pixels: bool = True) -> TaskReport:
     """Check all four splits of one task; never raises for bad data, only reports it.
 
     Unless ``quick``, the images are decoded at ``pixels_px`` (default: the manifest's, when
     there is one), in list order, and each split's pixel hash (``report.pixels_sha256``) is taken
     on the way: ``prepare`` writes the manifest from it, and a manifest is checked against it
     (each image decoded once). ``notes_dir``: the cache folder whose pixel notes are written
-    for the hashes taken (and read with ``quick``).
+    for the hashes taken (and read where no hash was taken). ``hash_pixels=False``: images are
+    only decoded, as ``--write-manifest`` does (the new manifest's pixels come from the cache, as
+    the loader's own).
     """
     report = TaskReport(task)
     folder = root / task.name
@@ -146,7 +148,7 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
     for split_list in parsed.values():
         for entry in split_list.entries:
             first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
-    if pixels_px is not None and not quick:
+    if pixels_px is not None and not quick and hash_pixels:
         unreadable, report.pixels_sha256 = _decode_and_hash(parsed, pixels_px, workers, show_progress)
         report.pixels_px = pixels_px
         unreadable = {path: unreadable[path] for path in first_listed if path in unreadable}  # listed order
@@ -194,8 +196,6 @@ def _manifest_problems(report: TaskReport, path: Path, quick: bool, notes_dir: P
     manifest = report.manifest
     size = manifest.get("pixels_px", PIXELS_PX)
     problems = []
-    if report.pixels_px is not None and report.pixels_px != size:  # --write-manifest hashes at the suite's size
-        problems.append(f"{path}: pixels_px {size}, but this suite's manifests hash pixels at {report.pixels_px} px")
     for split, split_list in report.split_lists.items():
         recorded = manifest["splits"].get(split)
         if recorded is None:
@@ -206,10 +206,10 @@ def _manifest_problems(report: TaskReport, path: Path, quick: bool, notes_dir: P
                             f"`verify --write-manifest` records the data as it is now)")
             continue
         actual = report.pixels_sha256.get(split) if report.pixels_px == size else None
-        if actual is None and quick and notes_dir is not None:
+        if actual is None and notes_dir is not None:
             actual = cache.read_pixels_note(_note_path(notes_dir, report.task, split, split_list, digests[split], size))
         if actual is None:
-            continue  # not decoded (--quick without a note, or unreadable images: reported already)
+            continue  # not hashed and no note (--quick, --write-manifest), or unreadable images (reported)
         if actual != recorded["pixels_sha256"]:
             problems.append(f"{path}: the images listed in {split_list.file} decode to other pixels at {size} px "
                             f"than it records (an image was replaced or edited, or pixels_px changed; "
@@ -305,11 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     notes_dir = default_cache_dir(root)
     for task in tasks:
-        # with --write-manifest the images are hashed at the size the new manifest takes
+        # --write-manifest decodes to check the images and takes the new pixel hashes from the
+        # cache (or its notes) where it can, as a run's loader does, rather than hashing twice
         report = verify_task(root, task, quick=args.quick, workers=args.workers, notes_dir=notes_dir,
-                             pixels_px=pixels_px if args.write_manifest else None)
+                             hash_pixels=not args.write_manifest)
         if args.write_manifest and report.data_ok:
             stale = report.manifest_problems
+            old_px = (report.manifest or {}).get("pixels_px", pixels_px)
+            if old_px != pixels_px:
+                stale.append(f"pixels_px {old_px}, but this suite's manifests hash pixels at {pixels_px} px")
             write_task_manifest(root, report, args.workers, cache_dir=notes_dir, size=pixels_px)
             report.manifest_problems = []
             report.pixels_checked = list(report.split_lists)
