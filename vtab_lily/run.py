@@ -224,12 +224,14 @@ def execute(argv: list[str]) -> tuple[int, str]:
     model = build_model(config, weights)
     _same_as_identified(model, config)
     train_set, eval_set = load_data(config)
-    from .runexec import run_locked
+    from .runexec import data_provenance, run_locked
+
+    data = data_provenance(config, (train_set, eval_set), args.allow_stale_data)  # before any run folder
 
     try:
         lock = run.lock()
         with lock:
-            return run_locked(args, config, run, model, params, devs, train_set, eval_set, device)
+            return run_locked(args, config, run, model, params, devs, train_set, eval_set, device, data)
     except LockBusy as err:
         print(f"running elsewhere: {err}", file=sys.stderr)
         return EXIT_LOCKED, "running elsewhere"

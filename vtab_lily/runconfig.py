@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "official one and the parameter counts (no weights or data needed)")
     w.add_argument("--check", action="store_true", help="only validate the options (exit 0 or 2)")
     w.add_argument("--force", action="store_true", help="redo a finished or failed run from scratch")
+    w.add_argument("--allow-stale-data", action="store_true",
+                   help="train even when the task's list files or images differ from its manifest.json; the "
+                        "result records the fingerprint of the data as read, marked stale (default: refuse)")
     w.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     w.add_argument("--list-tasks", action="store_true", help="check the other arguments, print the task names")
     w.add_argument("--batch", metavar="FILE", help="run many: FILE has one JSON list of arguments per line")
