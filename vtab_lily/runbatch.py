@@ -55,10 +55,14 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path) -> int:
+def run_batch(path: Path, fetch: bool = False, preflight_only: bool = False) -> int:
     from .run import execute
 
     lines = read_batch(path)
+    preflight(path, lines, fetch)  # every missing checkpoint and data piece, once, before any run
+    if preflight_only:
+        print("ready: weights and data are there")
+        return 0
     codes: list[tuple[int, str, str]] = []
     for i, (number, argv, problem) in enumerate(lines, 1):
         where = f"{path}:{number}"
@@ -94,6 +98,29 @@ def run_batch(path: Path) -> int:
     if bad:
         print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
     return max((c for c, _, _ in codes), default=0)
+
+
+def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool) -> None:
+    """UserError naming every missing weights file and data task of the batch's valid lines
+    (bad lines are reported one by one when their turn comes); ``fetch`` fetches them first."""
+    from .fetch import ensure_ready
+    from .run import _finished, check_args
+
+    configs, forced = [], set()
+    for _, argv, _ in lines:
+        if argv is None or {"--dry-run", "--check", "--list-tasks"} & set(argv):  # these read no weights or data
+            continue
+        try:
+            config = check_args(argv)
+        except UserError:
+            continue
+        if "--force" in argv:
+            forced.add(id(config))
+        configs.append(config)
+    try:
+        ensure_ready(configs, fetch=fetch, skip=lambda c: id(c) not in forced and _finished(c))
+    except UserError as err:
+        raise UserError(f"--batch {path}: {err}") from None
 
 
 def _report(label: str, code: int, status: str) -> None:

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leaderboards", default="leaderboards",
                         help="where the selection table goes, as <folder>/sweeps/<sweep-id>.md (default: leaderboards)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the first stage's commands; run nothing")
+    parser.add_argument("--fetch", action="store_true", help="download missing backbone weights and VTAB-1K before "
+                        "the first trial (without it, a missing piece stops the sweep before any trial)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     return parser
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
                         leaderboards=args.leaderboards, progress=not args.no_progress,
-                        trials_per_gpu=args.trials_per_gpu, batch=not args.one_process_per_trial)
+                        trials_per_gpu=args.trials_per_gpu, batch=not args.one_process_per_trial, fetch=args.fetch)
     print(outcome.summary())
     return 0 if outcome.ok else 1
 
