@@ -31,7 +31,7 @@ def plan(source: Source, folder: Path, probe: bool = True) -> Plan:
     size, exact = None, False
     if probe and not hub.offline() and not dest.is_file():
         try:
-            size = hub.metadata(source, timeout=5).size if source.on_hub else http.remote_size(source.url, timeout=5)
+            size = hub.metadata(source, timeout=5).size if source.on_hub else http.remote_size(source.where(), timeout=5)
         except FetchError:
             size = None
         exact = size is not None
@@ -70,7 +70,7 @@ def fetch(source: Source, folder: Path, *, progress: bool = True, timeout: float
                 staged, digest, _ = hub.download(source, dest, meta, progress=progress)
                 verified = "hub-lfs-sha256" if meta.sha256 else "first-download"
             else:
-                staged, digest, _ = http.download(source.url, dest, timeout=timeout, retries=retries,
+                staged, digest, _ = http.download(source.where(), dest, timeout=timeout, retries=retries,
                                                   progress=progress)
                 verified = "first-download"
         except FetchError as err:

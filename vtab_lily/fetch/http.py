@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..fsutil import atomic_write_json, read_json
 from .files import CHUNK, FetchError, check_file, check_space, disk_error, work_dir
 
 USER_AGENT = "vtab-lily-fetch"
@@ -66,6 +67,8 @@ def download(url: str, dest: Path, *, sha256: str | None = None, timeout: float 
     except FetchError:
         part.unlink(missing_ok=True)
         raise
+    finally:
+        part.with_name(part.name + ".json").unlink(missing_ok=True)
     return part, digest, part.stat().st_size
 
 
@@ -81,8 +84,12 @@ def _fetch_range(url: str, part: Path, timeout: float, progress: bool, name: str
     """One request for the bytes ``part`` lacks; returns the file's full size."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
+    validator_file = part.with_name(part.name + ".json")  # the version of the file the part holds
+    validator = _read_validator(validator_file) if have else None
+    if have and validator:  # If-Range: the rest only if the file is unchanged, else all of it (200)
+        headers["Range"], headers["If-Range"] = f"bytes={have}-", validator
+    elif have:  # no way to tell which version the part holds: start over
+        have = 0
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as err:
@@ -91,6 +98,7 @@ def _fetch_range(url: str, part: Path, timeout: float, progress: bool, name: str
             if size == have:
                 return have
             part.unlink()  # larger than the file, or unknowable: start over
+            return _fetch_range(url, part, timeout, progress, name)
         raise
     with response:
         if have and response.status != 206:  # the server ignored Range: start over
@@ -101,11 +109,14 @@ def _fetch_range(url: str, part: Path, timeout: float, progress: bool, name: str
             total = have + int(length) if length is not None else None
         if total is not None:
             check_space(part.parent, total - have, url)
+        if not have:
+            atomic_write_json(validator_file, {"url": url, "validator": response.headers.get("ETag")
+                                               or response.headers.get("Last-Modified")})
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if have else os.O_TRUNC), 0o644)
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=name, disable=not progress,
                    mininterval=0.5)
         try:
-            while block := response.read(CHUNK):
+            while block := response.read1(CHUNK):  # what has arrived: a timeout loses no bytes
                 _write_all(fd, block, part, url)
                 bar.update(len(block))
         finally:
@@ -115,6 +126,14 @@ def _fetch_range(url: str, part: Path, timeout: float, progress: bool, name: str
     if total is not None and size < total:  # the server closed early without an error
         raise http.client.IncompleteRead(b"", total - size)
     return total if total is not None else size
+
+
+def _read_validator(path: Path) -> str | None:
+    try:
+        value = read_json(path).get("validator")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _write_all(fd: int, block: bytes, part: Path, url: str) -> None:

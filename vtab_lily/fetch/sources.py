@@ -8,6 +8,7 @@ the runner looks for (``BackboneSpec.checkpoint_file``); the archive under ``dat
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from ..errors import UserError, unknown_name
 WEIGHTS_DIR = Path("backbones")  # the runner's default checkpoint folder (relative to where it runs)
 DATA_DIR = Path("data")
 HUB = "https://huggingface.co/"
+STORAGE = "https://storage.googleapis.com"  # Google's bucket of the ViT weights
+STORAGE_ENV = "VTAB_LILY_STORAGE_ENDPOINT"  # a mirror of it (as HF_ENDPOINT is of the Hub)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,10 @@ class Source:
         return bool(self.repo_id)
 
     def where(self, endpoint: str | None = None) -> str:
-        """The URL a user could download by hand."""
+        """The URL it is downloaded from (and a user could download by hand)."""
         if not self.on_hub:
-            return self.url
+            mirror = os.environ.get(STORAGE_ENV, "").rstrip("/")
+            return mirror + self.url[len(STORAGE):] if mirror and self.url.startswith(STORAGE) else self.url
         base = (endpoint or HUB).rstrip("/") + "/"
         kind = "datasets/" if self.repo_type == "dataset" else ""
         return f"{base}{kind}{self.repo_id}/resolve/{self.revision}/{self.file}"
