@@ -40,7 +40,7 @@ class Source:
         if not self.on_hub:
             mirror = os.environ.get(STORAGE_ENV, "").rstrip("/")
             return mirror + self.url[len(STORAGE):] if mirror and self.url.startswith(STORAGE) else self.url
-        base = (endpoint or HUB).rstrip("/") + "/"
+        base = (endpoint or os.environ.get("HF_ENDPOINT") or HUB).rstrip("/") + "/"  # a mirror, read now
         kind = "datasets/" if self.repo_type == "dataset" else ""
         return f"{base}{kind}{self.repo_id}/resolve/{self.revision}/{self.file}"
 
