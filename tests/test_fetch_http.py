@@ -167,3 +167,21 @@ def test_two_fetches_of_one_file_download_it_once(server, tmp_path):
     assert [r["sha256"] for r in results] == [SHA, SHA]
     assert [m for m, _ in served.requests].count("GET") == 1  # the second waited, then found the file
     assert (tmp_path / "w.npz").read_bytes() == DATA
+
+
+def test_no_network_fails_at_once_naming_the_way_by_hand(tmp_path):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"cannot reach http://127.0.0.1:1/w.npz.*\n  or: download .* by hand .*"
+                                         r"put it at .*w.npz"):
+        fetch(Source("test", "w.npz", 1, url="http://127.0.0.1:1/w.npz"), tmp_path, progress=False)
+    assert time.monotonic() - start < 5  # no retries against a machine that is not there
+
+
+def test_target_that_is_a_folder_is_refused(server, tmp_path):
+    server.add("w.npz", DATA)
+    (tmp_path / "w.npz").mkdir()
+    with pytest.raises(FetchError, match="exists and is not a file"):
+        fetch(source(server), tmp_path, progress=False)
+    assert server.files["w.npz"].requests == []

@@ -53,6 +53,8 @@ def fetch(source: Source, folder: Path, *, progress: bool = True, timeout: float
 
     Two fetches of one file at once: the second waits for the first, then finds the file."""
     dest = folder / source.file
+    if dest.exists() and not dest.is_file():
+        raise FetchError(f"{dest} exists and is not a file; move it away and rerun")
     with fetch_lock(dest):
         if dest.is_file():
             record = read_record(dest) or {}

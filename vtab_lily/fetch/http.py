@@ -56,6 +56,9 @@ def download(url: str, dest: Path, *, sha256: str | None = None, timeout: float 
         except TRANSIENT as err:
             if isinstance(err, urllib.error.HTTPError) and err.code < 500:  # 5xx: the server may recover
                 raise FetchError(_http_message(url, err)) from None
+            if isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError):
+                # no connection at all (no network, DNS, refused): retrying will not help
+                raise FetchError(f"cannot reach {url}: {err.reason}") from None
             if attempt == retries:
                 have = part.stat().st_size if part.exists() else 0
                 reason = getattr(err, "reason", None) or err
