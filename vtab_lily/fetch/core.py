@@ -6,7 +6,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import http, hub
+from .http import download as http_download
+from .http import remote_size
+from .hub import download as hub_download
+from .hub import endpoint, metadata, offline
 from .files import FetchError, accept, fetch_lock, file_sha256, read_record
 from .sources import Source, human_size
 
@@ -22,20 +25,20 @@ class Plan:
 
 
 def manual_hint(source: Source, dest: Path) -> str:
-    return f"download {source.where(hub.endpoint())} by hand (browser, wget) and put it at {dest}"
+    return f"download {source.where(endpoint())} by hand (browser, wget) and put it at {dest}"
 
 
 def plan(source: Source, folder: Path, probe: bool = True) -> Plan:
     """What fetching ``source`` into ``folder`` would do; ``probe`` asks the server for the size."""
     dest = folder / source.file
     size, exact = None, False
-    if probe and not hub.offline() and not dest.is_file():
+    if probe and not offline() and not dest.is_file():
         try:
-            size = hub.metadata(source, timeout=5).size if source.on_hub else http.remote_size(source.where(), timeout=5)
+            size = metadata(source, timeout=5).size if source.on_hub else remote_size(source.where(), timeout=5)
         except FetchError:
             size = None
         exact = size is not None
-    return Plan(source, dest, source.where(hub.endpoint()), size if exact else source.approx_bytes or None, exact,
+    return Plan(source, dest, source.where(endpoint()), size if exact else source.approx_bytes or None, exact,
                 dest.is_file())
 
 
@@ -63,21 +66,21 @@ def fetch(source: Source, folder: Path, *, progress: bool = True, timeout: float
                 record = {"file": dest.name, "sha256": file_sha256(dest), "size": stat.st_size, "verified": "present"}
             print(f"{dest}: already there (sha256 {record['sha256']})")
             return record
-        if hub.offline():
+        if offline():
             raise FetchError(f"offline (HF_HUB_OFFLINE is set): {manual_hint(source, dest)}")
-        print(f"fetching {source.name}: {source.where(hub.endpoint())} -> {dest}", file=sys.stderr, flush=True)
+        print(f"fetching {source.name}: {source.where(endpoint())} -> {dest}", file=sys.stderr, flush=True)
         try:
             if source.on_hub:
-                meta = hub.metadata(source)
-                staged, digest, _ = hub.download(source, dest, meta, progress=progress)
+                meta = metadata(source)
+                staged, digest, _ = hub_download(source, dest, meta, progress=progress)
                 verified = "hub-lfs-sha256" if meta.sha256 else "first-download"
             else:
-                staged, digest, _ = http.download(source.where(), dest, timeout=timeout, retries=retries,
+                staged, digest, _ = http_download(source.where(), dest, timeout=timeout, retries=retries,
                                                   progress=progress)
                 verified = "first-download"
         except FetchError as err:
             raise FetchError(f"{err}\n  or: {manual_hint(source, dest)}") from None
-        record = accept(staged, dest, digest, source.where(hub.endpoint()), verified)
+        record = accept(staged, dest, digest, source.where(endpoint()), verified)
     how = ("matches the Hub's published sha256" if verified == "hub-lfs-sha256" else
            "no published hash: recorded now, compare it with a colleague's copy")
     print(f"{dest}: {human_size(record['size'])}, sha256 {digest} ({how})")

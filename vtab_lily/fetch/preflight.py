@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 from ..errors import UserError
 from ..tasks import VTAB_TASKS, get_task
+from .core import fetch
+from .data import fetch_data
 from .sources import DATA_DIR, WEIGHTS_DIR, data_source, human_size, weights_source
 
 DEFAULT_DATA_ROOT = DATA_DIR / "vtab-1k"
@@ -103,9 +105,6 @@ def missing_message(pieces: list[Piece], fetch_flag: str | None = "--fetch") -> 
 
 
 def fetch_pieces(pieces: list[Piece], progress: bool = True) -> None:
-    from .core import fetch
-    from .data import fetch_data
-
     for piece in pieces:
         if piece.command is None:
             continue
