@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..fsutil import _fsync_dir, atomic_write_json, read_json
+from ..fsutil import _fsync_dir, atomic_write_json, dir_lock, read_json
 
 WORK = ".fetch"
 CHUNK = 1 << 20
@@ -43,23 +42,16 @@ def record_path(dest: Path) -> Path:
 def fetch_lock(dest: Path) -> Iterator[None]:
     """Exclusive lock on fetching ``dest``; a second fetch of the same file waits (and says so),
     then finds the file in place. The kernel drops the lock when its holder dies."""
+    def waiting(holder: str) -> None:
+        print(f"waiting: another process is fetching {dest} ({holder})", file=sys.stderr, flush=True)
+
     folder = work_dir(dest)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FetchError(f"cannot create {folder} ({err.strerror or err})") from None
-    fd = os.open(folder / f"{dest.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            print(f"waiting: another process is fetching {dest}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    with dir_lock(folder, f"{dest.name}.lock", wait=waiting):
         yield
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:
