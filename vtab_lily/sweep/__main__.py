@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import UserError, run_cli
 from .spec import BACKENDS, SELECT_MODES, build_spec, load_toml, parse_grid_flag
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
 
-    from .api import check_trials, plan_summary, run_sweep
+    from .api import check_pieces, check_trials, plan_summary, run_sweep
     from .locate import RunLocator
 
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -98,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.trials_per_gpu <= 64:
         raise UserError(f"--trials-per-gpu must be between 1 and 64, got {args.trials_per_gpu}")
     if args.dry_run:
-        check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
+        locator = RunLocator()
+        check_trials(spec, args.out, locator)  # the runner's own checks of every trial's options
         print(plan_summary(spec, args.out))
+        try:  # what a real start would stop at (or fetch, with --fetch)
+            check_pieces(spec, str(Path(args.out).resolve()), locator)
+        except UserError as err:
+            print(f"note: {err}", file=sys.stderr)
         return 0
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
                         leaderboards=args.leaderboards, progress=not args.no_progress,
