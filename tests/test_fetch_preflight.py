@@ -126,3 +126,35 @@ def test_checkpoint_sha256_is_recorded_and_not_hashed(tmp_path):
     assert saved["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert config_hash(saved) == result.parent.name  # the hash is the same with or without it
     assert config_hash({**saved, "checkpoint_sha256": "other"}) == result.parent.name
+
+
+@pytest.fixture
+def empty_server(monkeypatch):
+    """Google's bucket and the Hub, both answering 404: a --fetch that tries is seen failing."""
+    server = FetchServer()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("VTAB_LILY_STORAGE_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield server
+    server.close()
+
+
+def test_fetch_flag_of_the_sweep_and_of_one_run_fetches_before_any_work(empty_server, tmp_path, monkeypatch):
+    from vtab_lily.sweep.__main__ import main as sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{empty_server.url}/vit_models/imagenet21k/ViT-B_16.npz: 404 not found"
+    with pytest.raises(UserError, match=url):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=1,10",
+                    "--no-progress", "--fetch"])
+    with pytest.raises(UserError, match=url):
+        run.main(["--backbone", "vit", "--task", "dtd", "--fetch"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "backbones" / "ViT-B_16.npz").exists()
+
+
+def test_run_all_fetch_flag_reaches_the_fetch(empty_server, tmp_path):
+    proc = subprocess.run([str(REPO / "run_all.sh"), "vit", "lily", "--tasks", "dtd", "--fetch"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 2
+    assert f"{empty_server.url}/vit_models/imagenet21k/ViT-B_16.npz: 404 not found" in proc.stderr
+    assert "===" not in proc.stdout and not (tmp_path / "leaderboards").exists()
