@@ -6,6 +6,7 @@ weights' sha256 is recorded in config.json without changing any run's hash."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fetch_server import FetchServer
@@ -55,7 +57,9 @@ def test_run_all_without_weights_or_data_stops_once_before_any_work(tmp_path):
 def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_path):
     server = FetchServer()
     try:
-        weights = os.urandom(30_000)
+        buf = io.BytesIO()  # an npz with a pre_logits entry, as the published file has
+        np.savez(buf, **{"pre_logits/kernel": np.zeros((2, 2), np.float32)})
+        weights = buf.getvalue()
         server.add("vit_models/imagenet21k/ViT-B_16.npz", weights)
         server.add("XiN0919/VTAB-1k/vtab-1k.zip", fake_archive(tmp_path / "make", {"dtd": 47}))
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_ENDPOINT": server.url,
@@ -86,6 +90,11 @@ def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_p
         partial = subprocess.run([*cmd, "--fetch"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert partial.returncode == 2
         assert "task cifar is in none of" in partial.stdout + partial.stderr
+        # a line that cannot run is not "ready" (here: unreadable weights)
+        (work / "backbones" / "ViT-B_16.npz").write_bytes(b"not an npz")
+        broken = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert broken.returncode == 2 and "b.jsonl:1: backbone checkpoint backbones/ViT-B_16.npz is unreadable" \
+            in broken.stderr
     finally:
         server.close()
 
