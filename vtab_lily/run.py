@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, run_cli
+from .fetch import ensure_ready, file_sha256
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, RunDir, config_hash, json_normal
@@ -62,6 +63,13 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     config["pretrained"] = weights.name if weights else None
     devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
+
+
+def _finished(config: dict) -> bool:
+    """A complete run is skipped before its weights or data are read: it needs neither."""
+    if not (Path(config["out"]) / config["backbone"] / config["adapter"] / str(config["task"])).is_dir():
+        return False  # no run of this task at all (cheap: no model is built)
+    return identify(dict(config), must_exist=False)[1].read_result() is not None
 
 
 def run_dir_for(argv: list[str]) -> Path:
@@ -187,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch:
         from .runbatch import run_batch
 
-        if len(argv) != 2 and not (len(argv) == 3 and "--debug" in argv):
-            raise UserError("--batch FILE takes no other options: put them on each line of FILE")
-        return run_batch(Path(args.batch))
+        extra = [a for a in argv if a not in ("--batch", args.batch, "--debug", "--fetch", "--preflight")]
+        if extra:
+            raise UserError(f"--batch FILE takes only --fetch, --preflight and --debug beside it, not {extra[0]}: "
+                            "put run options on each line of FILE")
+        return run_batch(Path(args.batch), fetch=args.fetch, preflight_only=args.preflight)
     return execute(argv)[0]
 
 
@@ -202,6 +212,10 @@ def execute(argv: list[str]) -> tuple[int, str]:
         return 0, "listed"
     if not config["task"]:
         raise UserError("--task is required (python -m vtab_lily.tasks lists them)")
+    if args.preflight:  # the weights and data this run needs, nothing else
+        ensure_ready([config], fetch=args.fetch, skip=None if args.force else _finished)
+        print("ready: weights and data are there")
+        return 0, "ready"
     preview = args.dry_run or args.check
     config, run, params, devs = identify(config, must_exist=False)
     if args.check:
@@ -215,7 +229,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
         print(f"already complete: {run / RESULT} ({_accuracy_text(done, config['report'])}); --force to redo")
         return 0, "skipped (complete)"
     check_creatable_dir(config["out"], "--out")
+    ensure_ready([config], fetch=args.fetch)
     weights = resolve_checkpoint(config)
+    config["checkpoint_sha256"] = file_sha256(weights) if weights else None  # provenance, not hashed
     device = pick_device(config["device"])
     if config["threads"]:
         import torch

@@ -12,7 +12,9 @@ Exit code: 0 when every run finished or was skipped, else the largest code seen 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import os
 import sys
@@ -55,10 +57,16 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path) -> int:
+def run_batch(path: Path, fetch: bool = False, preflight_only: bool = False) -> int:
     from .run import execute
 
     lines = read_batch(path)
+    bad = preflight(path, lines, fetch)  # every missing checkpoint and data piece, once, before any run
+    if preflight_only:
+        if bad:  # a line that cannot run is not "ready" either
+            raise UserError(f"--batch {path}: {len(bad)} bad line{'s' if len(bad) > 1 else ''}:\n  " + "\n  ".join(bad))
+        print("ready: weights and data are there")
+        return 0
     codes: list[tuple[int, str, str]] = []
     for i, (number, argv, problem) in enumerate(lines, 1):
         where = f"{path}:{number}"
@@ -94,6 +102,36 @@ def run_batch(path: Path) -> int:
     if bad:
         print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
     return max((c for c, _, _ in codes), default=0)
+
+
+def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool) -> list[str]:
+    """UserError naming every missing weights file and data task of the batch's valid lines;
+    ``fetch`` fetches them first. Returns the bad lines as ``FILE:LINE: what`` (a run reports its
+    own when its turn comes)."""
+    from .fetch import ensure_ready
+    from .run import _finished, check_args
+
+    configs, forced, bad = [], set(), []
+    for number, argv, problem in lines:
+        if argv is None:
+            bad.append(f"{path}:{number}: {problem}")
+            continue
+        if {"--dry-run", "--check", "--list-tasks"} & set(argv):  # these read no weights or data
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # its warnings come again when the run starts
+                config = check_args(argv)
+        except UserError as err:
+            bad.append(f"{path}:{number}: {err}")
+            continue
+        if "--force" in argv:
+            forced.add(id(config))
+        configs.append(config)
+    try:
+        ensure_ready(configs, fetch=fetch, skip=lambda c: id(c) not in forced and _finished(c))
+    except UserError as err:
+        raise UserError(f"--batch {path}: {err}") from None
+    return bad
 
 
 def _report(label: str, code: int, status: str) -> None:

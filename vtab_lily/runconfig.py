@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, unknown_name
+from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
 from .official import DEMO, MIN_LR, RECIPES, WARMUP_LR, official_recipe
 from .tasks import PROTOCOLS, get_task
 
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-stale-data", action="store_true",
                    help="train even when the task's list files or images differ from its manifest.json; the "
                         "result records the fingerprint of the data as read, marked stale (default: refuse)")
+    w.add_argument("--fetch", action="store_true", help="download missing backbone weights and VTAB-1K first "
+                   "(python -m vtab_lily.fetch); without it a missing piece stops the run(s) before any work")
+    w.add_argument("--preflight", action="store_true", help="only check that the weights and data of the run(s) are "
+                   "there (with --fetch: fetch them); exit 0, or 2 naming every missing piece")
     w.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     w.add_argument("--list-tasks", action="store_true", help="check the other arguments, print the task names")
     w.add_argument("--batch", metavar="FILE", help="run many: FILE has one JSON list of arguments per line")
@@ -340,23 +345,11 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
 
 # --- weights (only their index is read here) --------------------------------------------------
 def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
-    """The backbone weights file (None: random init); UserError when it is missing and needed."""
-    from .backbones import get_spec
-
-    given = config["checkpoint"]
-    if isinstance(given, str) and given.lower() == "none":
-        return None
-    if given:
-        path, how = Path(given), "the file given by --checkpoint"
-    else:
-        file = get_spec(config["backbone"]).checkpoint_file
-        if file is None:
-            raise UserError(f"backbone {config['backbone']} has no published weights (a test config): "
-                            "pass --checkpoint none for random init, or --checkpoint PATH")
-        path, how = Path("backbones") / file, f"where {config['backbone']}'s weights are expected"
-    if must_exist and not path.is_file():
-        raise UserError(f"backbone checkpoint {path} not found ({how}); see backbones/README.md for how to get it, "
-                        "or pass --checkpoint PATH (--checkpoint none: random init, for tests only)")
+    """The backbone weights file (None: random init); UserError when it is missing and needed,
+    naming the command that fetches it (``vtab_lily.fetch``) and the way by hand."""
+    path, _ = checkpoint_path(config["backbone"], config["checkpoint"])
+    if must_exist and path is not None and not path.is_file():
+        raise UserError(missing_message(missing_pieces([{**config, "task": None}])))
     return path
 
 

@@ -34,7 +34,10 @@ from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 # ``adapter_options`` (what the user typed) is hashed through ``adapter_config`` (resolved), so
 # ``--rank 32`` and the default rank 32 are the same run.
 # ``report`` only says which accuracy the CLI prints and the leaderboard exports.
-LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options", "report")
+# ``checkpoint_sha256`` is the weights file's hash (provenance: which bytes were loaded), recorded
+# per run; the method is the same whichever copy of the published file was read.
+LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options", "report",
+              "checkpoint_sha256")
 # Setup switches (round 2) that a named method's row must not mix.
 SETUP_KEYS = ("precision", "normalize", "pre_logits", "lr_schedule", "drop_last", "eval_batch_size", "eval_limit",
               "compile", "pretrained")

@@ -28,7 +28,8 @@ RESERVED = {"backbone": "the sweep's --backbone", "adapter": "the sweep's --adap
             "demo": "the sweep's --demo", "method-name": "the sweep labels selected runs itself",
             "force": "delete the run folder to redo a run", "paper": "the sweep's --paper",
             "batch": "the sweep's --backend", "dry-run": "the sweep's --dry-run", "list-tasks": "--dry-run",
-            "help": "python -m vtab_lily.run --help"}
+            "help": "python -m vtab_lily.run --help", "fetch": "the sweep's --fetch",
+            "preflight": "the sweep checks weights and data before any trial"}
 MACHINE = ("threads", "device", "data-root", "checkpoint", "tensorboard", "no-tensorboard", "debug")
 ADAPTER_OPT = "adapter-opt"
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
