@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import UserError, unknown_name
+from .official import PRECISIONS
 
 OFFICIAL_EVAL_BATCH = 256
 AUTO_EVAL_BATCH = 1024  # eval batch on CUDA when the routing allows and none was given
@@ -26,7 +27,7 @@ class LoopOptions:
     eval_batch_size: int = OFFICIAL_EVAL_BATCH
     eval_batch_auto: bool = False  # eval_batch_size was not given: larger batches allowed (see eval_batch_size())
     eval_limit: int | None = None  # intermediate evaluations on the first N eval images; the final one is full
-    precision: str = "fp32"  # "fp32" | "bf16" (bf16 autocasts on the CPU too: slow there, for tests and checks)
+    precision: str = "fp32"  # official.PRECISIONS; bf16 autocasts on the CPU too (slow there, for tests and checks)
     compile: bool = False  # torch.compile each block in place
 
     @classmethod
@@ -34,8 +35,8 @@ class LoopOptions:
         opts = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
         if opts.lr_schedule not in ("official", "aligned"):
             raise unknown_name("lr_schedule", str(opts.lr_schedule), ("official", "aligned"))
-        if opts.precision not in ("fp32", "bf16"):
-            raise unknown_name("precision", str(opts.precision), ("fp32", "bf16"))
+        if opts.precision not in PRECISIONS:
+            raise unknown_name("precision", str(opts.precision), PRECISIONS)
         for key in ("drop_last", "eval_batch_auto", "compile"):
             if type(getattr(opts, key)) is not bool:
                 raise UserError(f"{key} must be true or false, got {getattr(opts, key)!r}")
