@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .rundir import RunDir, fault_point
-from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, check_recipe, compile_blocks, device_rng_state,
-                          eval_batch_size, fp32_head, on_device, schedule_epoch, set_device_rng_state,
-                          store_frozen_in_bf16, uses_batch_routing)
+from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, cast_for_precision, check_recipe, compile_blocks,
+                          device_rng_state, eval_batch_size, on_device, schedule_epoch, set_device_rng_state,
+                          uses_batch_routing)
 
 CHECKPOINT_FORMAT = 1
 
@@ -227,9 +227,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     if len(eval_set) == 0:
         raise UserError("the evaluation split is empty")
     bf16 = opts.precision == "bf16"  # autocast wherever asked: on CUDA, and on the CPU for tests and checks
-    if bf16:
-        store_frozen_in_bf16(model)
-        fp32_head(model, device)
+    cast_for_precision(model, opts.precision, device)
     if opts.compile:
         compile_blocks(model)
     train_set, eval_set = on_device(train_set, device), on_device(eval_set, device)

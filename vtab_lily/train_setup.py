@@ -103,6 +103,14 @@ def store_frozen_in_bf16(model: torch.nn.Module) -> None:
                     p.data = p.data.to(torch.bfloat16)
 
 
+def cast_for_precision(model: torch.nn.Module, precision: str, device: torch.device) -> None:
+    """What the loop does to a model for its precision (the device check builds its models with it
+    too): under bf16, frozen weights stored in bf16 and the head run in fp32; otherwise nothing."""
+    if precision == "bf16":
+        store_frozen_in_bf16(model)
+        fp32_head(model, device)
+
+
 def fp32_head(model: torch.nn.Module, device: torch.device) -> None:
     """Run the classifier head outside autocast so the logits (and their argmax) are fp32."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
