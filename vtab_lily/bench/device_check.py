@@ -123,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--out", default="leaderboards", help="folder for the report (default: leaderboards)")
     parser.add_argument("--budget", type=float, default=None, help=f"seconds of wall time from process start "
-                        f"(default {DEFAULT_BUDGET_S:.0f}; with --cpu-smoke 300, a safety net)")
+                        f"(default {DEFAULT_BUDGET_S:.0f}; with --cpu-smoke 600, a safety net)")
     parser.add_argument("--cpu-smoke", action="store_true", help="every part on the CPU at toy sizes (CI)")
     parser.add_argument("--debug", action="store_true", help="tracebacks for user errors")
     args = parser.parse_args(argv)
-    budget = args.budget if args.budget is not None else (300.0 if args.cpu_smoke else DEFAULT_BUDGET_S)
+    budget = args.budget if args.budget is not None else (600.0 if args.cpu_smoke else DEFAULT_BUDGET_S)
     if not 30 <= budget <= 3600:  # also refuses nan
         raise UserError(f"--budget must be between 30 and 3600 seconds, got {args.budget}")
     import torch

@@ -104,6 +104,18 @@ def need(budget: Budget, seconds: float, what: str) -> None:
         raise Skip(f"{what}: needs about {seconds:.0f} s, {budget.left():.0f} s left")
 
 
+def row_fits(ctx: Ctx, m: dict, budget: Budget, name: str, precision: str, cost: str) -> bool:
+    """Whether a row can run here and now; if not, its reason goes into the report's skipped list."""
+    why = f"no TF32 on {ctx.dev}" if precision in ("tf32", "tf32-conv") and not device_has_tf32(ctx.dev) else None
+    try:
+        need(budget, ctx.scale.cost[cost], name)
+    except Skip as skip:
+        why = why or str(skip)
+    if why:
+        m.setdefault("skipped", {})[name] = why
+    return why is None
+
+
 def timed(fn: Callable[[], object], dev: torch.device, budget: Budget, warmup: int, reps: int,
           share: float = 0.3) -> tuple[float, float]:
     """(median seconds per call after ``warmup`` calls, seconds the warm-up took); stops timing
@@ -226,16 +238,10 @@ EAGER_ROWS = [
 
 
 def vit_eager(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
-    records, notes = m.setdefault("vit", {}), []
+    records = m.setdefault("vit", {})
     model = None
     for setting, precision, what in EAGER_ROWS:
-        if precision in ("tf32", "tf32-conv") and not device_has_tf32(ctx.dev):
-            m.setdefault("skipped", {})[f"ViT {setting}"] = f"no TF32 on {ctx.dev}"
-            continue
-        try:
-            need(budget, ctx.scale.cost["eager"], f"ViT {setting}")
-        except Skip as why:
-            m.setdefault("skipped", {})[f"ViT {setting}"] = str(why)
+        if not row_fits(ctx, m, budget, f"ViT {setting}", precision, "eager"):
             continue
         if precision == "bf16" or model is None:  # the fp32 weights serve every fp32/TF32 row
             model = build(ctx, ctx.scale.vit, precision)
@@ -245,7 +251,7 @@ def vit_eager(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
     empty_cache(ctx.dev)
     return ["ViT-B/16 + Lily (r=32, ne=4, k,v,mlp), a training step as the loop takes it, and the loop's "
             "`evaluate` (eval rate at Lily's official batch 256 and at 1024, which other methods may use):", "",
-            *table(RATE_HEADERS, rate_rows({k: r for k, r in records.items() if k.endswith("eager")})), *notes]
+            *table(RATE_HEADERS, rate_rows({k: r for k, r in records.items() if k.endswith("eager")}))]
 
 
 def _compiled_rows(m: dict) -> list[tuple[str, str, str]]:
@@ -277,12 +283,7 @@ def vit_compiled(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
         raise Skip("train_setup.compile_model (the runner's compile entry point) is not in this tree")
     records, counters = m.setdefault("vit", {}), m.setdefault("dynamo", {})
     for setting, precision, mode in _compiled_rows(m):
-        if precision in ("tf32", "tf32-conv") and not device_has_tf32(ctx.dev):
-            continue
-        try:
-            need(budget, ctx.scale.cost["compile"], f"ViT {setting} (a cold compile)")
-        except Skip as why:
-            m.setdefault("skipped", {})[f"ViT {setting}"] = str(why)
+        if not row_fits(ctx, m, budget, f"ViT {setting} (a cold compile)", precision, "compile"):
             continue
         reset_dynamo()
         with smoke_compiler(ctx.scale.smoke):
@@ -316,10 +317,7 @@ def vim(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
     for precision in (m.get("vim_default", "fp32"), "bf16"):
         for path in paths:
             setting = f"{path} {precision}"
-            try:
-                need(budget, ctx.scale.cost["vim"], f"Vim {setting}")
-            except Skip as why:
-                m.setdefault("skipped", {})[f"Vim {setting}"] = str(why)
+            if not row_fits(ctx, m, budget, f"Vim {setting}", precision, "vim"):
                 continue
             with forced_scan(path):
                 model = build(ctx, ctx.scale.vim, precision)
