@@ -344,7 +344,8 @@ def host_syncs(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
             if ctx.dev.type == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
             try:
-                code = run_main(argv)
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is the report's
+                    code = run_main(argv)
             finally:
                 if ctx.dev.type == "cuda":
                     torch.cuda.set_sync_debug_mode(0)
