@@ -2,9 +2,10 @@
 
 The recipe values come from the official Lily code (REFERENCE.md sections 3 and 7): timm cosine
 schedule stepped after each epoch, batch 64 with ``drop_last``, test every 10 epochs at batch
-256, fp32, no input normalisation, the in21k npz's frozen ``pre_logits`` kept. The adapter's
-official settings come from ``vtab_lily.adapters`` (``adapter_deviations`` or
-``official_adapter_settings``, when that module provides them).
+256, no input normalisation, the in21k npz's frozen ``pre_logits`` kept; float32 compute whose
+matmul/convolution precision depends on the family's torch and the device
+(:func:`official_precision`). The adapter's official settings come from ``vtab_lily.adapters``
+(``adapter_deviations`` or ``official_adapter_settings``, when that module provides them).
 
 :func:`deviations` lists every setting of a resolved run config that differs from the official
 setup of its backbone family and adapter, as ``key=value`` strings (empty: the official setup);
@@ -26,7 +27,7 @@ RECIPES = {
 WARMUP_LR, MIN_LR = 1e-6, 1e-5
 # Settings shared by both families' official code.
 COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
-          "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",
+          "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",  # on a CPU
           "normalize": False, "eval_limit": None, "compile": False, "warmup_lr": WARMUP_LR, "min_lr": MIN_LR}
 # --demo: the generated demo suite and tiny random-init backbones, a schedule short enough for
 # all demo tasks to finish on 2 CPU cores in a few minutes. The frozen tiny backbones are random,
@@ -42,6 +43,20 @@ NO_OFFICIAL_SETUP = frozenset({"peft"})
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
 PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
 
+# Compute precisions (``--precision``), by what a float32 matmul and a cuDNN convolution run in:
+#   fp32       both in full fp32 (the only float32 a CPU has)
+#   tf32       both in TF32 on GPUs with TF32 tensor cores (torch < 1.12's default on CUDA)
+#   tf32-conv  matmuls in full fp32, cuDNN convolutions in TF32 (torch >= 1.12's default on CUDA)
+#   bf16       bf16 autocast; what runs outside it (the fp32 head) in full fp32
+PRECISIONS = ("fp32", "tf32", "tf32-conv", "bf16")
+TF32_PRECISIONS = ("tf32", "tf32-conv")  # need a GPU with TF32 (compute capability 8.0 or newer)
+# What each family's official code ran in on a GPU with TF32, without autocast in either: the ViT
+# code pins torch 1.10.0 (visual-adaptation-benchmark/vit/requirements.txt), whose CUDA matmuls
+# and cuDNN convolutions defaulted to TF32 on Ampere and newer; the Vim code installs torch 2.1.1
+# (hustvl/Vim README) and trains with --no_amp, and from torch 1.12 on matmuls default to full
+# fp32 while cuDNN convolutions (Vim's patch embedding) stay TF32.
+OFFICIAL_TF32 = {"vit": "tf32", "vim": "tf32-conv"}
+
 # Order of the recipe deviations in labels (the adapter's come first, then these).
 RECIPE_KEYS = ("epochs", "batch_size", "accum_steps", "lr", "wd", "warmup", "warmup_lr", "min_lr", "drop_path",
                "lr_schedule", "drop_last", "img_size", "eval_every", "eval_batch_size", "eval_limit",
@@ -56,6 +71,13 @@ def official_recipe(family: str, demo: bool = False) -> dict:
     return recipe
 
 
+def official_precision(family: str, tf32_device: bool) -> str:
+    """The precision the family's official code ran in on this kind of device: ``fp32`` on a CPU
+    or a GPU without TF32 (whatever the torch, nothing else is possible there), else
+    :data:`OFFICIAL_TF32`."""
+    return OFFICIAL_TF32[family] if tf32_device else "fp32"
+
+
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -66,10 +88,11 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def recipe_deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
-    """``key=value`` for every recipe setting of ``config`` that differs from the official one."""
+def recipe_deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
+    """``key=value`` for every recipe setting of ``config`` that differs from the official one
+    (``official_prec``: :func:`official_precision` for the run's device)."""
     official = official_recipe(family, demo=config.get("suite") == "demo")
-    official["pre_logits"] = official_pre_logits
+    official["pre_logits"], official["precision"] = official_pre_logits, official_prec
     out = []
     for key in RECIPE_KEYS:
         if key not in config:
@@ -120,10 +143,10 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return out
 
 
-def deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
+def deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
     """Adapter deviations first, then the recipe's (see the module docstring)."""
     return (adapter_deviations(family, config["adapter"], config.get("adapter_config") or {})
-            + recipe_deviations(config, family, official_pre_logits))
+            + recipe_deviations(config, family, official_pre_logits, official_prec))
 
 
 # Adapter settings the core label shows, with their short names; the rest appear only as deviations.
@@ -176,13 +199,17 @@ def _per_target_parts(adapter_config: dict) -> list[str]:
             for target, diff in _per_target_settings(adapter_config).items()]
 
 
-def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = ()) -> str:
+def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = (), precision: str = "fp32") -> str:
     """The adapter's core settings then the deviations not already shown, e.g.
-    ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``."""
+    ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``. A ``precision`` other than
+    fp32 is shown even where it is the official one (``precision=tf32`` on a GPU), so labels say
+    it and fp32 labels (every CPU run) read as before."""
     core, shown = core_label(adapter, adapter_config)
     # per-target settings the core label shows (``q:alpha=4``) are not repeated as ``q.alpha=4``
     shown_per_target = {f"{t}.{k}={_show(v)}" for t, diff in _per_target_settings(adapter_config).items()
                         for k, v in diff.items()}
     extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")
              and d not in shown_per_target]
+    if precision != "fp32" and not any(d.startswith("precision=") for d in extra):
+        extra.append(f"precision={precision}")
     return " ".join([core, *extra])

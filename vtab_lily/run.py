@@ -24,7 +24,7 @@ from typing import Any
 from .errors import UserError, run_cli
 from .fetch import ensure_ready, file_sha256
 from .fsutil import LockBusy, check_creatable_dir
-from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
+from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label, official_precision  # noqa: F401
 from .rundir import RESULT, RunDir, config_hash, json_normal
 from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
     build_parser,
@@ -51,6 +51,7 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
 
     from .adapters import apply_adapter, count_parameters, recorded_config
     from .backbones import backbone_family, create_backbone
+    from .precision import device_has_tf32
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
@@ -61,7 +62,9 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
     config["pretrained"] = weights.name if weights else None
-    devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
+    family = backbone_family(config["backbone"])
+    devs = deviations(config, family, official_pre_logits(config),
+                      official_precision(family, device_has_tf32(config["device"])))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 
@@ -173,11 +176,16 @@ def load_data(config: dict) -> tuple[Any, Any]:
 
 def print_setup(config: dict, run: RunDir, params: dict, devs: list[str]) -> None:
     """The dry run's report: the resolved setup, its differences from the official one, counts."""
-    label = config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs)
+    from .backbones import backbone_family
+    from .precision import cuda_default_note
+
+    label = run_label(config, devs)
     print(json.dumps({"config": config, "config_hash": config_hash(config), "run_dir": str(run), "method": label,
                       "deviations": devs, "params": params}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
+    note = cuda_default_note(backbone_family(config["backbone"]), config["device"])
+    print(f"precision: {config['precision']}" + (f" ({note})" if note else ""))
     if config["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared
         print(f"{config['adapter']} has no official setup (its settings are the config file's); "
               f"differences from the official recipe: {', '.join(devs) if devs else 'none'}")
@@ -187,6 +195,13 @@ def print_setup(config: dict, run: RunDir, params: dict, devs: list[str]) -> Non
         from .adapters.pertask import describe
 
         print(f"per-task settings for {config['task']}: {describe(config['adapter_task_settings'])}")
+
+
+def run_label(config: dict, devs: list[str]) -> str:
+    """The method label of a resolved config: its ``--method-name``, else the adapter's settings,
+    the deviations and a precision other than fp32."""
+    return config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs,
+                                                 config["precision"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +234,7 @@ def execute(argv: list[str]) -> tuple[int, str]:
     preview = args.dry_run or args.check
     config, run, params, devs = identify(config, must_exist=False)
     if args.check:
-        print(f"ok: {config['method_name'] or method_label(config['adapter'], config['adapter_config'], devs)}")
+        print(f"ok: {run_label(config, devs)}")
         return 0, "checked"
     if preview:  # never needs weights, data or a device
         print_setup(config, run, params, devs)
@@ -233,6 +248,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
     weights = resolve_checkpoint(config)
     config["checkpoint_sha256"] = file_sha256(weights) if weights else None  # provenance, not hashed
     device = pick_device(config["device"])
+    from .precision import check_device
+
+    check_device(config["precision"], device)
     if config["threads"]:
         import torch
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError, unknown_name
 from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
-from .official import DEMO, MIN_LR, RECIPES, WARMUP_LR, official_recipe
+from .official import DEMO, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet mean/std normalisation of the inputs (official: none, inputs in [0, 1])")
     r.add_argument("--pre-logits", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the checkpoint's frozen pre_logits Linear+tanh (default: when it has one)")
-    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on CUDA")
+    r.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default: what the official code ran in on this device (CPU: fp32; a CUDA GPU with TF32: "
+                   "tf32 for ViT, tf32-conv for Vim); fp32: full fp32 matmuls and convolutions; bf16: autocast "
+                   "(see docs/gpu.md)")
     r.add_argument("--compile", action="store_true", help="torch.compile each block")
     r.add_argument("--img-size", type=int, help="default 224 (demo: 32)")
     r.add_argument("--protocol", choices=sorted(PROTOCOLS), default="test",
@@ -409,6 +412,7 @@ def resolve_pre_logits(config: dict, asked: bool | None) -> bool:
 def resolve_config(args: argparse.Namespace) -> dict:
     """Every option after defaults, with the task optional (``--list-tasks``). No I/O."""
     from .backbones import backbone_family, resolve_backbone_name
+    from .precision import resolve_precision
 
     backbone = resolve_backbone_name(args.backbone, demo=args.demo)  # vit / vim short names
     if args.adapter not in adapter_names():
@@ -438,7 +442,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         "warmup": pick("warmup", recipe["warmup"]), "warmup_lr": WARMUP_LR, "min_lr": MIN_LR,
         "drop_path": pick("drop_path", recipe["drop_path"]), "seed": args.seed, "normalize": args.normalize,
         "img_size": pick("img_size", recipe["img_size"]), "eval_every": pick("eval_every", recipe["eval_every"]),
-        "lr_schedule": args.lr_schedule, "drop_last": args.drop_last, "precision": args.precision,
+        "lr_schedule": args.lr_schedule, "drop_last": args.drop_last,
+        "precision": resolve_precision(args.precision, family, args.device),  # the device's official one by default
         "eval_batch_size": pick("eval_batch_size", recipe["eval_batch_size"]),
         "eval_batch_auto": args.eval_batch_size is None, "eval_limit": args.eval_limit, "compile": args.compile,
         "pre_logits": args.pre_logits,  # resolved against the checkpoint below, before hashing

@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .rundir import RunDir, fault_point
-from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, check_recipe, compile_blocks, device_rng_state,
-                          eval_batch_size, fp32_head, on_device, schedule_epoch, set_device_rng_state,
-                          store_frozen_in_bf16, uses_batch_routing)
+from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, cast_for_precision, check_recipe, compile_blocks,
+                          device_rng_state, eval_batch_size, on_device, schedule_epoch, set_device_rng_state,
+                          uses_batch_routing)
 
 CHECKPOINT_FORMAT = 1
 
@@ -127,6 +127,25 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
     model.load_state_dict(state, strict=False)
 
 
+def optimizer_state_to_params(optimizer: torch.optim.Optimizer) -> None:
+    """Put loaded optimizer state where this run's update expects it. ``load_state_dict`` follows
+    the *saved* group's flags: a checkpoint from a run that was not fused (a CPU run, loaded with
+    ``map_location="cpu"``) leaves its ``step`` counters on the host, which a fused CUDA update
+    refuses. Fused or capturable updates want ``step`` as float32 beside the parameter, the others
+    on the host; moments follow their parameter's device and dtype."""
+    for group in optimizer.param_groups:
+        on_param = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step":
+                    state[key] = value.to(device=p.device if on_param else "cpu", dtype=torch.float32)
+                else:
+                    state[key] = value.to(device=p.device, dtype=p.dtype if value.is_floating_point() else None)
+
+
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The epoch's permutation: drawn on the host (the same on every device, so a run can resume
     elsewhere) and moved once to where the training images live."""
@@ -208,9 +227,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     if len(eval_set) == 0:
         raise UserError("the evaluation split is empty")
     bf16 = opts.precision == "bf16"  # autocast wherever asked: on CUDA, and on the CPU for tests and checks
-    if bf16:
-        store_frozen_in_bf16(model)
-        fp32_head(model, device)
+    cast_for_precision(model, opts.precision, device)
     if opts.compile:
         compile_blocks(model)
     train_set, eval_set = on_device(train_set, device), on_device(eval_set, device)
@@ -227,6 +244,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
         optimizer.load_state_dict(checkpoint["optimizer"])
         for group in optimizer.param_groups:  # the saved flag is the saving machine's choice, not ours
             group["fused"] = fused or None
+        optimizer_state_to_params(optimizer)
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import UserError, unknown_name
+from .official import PRECISIONS
 
 OFFICIAL_EVAL_BATCH = 256
 AUTO_EVAL_BATCH = 1024  # eval batch on CUDA when the routing allows and none was given
@@ -26,7 +27,7 @@ class LoopOptions:
     eval_batch_size: int = OFFICIAL_EVAL_BATCH
     eval_batch_auto: bool = False  # eval_batch_size was not given: larger batches allowed (see eval_batch_size())
     eval_limit: int | None = None  # intermediate evaluations on the first N eval images; the final one is full
-    precision: str = "fp32"  # "fp32" | "bf16" (bf16 autocasts on the CPU too: slow there, for tests and checks)
+    precision: str = "fp32"  # official.PRECISIONS; bf16 autocasts on the CPU too (slow there, for tests and checks)
     compile: bool = False  # torch.compile each block in place
 
     @classmethod
@@ -34,8 +35,8 @@ class LoopOptions:
         opts = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
         if opts.lr_schedule not in ("official", "aligned"):
             raise unknown_name("lr_schedule", str(opts.lr_schedule), ("official", "aligned"))
-        if opts.precision not in ("fp32", "bf16"):
-            raise unknown_name("precision", str(opts.precision), ("fp32", "bf16"))
+        if opts.precision not in PRECISIONS:
+            raise unknown_name("precision", str(opts.precision), PRECISIONS)
         for key in ("drop_last", "eval_batch_auto", "compile"):
             if type(getattr(opts, key)) is not bool:
                 raise UserError(f"{key} must be true or false, got {getattr(opts, key)!r}")
@@ -100,6 +101,14 @@ def store_frozen_in_bf16(model: torch.nn.Module) -> None:
             for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.is_floating_point():
                     p.data = p.data.to(torch.bfloat16)
+
+
+def cast_for_precision(model: torch.nn.Module, precision: str, device: torch.device) -> None:
+    """What the loop does to a model for its precision (the device check builds its models with it
+    too): under bf16, frozen weights stored in bf16 and the head run in fp32; otherwise nothing."""
+    if precision == "bf16":
+        store_frozen_in_bf16(model)
+        fp32_head(model, device)
 
 
 def fp32_head(model: torch.nn.Module, device: torch.device) -> None:

@@ -32,6 +32,11 @@ from torch import Tensor
 BLOCK_D = 8  # channels per program: 8 x 16 states x 16 steps per tile keeps the backward's ~7 live tiles in registers
 CHUNK = 16  # time steps per chunk (a power of two)
 NUM_WARPS = 4
+# The backward's adjoint is a reverse associative scan. Triton has had wrong results for reverse
+# scans on some versions and GPUs, so the kernel can instead flip the tile, scan forward and flip
+# back (the same combine order, one extra pass over registers); ``kernels.py`` turns this on when
+# the reverse form fails its test call on a device and the flipped one passes.
+REVERSE_BY_FLIP = False
 
 
 @triton.jit
@@ -109,7 +114,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
                 du_ptr, ddl_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
                 d, L, H, NS, nchunks, G, nblk,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
+                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, FLIP: tl.constexpr):
     pb, pg, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cmask, ch, n, nmask, tt, an, A, bias, Dv = _program_tile(A_ptr, D_ptr, bias_ptr, H, NS, HAS_D, HAS_BIAS, NP, BD, T)
     row = (pb * d + ch[:, None]) * L
@@ -158,7 +163,12 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
         dln = tl.load(dl_ptr + row + t[None, :] + 1, mask=nm, other=0.0)
         dln = _delta(dln, bias[:, None], SOFTPLUS)
         an_next = tl.where(nm[:, None, :], tl.exp(dln[:, None, :] * A[:, :, None]), 0.0)
-        Pr, Gs = tl.associative_scan((an_next, dy[:, None, :] * Ct[None, :, :]), 2, _combine, reverse=True)
+        if FLIP:  # reverse scan = flip, forward scan, flip (see REVERSE_BY_FLIP)
+            Pr, Gs = tl.associative_scan((tl.flip(an_next, 2), tl.flip(dy[:, None, :] * Ct[None, :, :], 2)), 2,
+                                         _combine)
+            Pr, Gs = tl.flip(Pr, 2), tl.flip(Gs, 2)
+        else:
+            Pr, Gs = tl.associative_scan((an_next, dy[:, None, :] * Ct[None, :, :]), 2, _combine, reverse=True)
         g = Gs + Pr * carry[:, :, None]
         carry = tl.sum(tl.where((tt == 0)[None, None, :], g, 0.0), 2)
         tl.store(dC_ptr + part + t[None, :], tl.sum(dy[:, None, :] * hs, 0), mask=bm)
@@ -227,7 +237,7 @@ class _TritonScan(torch.autograd.Function):
                                              bias if bias is not None else u, states, dout.float().contiguous(),
                                              du, ddl, dz, dA, dD, dbias, dB, dC,
                                              d, length, d // groups, ns, nchunks, groups, nblk,
-                                             **meta["const"], num_warps=meta["warps"])
+                                             **meta["const"], FLIP=REVERSE_BY_FLIP, num_warps=meta["warps"])
         grads = [du, ddl, dA.sum(0), dB.sum(2), dC.sum(2),
                  None if D is None else dD.sum(0), None if z is None else dz,
                  None if bias is None else dbias.sum(0)]
