@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError, unknown_name
 from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
-from .official import DEMO, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
+from .official import DEMO, DEMO_ADAPTER, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     w.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; demo: 1)")
     w.add_argument("--demo", action="store_true", help="demo suite (generated on demand), tiny backbone, "
-                   "32 px, short schedule")
+                   "32 px, short schedule, Lily on ViT at s=0.1 (docs/demo.md)")
     w.add_argument("--dry-run", action="store_true", help="print the resolved setup, its differences from the "
                    "official one and the parameter counts (no weights or data needed)")
     w.add_argument("--check", action="store_true", help="only validate the options (exit 0 or 2)")
@@ -432,8 +432,11 @@ def resolve_config(args: argparse.Namespace) -> dict:
                         "characters (newlines, tabs)")
     if args.paper and args.protocol != "test":
         raise UserError("--paper reports the best test accuracy: it needs --protocol test")
+    options = adapter_options(args, args.adapter)
+    if args.demo:  # the demo's adapter settings, where the user gave none
+        options = {**DEMO_ADAPTER.get((family, args.adapter), {}), **options}
     config = {
-        "backbone": backbone, "adapter": args.adapter, "adapter_options": adapter_options(args, args.adapter),
+        "backbone": backbone, "adapter": args.adapter, "adapter_options": options,
         "method_name": args.method_name, "task": task.name if task else None, "suite": suite_name,
         "num_classes": task.num_classes if task else None,
         "protocol": args.protocol, "train_split": train_split, "eval_split": eval_split,
