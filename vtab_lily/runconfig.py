@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, unknown_name
-from .official import DEMO, MIN_LR, RECIPES, WARMUP_LR, official_recipe
+from .official import COMPILE_MODES, DEMO, MIN_LR, RECIPES, WARMUP_LR, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
@@ -39,6 +39,14 @@ def _targets_flag(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} names no target; give at least one (e.g. k,v,mlp) or leave "
                                          "--targets out for the adapter's default targets")
     return targets
+
+
+def _compile_flag(text: str) -> bool | str:
+    """``--compile MODE``: the default mode is recorded as ``true`` (as plain ``--compile``)."""
+    mode = text.strip().lower()
+    if mode not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(f"unknown compile mode {text!r}: choose one of {', '.join(COMPILE_MODES)}")
+    return True if mode == "default" else mode
 
 
 def _number_or_paper(kind: type) -> Any:
@@ -101,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pre-logits", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the checkpoint's frozen pre_logits Linear+tanh (default: when it has one)")
     r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on CUDA")
-    r.add_argument("--compile", action="store_true", help="torch.compile each block")
+    r.add_argument("--compile", nargs="?", const=True, default=False, type=_compile_flag, metavar="MODE",
+                   help="torch.compile the model (train and eval); MODE: default, or reduce-overhead / "
+                        "max-autotune (CUDA graphs on a GPU); see docs/gpu.md")
     r.add_argument("--img-size", type=int, help="default 224 (demo: 32)")
     r.add_argument("--protocol", choices=sorted(PROTOCOLS), default="test",
                    help="test: train800val200 -> test; val: train800 -> val200")

@@ -212,7 +212,8 @@ def build_result(config: dict, params: dict, devs: list[str], outcome: Any, devi
                      "reported": config["report"]},
         "params": params, "precision": config["precision"], "data": data,
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
-                 "train_images_per_s": round(outcome.train_images_per_s, 2)},
+                 "train_images_per_s": round(outcome.train_images_per_s, 2),
+                 "eval_images_per_s": round(outcome.eval_images_per_s, 2), "eval_batch_size": outcome.eval_batch_size},
         "memory": {"peak_mb": round(peak_memory_mb(device), 1),
                    "kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"},
         "device": str(device), "versions": versions(), "git_commit": provenance.git_commit(),
@@ -220,4 +221,6 @@ def build_result(config: dict, params: dict, devs: list[str], outcome: Any, devi
     }
     if kernels:
         result["kernels"] = kernels
+    if getattr(outcome, "compile", None) is not None:  # what torch.compile did (train_setup.compile_counters)
+        result["compile"] = outcome.compile
     return result
