@@ -167,15 +167,21 @@ def compile_model(model: torch.nn.Module, *, mode: str = "default", backend: str
     torch.compiler.reset()
     torch._dynamo.utils.counters.clear()  # compile_counters() then describes this model alone
     device = next(model.parameters()).device
+    limit = None
     if getattr(model, "family", None) == "vim":
-        scan_paths(device)
+        foreign = sorted({"mamba_ssm", "causal_conv1d"} & set(scan_paths(device).values()))
+        if foreign:  # C++ kernels Dynamo cannot trace: a graph break at each call, and the code
+            # after it compiles once per layer (each its own drop-path rate): allow that many
+            limit = 8 + 4 * model.depth
+            print(f"note: compile: the {' and '.join(foreign)} kernels are graph breaks (one graph per "
+                  f"layer); VTAB_LILY_SCAN=triton VTAB_LILY_CONV=pytorch compile without any", file=sys.stderr)
     target = "forward_features" if callable(getattr(model, "forward_features", None)) else "forward"
     uncompiled = model.__dict__.get("_uncompiled", {}).get(target, getattr(model, target))
     if device.type != "cuda" and mode in CUDA_GRAPH_MODES:
         mode = "default"  # no CUDA graphs here; the recorded setting stays what was asked
     options = {"mode": mode} if backend == "inductor" else {}
     model.__dict__["_uncompiled"] = {target: uncompiled}  # not a module attribute: state_dict unchanged
-    setattr(model, target, torch.compile(uncompiled, backend=backend, **options))
+    setattr(model, target, torch.compile(uncompiled, backend=backend, recompile_limit=limit, **options))
     model.__dict__["compiled_as"] = {"target": target, "backend": backend, "mode": mode}
     return model
 
