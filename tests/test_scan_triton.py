@@ -129,8 +129,8 @@ def _worker() -> None:
 
     # The dispatcher: VTAB_LILY_SCAN=triton routes CPU tensors through the kernel (interpreter only).
     calls = []
-    real = scan_triton._TritonScan.apply
-    scan_triton._TritonScan.apply = lambda *a: calls.append(1) or real(*a)
+    real = kernels.triton_scan
+    kernels.triton_scan = lambda *a: calls.append(1) or real(*a)
     os.environ["VTAB_LILY_SCAN"] = "triton"
     paths = scan_paths("cpu")
     x = _inputs(torch, d=4, length=10, n=2, groups=2)

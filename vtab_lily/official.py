@@ -30,6 +30,9 @@ WARMUP_LR, MIN_LR = 1e-6, 1e-5
 COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
           "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",  # on a CPU
           "normalize": False, "eval_limit": None, "compile": False, "warmup_lr": WARMUP_LR, "min_lr": MIN_LR}
+# torch.compile modes a run may ask for (config "compile": false, true = "default", or another
+# name); the mode can change the numbers a little, so a non-default one shows in the label.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # --demo: the generated demo suite and tiny random-init backbones, a schedule short enough for
 # all demo tasks to finish on 2 CPU cores in a few minutes. The frozen tiny backbones are random,
 # so the adapters need a higher lr, and no warmup epoch.

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError, unknown_name
 from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
-from .official import DEMO, DEMO_ADAPTER, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
+from .official import COMPILE_MODES, DEMO, DEMO_ADAPTER, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
@@ -40,6 +40,14 @@ def _targets_flag(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} names no target; give at least one (e.g. k,v,mlp) or leave "
                                          "--targets out for the adapter's default targets")
     return targets
+
+
+def _compile_flag(text: str) -> bool | str:
+    """``--compile MODE``: the default mode is recorded as ``true`` (as plain ``--compile``)."""
+    mode = text.strip().lower()
+    if mode not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(f"unknown compile mode {text!r}: choose one of {', '.join(COMPILE_MODES)}")
+    return True if mode == "default" else mode
 
 
 def _number_or_paper(kind: type) -> Any:
@@ -105,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: what the official code ran in on this device (CPU: fp32; a CUDA GPU with TF32: "
                    "tf32 for ViT, tf32-conv for Vim); fp32: full fp32 matmuls and convolutions; bf16: autocast "
                    "(see docs/gpu.md)")
-    r.add_argument("--compile", action="store_true", help="torch.compile each block")
+    r.add_argument("--compile", nargs="?", const=True, default=False, type=_compile_flag, metavar="MODE",
+                   help="torch.compile the model (train and eval); MODE: default, or reduce-overhead / "
+                        "max-autotune (CUDA graphs on a GPU); see docs/gpu.md")
     r.add_argument("--img-size", type=int, help="default 224 (demo: 32)")
     r.add_argument("--protocol", choices=sorted(PROTOCOLS), default="test",
                    help="test: train800val200 -> test; val: train800 -> val200")

@@ -217,7 +217,8 @@ def build_result(config: dict, params: dict, devs: list[str], outcome: Any, devi
                      "reported": config["report"]},
         "params": params, "precision": config["precision"], "data": data,
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
-                 "train_images_per_s": round(outcome.train_images_per_s, 2)},
+                 "train_images_per_s": round(outcome.train_images_per_s, 2),
+                 "eval_images_per_s": round(outcome.eval_images_per_s, 2), "eval_batch_size": outcome.eval_batch_size},
         "memory": memory,
         "device": str(device), "versions": versions(), "git_commit": provenance.git_commit(),
         "finished_at": utc_now(),
@@ -227,4 +228,6 @@ def build_result(config: dict, params: dict, devs: list[str], outcome: Any, devi
         result["time"]["trials_per_gpu"] = shared
     if kernels:
         result["kernels"] = kernels
+    if getattr(outcome, "compile", None) is not None:  # what torch.compile did (train_setup.compile_counters)
+        result["compile"] = outcome.compile
     return result

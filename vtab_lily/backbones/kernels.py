@@ -125,6 +125,13 @@ def mamba_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         delta_bias=None if delta_bias is None else delta_bias.float(), delta_softplus=delta_softplus)
 
 
+def triton_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Our Triton scan (imported here, not at the top: triton is optional)."""
+    from .scan_triton import selective_scan_triton
+
+    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
 def causal_conv_kernel(x, weight, bias, activation):
     # causal-conv1d >= 1.1: (x, weight, bias, seq_idx, ..., activation): activation by keyword only.
     return causal_conv_fn()(x, weight, bias, activation=activation)
