@@ -186,22 +186,6 @@ def measure(ctx: Ctx, model: torch.nn.Module, precision: str, budget: Budget, ev
     return record
 
 
-def dynamo_counters() -> dict:
-    """Dynamo's counters since the last reset: frames compiled, graph breaks, recompiles."""
-    from torch._dynamo.utils import counters
-
-    return {group: dict(values) for group, values in counters.items() if values}
-
-
-def reset_dynamo() -> None:
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-
-
 # ---- parts ---------------------------------------------------------------------------------------
 
 
@@ -261,39 +245,22 @@ def _compiled_rows(m: dict) -> list[tuple[str, str, str]]:
             (f"{default} reduce-overhead", default, "reduce-overhead")]
 
 
-@contextlib.contextmanager
-def smoke_compiler(smoke: bool):
-    """On a CPU smoke run, torch.compile with Dynamo's ``eager`` backend: the same graph capture
-    (and counters) without Inductor's C++ build, so the part runs in seconds."""
-    if not smoke:
-        yield
-        return
-    real = torch.compile
-    torch.compile = functools.partial(real, backend="eager")
-    try:
-        yield
-    finally:
-        torch.compile = real
-
-
 def vit_compiled(ctx: Ctx, m: dict, budget: Budget) -> list[str]:
     """The runner's own compile path (``train_setup.compile_model``), per precision and mode."""
-    compile_model = getattr(train_setup, "compile_model", None)
-    if compile_model is None:
-        raise Skip("train_setup.compile_model (the runner's compile entry point) is not in this tree")
     records, counters = m.setdefault("vit", {}), m.setdefault("dynamo", {})
     for setting, precision, mode in _compiled_rows(m):
         if not row_fits(ctx, m, budget, f"ViT {setting} (a cold compile)", precision, "compile"):
             continue
-        reset_dynamo()
-        with smoke_compiler(ctx.scale.smoke):
-            model = compile_model(build(ctx, ctx.scale.vit, precision), mode=mode)
-            t0 = time.monotonic()
-            record = measure(ctx, model, precision, budget, eval_batches=ctx.scale.eval_batches[:1])
+        # compile_model resets Dynamo and its counters; a CPU smoke run traces with the eager
+        # backend (same capture and counters, no Inductor C++ build)
+        model = train_setup.compile_model(build(ctx, ctx.scale.vit, precision), mode=mode,
+                                          backend="eager" if ctx.scale.smoke else None)
+        t0 = time.monotonic()
+        record = measure(ctx, model, precision, budget, eval_batches=ctx.scale.eval_batches[:1])
         record.update(note=f"train_setup.compile_model(mode={mode!r})", compile_s=record["warmup_s"],
                       total_s=time.monotonic() - t0)
         records[setting] = record
-        counters[setting] = dynamo_counters()
+        counters[setting] = train_setup.compile_counters()
         ctx.log(f"  {setting}: {record['images_per_s']:,.0f} train images/s, compile + warm-up {record['warmup_s']:.0f} s")
         del model
         empty_cache(ctx.dev)
