@@ -25,6 +25,7 @@ from .errors import UserError, run_cli
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, RunDir, config_hash, json_normal
+from .runbatch import run_batch
 from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
     build_parser,
     check_args,
@@ -185,11 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.batch:
-        from .runbatch import run_batch
-
         if len(argv) != 2 and not (len(argv) == 3 and "--debug" in argv):
             raise UserError("--batch FILE takes no other options: put them on each line of FILE")
-        return run_batch(Path(args.batch))
+        return run_batch(Path(args.batch), execute)
     return execute(argv)[0]
 
 

@@ -18,8 +18,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
+
+# one run from its arguments -> (exit code, one-line status); ``run.execute``, handed in by
+# ``run.main`` so that this module never imports the runner back
+Execute = Callable[[list[str]], tuple[int, str]]
+HELP_FLAGS = ("-h", "--help")
 
 REPORT_ENV = "VTAB_LILY_BATCH_REPORT"  # optional: a file getting "code<TAB>label<TAB>status" per run
 
@@ -43,6 +49,9 @@ def read_batch(path: Path) -> list[tuple[int, list[str] | None, str]]:
             lines.append((number, None, "not a JSON list of strings"))
         elif "--batch" in argv:
             lines.append((number, None, "--batch inside a batch file"))
+        elif any(a in HELP_FLAGS for a in argv):  # the help is not a run (and would end the process)
+            lines.append((number, None, f"{next(a for a in argv if a in HELP_FLAGS)} asks for the help, not a run "
+                                        "(python -m vtab_lily.run --help prints it)"))
         else:
             lines.append((number, argv, ""))
     return lines
@@ -55,9 +64,7 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path) -> int:
-    from .run import execute
-
+def run_batch(path: Path, execute: Execute) -> int:
     lines = read_batch(path)
     codes: list[tuple[int, str, str]] = []
     for i, (number, argv, problem) in enumerate(lines, 1):
@@ -71,6 +78,9 @@ def run_batch(path: Path) -> int:
                 code, status = execute(argv)
             except UserError as err:
                 code, status = 2, f"error: {err}"
+            except SystemExit as err:  # argparse's own exit (a bad option): this line failed, the batch goes on
+                code = err.code if isinstance(err.code, int) and err.code > 0 else 2
+                status = f"bad arguments (the parser exited with {err.code})"
             except KeyboardInterrupt:
                 print(f"interrupted during {label} ({where}); rerun the same command to resume", file=sys.stderr)
                 _report(label, 130, "interrupted")
