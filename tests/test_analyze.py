@@ -281,3 +281,45 @@ def test_a_malformed_router_weights_file_skips_the_run_with_a_warning(demo_runs,
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "router_weights.json" in warnings[0]
     assert "## lora" in next((out / "vit-tiny-test").glob("*.md")).read_text()
+
+
+def test_peft_lora_on_q_v_gives_the_same_dw_as_ours(tmp_path):
+    """Issue 22.6: a PEFT LoRA run on q,v reported 'sites 0 ... no dW to analyse'."""
+    import json
+
+    pytest.importorskip("peft")
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q", "v"]}))
+    peft_model = apply_adapter(tiny_vit(), "peft", config=str(path))
+    ours = apply_adapter(tiny_vit(), "lora", rank=2, alpha=4, targets=("q", "v"))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    peft_layers = {n: m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")}
+    peft_updates, skipped = weight_updates(peft_model)
+    assert not skipped and len(peft_updates) == 2 * len(peft_model.blocks)
+    assert {u.kind for u in peft_updates} == {"q", "v"}
+    for u in peft_updates:
+        layer = peft_layers[f"blocks.{u.layer}.attn.qkv.{u.kind}"]
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        torch.testing.assert_close(u.delta, (4 / 2) * b @ a)  # scaling alpha / r, as ours
+        assert rank_above(singular_values(u.delta), 1e-6) == 2 and u.base.shape == u.delta.shape
+    assert sorted(u.site for u in peft_updates) == sorted(u.site for u in weight_updates(ours)[0])
+
+
+@pytest.mark.parametrize("adapter, count, what", [
+    ("adaptformer", "blocks", "bottleneck with a ReLU"), ("houlsby", "2 blocks", "bottleneck with a ReLU"),
+    ("pfeiffer", "blocks", "bottleneck with a ReLU"), ("ssf", None, "scale and shift"),
+    ("repadapter", "2 blocks", "linear map of the layer's input"), ("vpt-deep", "blocks", "prompt tokens"),
+    ("vpt-shallow", None, "prompt tokens")])
+def test_adapters_without_a_weight_update_are_listed_as_the_page_says(adapter, count, what):
+    """Issue 22.6: these were listed with 0 sites although the page header says they are listed."""
+    model = apply_adapter(tiny_vit(), adapter, task="dtd")
+    updates, skipped = weight_updates(model)
+    assert not updates and skipped and all(what in line for line in skipped)
+    depth = len(model.blocks)
+    if count == "blocks":
+        assert len(skipped) == depth
+    elif count == "2 blocks":
+        assert len(skipped) == 2 * depth
