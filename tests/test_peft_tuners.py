@@ -159,6 +159,13 @@ def test_a_nan_in_a_peft_config_is_refused_before_any_run_folder(tmp_path, capsy
     assert not out.exists()
 
 
+def test_a_deeply_nested_peft_config_is_one_line_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(UserError, match="not valid JSON"):
+        apply_adapter(tiny(), "peft", config=str(path))
+
+
 def test_no_json_file_is_ever_written_with_nan(tmp_path):
     """The writer's backstop: json.dumps would write a bare NaN; it refuses and names the key."""
     from vtab_lily.fsutil import atomic_write_json

@@ -205,6 +205,15 @@ def test_any_system_exit_inside_a_line_is_that_lines_failure(tmp_path, capsys):
     assert "=== batch: 1 done or skipped, 0 running elsewhere, 2 failed" in captured.out
 
 
+def test_a_line_nested_past_the_json_parsers_depth_is_a_bad_line(tmp_path, capsys):
+    from vtab_lily.runbatch import run_batch
+
+    batch = write_batch(tmp_path / "b.jsonl", ["[" * 100_000, ["ok"]])
+    assert run_batch(batch, lambda argv: (0, "finished")) == 2
+    captured = capsys.readouterr()
+    assert "b.jsonl:1: bad line: not JSON" in captured.err and "--- [2/2]" in captured.out
+
+
 def test_the_batch_module_does_not_import_the_runner():
     """run.py <-> runbatch.py was an import cycle: the runner hands ``execute`` in."""
     import ast

@@ -42,7 +42,7 @@ def read_batch(path: Path) -> list[tuple[int, list[str] | None, str]]:
             continue
         try:
             argv = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: [[[[... nested past the parser's depth
             lines.append((number, None, f"not JSON ({err})"))
             continue
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):

@@ -54,7 +54,7 @@ class PeftTunerConfig:
                 settings = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
             except OSError as err:
                 raise UserError(f"--peft-config {path}: cannot read it ({err.strerror or err})") from None
-            except (UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, NaN, Infinity
+            except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError, NaN, [[[[...
                 raise UserError(f"--peft-config {path}: not valid JSON ({err})") from None
         if self.config is None and not settings:
             raise UserError("--adapter peft needs the tuner's config: --peft-config FILE.json (a PEFT config with a "
