@@ -26,6 +26,7 @@ from .fetch import ensure_ready, file_sha256
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label, official_precision  # noqa: F401
 from .rundir import RESULT, RunDir, config_hash, json_normal
+from .runbatch import run_batch
 from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
     build_parser,
     check_args,
@@ -206,13 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.batch:
-        from .runbatch import run_batch
-
         extra = [a for a in argv if a not in ("--batch", args.batch, "--debug", "--fetch", "--preflight")]
         if extra:
             raise UserError(f"--batch FILE takes only --fetch, --preflight and --debug beside it, not {extra[0]}: "
                             "put run options on each line of FILE")
-        return run_batch(Path(args.batch), fetch=args.fetch, preflight_only=args.preflight)
+        return run_batch(Path(args.batch), execute, finished=_finished, fetch=args.fetch,
+                         preflight_only=args.preflight)
     return execute(argv)[0]
 
 

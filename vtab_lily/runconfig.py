@@ -300,11 +300,10 @@ def _at_least(name: str, value: Any, minimum: float) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be >= {minimum:g}, got {value}")
 
 
-ADAPTER_INT_LIMIT = 1_000_000  # ranks, lengths, expert counts: far beyond any real use
-
-
 def _finite_numbers(value: Any, where: str) -> None:
     """Every float inside an adapter option (nested too) is finite and not negative."""
+    from .adapters.checks import ADAPTER_INT_LIMIT  # shared with PEFT config files (adapters import torch)
+
     if isinstance(value, bool):
         return
     if isinstance(value, (int, float)):

@@ -8,6 +8,11 @@ from typing import Any
 from vtab_lily.errors import UserError
 
 
+# ranks, lengths, expert counts: far beyond any real use (a typo, an extra digit, an int64 overflow);
+# the CLI's --rank and --adapter-opt and a PEFT config file's sizes share it
+ADAPTER_INT_LIMIT = 1_000_000
+
+
 def check_sizes(method: str, **sizes: Any) -> None:
     """Each value must be an integer >= 1 (``rank=8, groups=2``)."""
     for key, value in sizes.items():
