@@ -99,3 +99,22 @@ def test_cli_dry_run_and_fetch_of_a_registered_backbone(hub, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "vtab_lily.fetch", "weights", "vim-q"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "unknown backbone 'vim-q'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_unreachable_hub_is_a_fetch_error_and_a_dry_run_still_plans(tmp_path, monkeypatch):
+    """huggingface_hub 2.x raises its HTTP library's ConnectError, which is no OSError: it used to
+    escape as a traceback from `fetch data vtab-1k --dry-run` on a machine without network."""
+    import socket
+
+    from vtab_lily.fetch.core import plan
+
+    with socket.socket() as sock:  # a port that was free a moment ago: the connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    planned = plan(SOURCE, tmp_path)
+    assert (planned.size, planned.exact, planned.present) == (SOURCE.approx_bytes, False, False)
+    with pytest.raises(FetchError, match=rf"(?s)cannot reach http://127.0.0.1:{port}/org/Vim-x/.*put it at {tmp_path}"):
+        fetch(SOURCE, tmp_path, progress=False)
+    assert not (tmp_path / "vim_x.pth").exists()

@@ -45,7 +45,7 @@ def plan(source: Source, folder: Path, probe: bool = True) -> Plan:
 def describe(p: Plan) -> str:
     if p.present:
         return f"{p.source.name}: {p.dest} is already there (nothing to download)"
-    size = human_size(p.size) + ("" if p.exact else " (approx.; server not asked)")
+    size = human_size(p.size) + ("" if p.exact else " (approx.; the server was not asked or not reached)")
     check = "sha256 from the Hub's LFS metadata" if p.source.on_hub else \
         "size checked; no published hash, the sha256 of this download is recorded and shown"
     return f"{p.source.name}: {p.url}\n  -> {p.dest}  ({size}; {check})"

@@ -11,6 +11,7 @@ installed huggingface_hub version (2.x starts the file over).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -21,6 +22,21 @@ from .files import FetchError, check_file, check_space, work_dir
 from .sources import Source
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What the Hub client raises when the network fails: OSError, and its HTTP library's request
+    errors, which are not OSErrors (httpx2 under huggingface_hub 2.x, httpx under 1.x)."""
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).RequestError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+NETWORK_ERRORS = _network_errors()
 
 
 @dataclass(frozen=True)
@@ -57,7 +73,7 @@ def metadata(source: Source, timeout: float = 10) -> HubFile:
             raise FetchError(f"{url}: 404 not found (the repo or file has moved, or it is private: set HF_TOKEN)") \
                 from None
         raise FetchError(f"{url}: {str(err).splitlines()[0]}") from None
-    except OSError as err:  # no connection, timeout, offline mode (ConnectionError subclasses)
+    except NETWORK_ERRORS as err:  # no connection, timeout, offline mode
         raise FetchError(f"cannot reach {url}: {err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                          ) from None
     if not meta.commit_hash or not meta.etag:
@@ -82,7 +98,7 @@ def download(source: Source, dest: Path, meta: HubFile, progress: bool = True) -
     try:
         path = Path(hf_hub_download(source.repo_id, source.file, repo_type=source.repo_type, revision=meta.commit,
                                     local_dir=staging, endpoint=endpoint()))
-    except OSError as err:  # HTTP errors, cut connections past the client's retries, a full disk
+    except NETWORK_ERRORS as err:  # HTTP errors, cut connections past the client's retries, a full disk
         raise FetchError(f"{meta.url}: {err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
                          "nothing was kept as the file, rerun to try again") from None
     finally:
