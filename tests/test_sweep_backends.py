@@ -211,3 +211,26 @@ def test_the_progress_eta_comes_from_trials_that_ran_and_none_before_one_has():
     progress.update(running=1, finished=1)  # 1 ran in 60 s; 4 left
     assert progress.done + progress.skipped == 6 and progress.eta(4) == "0:04:00"
     progress.close()
+
+
+def test_the_bar_total_ends_at_the_summary_count_when_every_grid_trial_fails(tmp_path, monkeypatch):
+    """Issue 22.16: the bar counted 285 trials (228 grid + 57 selected runs) where the summary
+    counted 228: when a task's grid fails, its selected runs never start, so the bar drops them."""
+    from test_sweep_select import FakeBackend, FakeRuns, make_spec
+    from vtab_lily.sweep import driver
+    from vtab_lily.sweep.driver import SweepDriver
+
+    totals = []
+
+    class Recorded(driver.Progress):
+        def close(self):
+            totals.append(self.total)
+            super().close()
+
+    monkeypatch.setattr(driver, "Progress", Recorded)
+    runs = FakeRuns(tmp_path / "runs")
+    runs.fail_scale = "0.1"  # one failed grid point on dtd: dtd gets no selected runs
+    spec = make_spec(tasks="dtd,eurosat")
+    state = SweepDriver(spec, "runs", tmp_path / "sweep", FakeBackend(runs), runs.find, progress=False).run()
+    # dtd: 2 grid trials, no finals; eurosat: 2 grid trials + 2 seeds on test
+    assert len(state.status) == 6 and totals == [6]
