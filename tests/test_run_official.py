@@ -255,3 +255,46 @@ def test_a_per_target_setting_is_labelled_once():
     # one that the core label does not show (it equals the top level) stays as its deviation
     text, devs = label("--backbone", "vim", "--adapter", "lily", "--adapter-opt", "per_target=dt_proj.rank=8")
     assert text.endswith(" dt_proj.rank=8") and devs == ["dt_proj.rank=8"]
+
+
+def test_the_demo_settings_per_method_apply_and_a_given_option_wins(capsys, tmp_path):
+    """Issue 22.17: the demo sets some methods' own settings (``official.DEMO_ADAPTER``) so that
+    each learns every demo task. An adapter setting shows in the label; a recipe setting is the
+    demo's reference for that method, as ``DEMO``'s are, so neither is a deviation; an option the
+    user gives wins and names another run; the real benchmark keeps the official values."""
+    from vtab_lily.official import DEMO, DEMO_ADAPTER, RECIPE_KEYS
+
+    def dry(*argv):
+        return dry_run(capsys, *argv, "--dry-run", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"))
+
+    assert {adapter for family, adapter in DEMO_ADAPTER if family == "vit"} >= {"lily", "full"}
+    for (family, adapter), settings in DEMO_ADAPTER.items():
+        demo, last = dry("--demo", "--backbone", family, "--adapter", adapter, "--task", "orientation")
+        config = demo["config"]
+        assert demo["deviations"] == [] and last == "differences from the official setup: none"
+        for key, value in settings.items():
+            if key in RECIPE_KEYS:
+                assert config[key] == value != DEMO[key], (adapter, key)
+            else:
+                assert config["adapter_config"][key] == value, (adapter, key)
+                short = {"scale": "s", "rank": "r"}.get(key, key)
+                assert f" {short}={value:g}" in demo["method"] + " ", (adapter, key, demo["method"])
+        real, _ = dry("--backbone", family, "--adapter", adapter, "--task", "dtd", "--checkpoint", "none")
+        assert real["deviations"] == [] and (real["config"]["lr"], real["config"]["epochs"]) == (1e-3, 100)
+    full, _ = dry("--demo", "--adapter", "full", "--task", "orientation")
+    assert (full["config"]["lr"], full["config"]["epochs"], full["method"]) == (1e-3, 30, "full")
+    given, last = dry("--demo", "--adapter", "full", "--task", "orientation", "--lr", "1e-2", "--epochs", "10")
+    assert given["deviations"] == ["epochs=10", "lr=0.01"] and given["method"] == "full epochs=10 lr=0.01"
+    assert given["config_hash"] != full["config_hash"]
+    lora, _ = dry("--demo", "--adapter", "lora", "--task", "orientation")  # no demo settings: DEMO's alone
+    assert (lora["config"]["lr"], lora["config"]["epochs"]) == (DEMO["lr"], DEMO["epochs"])
+
+
+@pytest.mark.parametrize("flag", [["--placement", "paper"], ["--adapter-opt", "placement=paper"]])
+def test_a_text_option_may_be_the_word_paper(capsys, tmp_path, flag):
+    """``paper`` used to be read as "the published per-task value" for every field, so AdaptFormer's
+    documented ``placement=paper`` was refused; a text field takes the word as its value."""
+    setup, _ = dry_run(capsys, "--demo", "--adapter", "adaptformer", "--task", "orientation", *flag,
+                       "--dry-run", "--out", str(tmp_path / "runs"))
+    assert setup["config"]["adapter_config"]["placement"] == "paper"
+    assert setup["method"] == "adaptformer r=8 s=0.1 placement=paper"

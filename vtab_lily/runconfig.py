@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError, unknown_name
 from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
-from .official import COMPILE_MODES, DEMO, DEMO_ADAPTER, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, official_recipe
+from .official import COMPILE_MODES, DEMO, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, demo_adapter_options, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other adapter config field, coerced to the field's type (repeatable; tuples "
                    "a,b; dicts a=1;b=2 or JSON; nested dicts t.key=1)")
     r = p.add_argument_group("recipe (unset: the official setup of the backbone family)")
-    r.add_argument("--epochs", type=int, default=None, help="default 100 (demo: %d)" % DEMO["epochs"])
+    r.add_argument("--epochs", type=int, default=None,
+                   help="default 100 (demo: %d, or the method's own demo setting)" % DEMO["epochs"])
     r.add_argument("--batch-size", type=int, default=None, help="micro-batch size, default 64")
     r.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    r.add_argument("--lr", type=float, help="ViT 1e-3, Vim 1.25e-3")
+    r.add_argument("--lr", type=float,
+                   help="ViT 1e-3, Vim 1.25e-3 (demo: %g, or the method's own demo setting)" % DEMO["lr"])
     r.add_argument("--wd", type=float, help="ViT 1e-4, Vim 1e-3")
     r.add_argument("--warmup", type=int, help="warmup epochs: ViT 10, Vim 5")
     r.add_argument("--drop-path", type=float, help="ViT 0.1, Vim 0.05")
@@ -247,7 +249,8 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)} if hints else {}  # not ClassVars
     for key, value in options.items():
-        if _is_paper_word(value):  # --rank paper, --scale paper
+        # --rank paper, --scale paper; a text field's word is its own (AdaptFormer's --placement paper)
+        if _is_paper_word(value) and hints.get(key) is not str:
             options[key] = paper_option(adapter, key, f"--{key.replace('_', '-')} paper")
     for item in args.adapter_opt:
         key, sep, value = item.partition("=")
@@ -268,7 +271,7 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
 def adapter_option_value(adapter: str, key: str, text: str, hint: Any) -> Any:
     """``--adapter-opt KEY=TEXT`` read as adapter ``adapter``'s field ``key`` (typed ``hint``):
     ``paper`` (any case) where the adapter has a per-task table for ``key``, else coerced to the type."""
-    if _is_paper_word(text):
+    if _is_paper_word(text) and hint is not str:  # a text field's "paper" is a value of its own
         return paper_option(adapter, key, f"--adapter-opt {key}=paper")
     union = typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None))
     kinds = [a for a in typing.get_args(hint) if a is not type(None)] if union else []
@@ -431,7 +434,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise UserError(f"--task {args.task!r} names no task (python -m vtab_lily.tasks lists them)")
     task = get_task(args.task, suite_name) if args.task else None
     family = backbone_family(backbone)
-    recipe = official_recipe(family, demo=args.demo)
+    recipe = official_recipe(family, demo=args.demo, adapter=args.adapter)
     local = DEMO if args.demo else {}
     pick = lambda key, default: default if getattr(args, key) is None else getattr(args, key)  # noqa: E731
     train_split, eval_split = PROTOCOLS[args.protocol]
@@ -443,7 +446,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise UserError("--paper reports the best test accuracy: it needs --protocol test")
     options = adapter_options(args, args.adapter)
     if args.demo:  # the demo's adapter settings, where the user gave none
-        options = {**DEMO_ADAPTER.get((family, args.adapter), {}), **options}
+        options = {**demo_adapter_options(family, args.adapter), **options}
     config = {
         "backbone": backbone, "adapter": args.adapter, "adapter_options": options,
         "method_name": args.method_name, "task": task.name if task else None, "suite": suite_name,
