@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from vtab_lily.adapters.registry import ADAPTERS, make_config
 from vtab_lily.errors import UserError, unknown_name
 
 PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
@@ -32,8 +33,6 @@ def official_adapter_settings(family: str, adapter: str, model: nn.Module | None
     With ``model``, the defaults are resolved against that model instead of the paper backbone
     (settings that follow the depth, such as Vim's ne_a, then match a smaller test backbone).
     """
-    from vtab_lily.adapters import ADAPTERS, make_config
-
     if family not in PAPER_BACKBONE:
         raise unknown_name("backbone family", family, PAPER_BACKBONE)
     if adapter not in ADAPTERS:
