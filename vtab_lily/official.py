@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import options
+from .methods import NO_OFFICIAL_SETUP  # noqa: F401 - re-exported (the runner reads it here)
+
 # The VTAB-1K recipe per backbone family: AdamW, cosine with linear warmup from warmup_lr to lr,
 # then down to min_lr.
 RECIPES = {
@@ -33,19 +36,13 @@ COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "e
 # so the adapters need a higher lr, and no warmup epoch.
 DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
         "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
-# Adapters whose settings are wholly the user's (``peft``: a PEFT config file). Their runs have an
-# official recipe but no official adapter setup, so ``deviations`` holds the recipe's alone and an
-# empty list does not mean "official" (the leaderboard says ``peft config``). The adapters layer
-# keeps the same set (``adapters.official.NO_OFFICIAL_SETUP``); this copy needs no torch.
-NO_OFFICIAL_SETUP = frozenset({"peft"})
 # Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
 PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
 
-# Order of the recipe deviations in labels (the adapter's come first, then these).
-RECIPE_KEYS = ("epochs", "batch_size", "accum_steps", "lr", "wd", "warmup", "warmup_lr", "min_lr", "drop_path",
-               "lr_schedule", "drop_last", "img_size", "eval_every", "eval_batch_size", "eval_limit",
-               "precision", "normalize", "pre_logits", "compile")
+# The recipe deviations, in label order (the adapter's come first, then these): the options
+# declared with the recipe and setup roles, in their declaration order.
+RECIPE_KEYS = options.names("recipe", "setup")
 
 
 def official_recipe(family: str, demo: bool = False) -> dict:

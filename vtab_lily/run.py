@@ -16,30 +16,26 @@ Exit codes: 0 done or skipped, 1 the run failed (non-finite loss, out of memory,
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
 
+from .build import build_model, backbone_kwargs, resolve_checkpoint  # noqa: F401 - re-exported
 from .errors import UserError, run_cli
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, RunDir, config_hash, json_normal
+from .runbatch import run_batch
 from .runconfig import (  # noqa: F401 - build_parser, resolve_config, check_args: used by the sweep
     build_parser,
     check_args,
     official_pre_logits,
     parse,
-    resolve_checkpoint,
     resolve_config,
 )
 from .tasks import task_names
 
 EXIT_FAILED, EXIT_LOCKED = 1, 75  # 2: UserError and 130: interrupted come from errors.run_cli
-
-
-def _backbone_kwargs(config: dict) -> dict:
-    return {"img_size": config["img_size"], "drop_path": config["drop_path"], "pre_logits": config["pre_logits"]}
 
 
 def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict, list[str]]:
@@ -54,7 +50,7 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     weights = resolve_checkpoint(config, must_exist=must_exist)
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
-                                **_backbone_kwargs(config))
+                                **backbone_kwargs(config))
         model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
     config["adapter_config"] = json_normal(recorded_config(model.adapter_config))
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
@@ -69,42 +65,6 @@ def run_dir_for(argv: list[str]) -> Path:
     return identify(check_args(argv), must_exist=False)[1].path
 
 
-# One backbone's loaded weights (without the head), reused by the runs of one process.
-_WEIGHTS: dict[tuple, dict] = {}
-
-
-def build_model(config: dict, weights: Path | None) -> Any:
-    """Seeded backbone (weights cached per process) + adapter.
-
-    The random draws are the same with or without the cache: ``create_backbone`` initialises
-    every layer, loads the weights and re-draws the head, and so does the cached path
-    (initialise, copy the cached tensors, ``reset_classifier``)."""
-    from .adapters import apply_adapter
-    from .backbones import create_backbone
-
-    name, classes, kwargs = config["backbone"], config["num_classes"] or 2, _backbone_kwargs(config)
-    seed_everything(config["seed"])  # adapter and head init depend on it
-    model = None
-    if weights is not None:
-        stat = weights.stat()
-        key = (name, str(weights.resolve()), stat.st_mtime_ns, stat.st_size, json.dumps(kwargs, sort_keys=True))
-        if key in _WEIGHTS:
-            model = create_backbone(name, num_classes=classes, checkpoint=None, **kwargs)
-            missing, unexpected = model.load_state_dict(_WEIGHTS[key], strict=False)
-            if unexpected or set(missing) != set(_head_keys(model)):  # layout differs: load the file
-                model = None
-                seed_everything(config["seed"])
-            else:
-                model.reset_classifier(classes)
-    if model is None:
-        model = create_backbone(name, num_classes=classes, checkpoint=weights, **kwargs)
-        if weights is not None:
-            head = set(_head_keys(model))
-            _WEIGHTS.clear()  # one backbone at a time: bounded memory
-            _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in head}
-    return apply_adapter(model, config["adapter"], task=config.get("task"), **config["adapter_options"])
-
-
 def _same_as_identified(model: Any, config: dict) -> None:
     """The real model must be the one the meta build named (else the run folder would lie)."""
     from .adapters import recorded_config
@@ -114,21 +74,6 @@ def _same_as_identified(model: Any, config: dict) -> None:
     if real != config["adapter_config"] or bool(kept) != bool(config["pre_logits"]):
         raise RuntimeError(f"the loaded model differs from its meta-device description: adapter {real} vs "
                            f"{config['adapter_config']}, pre_logits {kept} vs {config['pre_logits']}")
-
-
-def _head_keys(model: Any) -> list[str]:
-    head = model.get_classifier()
-    prefix = next(name for name, module in model.named_modules() if module is head)
-    return [k for k in model.state_dict() if k.startswith(prefix + ".")]
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> Any:
@@ -185,11 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
     if args.batch:
-        from .runbatch import run_batch
-
         if len(argv) != 2 and not (len(argv) == 3 and "--debug" in argv):
             raise UserError("--batch FILE takes no other options: put them on each line of FILE")
-        return run_batch(Path(args.batch))
+        return run_batch(Path(args.batch), execute)
     return execute(argv)[0]
 
 

@@ -2,7 +2,7 @@
 
 FILE holds one JSON list of arguments per line (the arguments of ``python -m vtab_lily.run``);
 blank lines and lines starting with ``#`` are skipped. The runs go in order in this process,
-so imports, the CUDA context and the backbone weights (cached by ``run.build_model``) are paid
+so imports, the CUDA context and the backbone weights (cached by ``build.build_model``) are paid
 once; a finished run is skipped before any model is built. A bad line or a failing run is
 reported and the rest continue. One status line per run, then a summary.
 
@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
 
@@ -55,9 +56,9 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path) -> int:
-    from .run import execute
-
+def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]]) -> int:
+    """Run every line of ``path`` with ``execute`` (``run.execute``: one run's arguments -> (exit
+    code, status); passed in by ``run.main``, which this module sits below)."""
     lines = read_batch(path)
     codes: list[tuple[int, str, str]] = []
     for i, (number, argv, problem) in enumerate(lines, 1):

@@ -19,12 +19,9 @@ from torch import nn
 
 from vtab_lily.adapters.registry import ADAPTERS, make_config
 from vtab_lily.errors import UserError, unknown_name
+from vtab_lily.methods import NO_OFFICIAL_SETUP
 
 PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
-# Adapters whose settings are wholly the user's (a PEFT config file): no official setup to differ
-# from, and no default that resolves without the user's file. ``vtab_lily.official`` keeps the same
-# set for readers without torch (the leaderboard); a test checks they agree.
-NO_OFFICIAL_SETUP = frozenset({"peft"})
 
 
 def official_adapter_settings(family: str, adapter: str, model: nn.Module | None = None) -> dict[str, Any]:
