@@ -1,6 +1,7 @@
 """The official setups the harness reproduces by default, and what a run changes from them.
 
-The recipe values come from the official Lily code (REFERENCE.md sections 3 and 7): timm cosine
+The recipe values come from the official Lily code (github.com/yibozhong/lily,
+``visual-adaptation-benchmark/vit/main.py`` and ``vtab.py``; ``vim/main.py``): timm cosine
 schedule stepped after each epoch, batch 64 with ``drop_last``, test every 10 epochs at batch
 256, fp32, no input normalisation, the in21k npz's frozen ``pre_logits`` kept. The adapter's
 official settings come from ``vtab_lily.adapters`` (``adapter_deviations`` or

@@ -260,3 +260,45 @@ def check_bounds(values: dict[str, Any]) -> None:
         problem = bound_problem(values[f.name], f.metadata)
         if problem:
             raise UserError(f"{flag_of(f)} {problem}")
+
+
+# --- adapter settings: fields of an adapter's config dataclass ------------------------------------
+UNRECORDED_DEFAULT = "unrecorded_default"  # adapters.recorded_config leaves such a field out at its default
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str | None = None, integer: bool = False,
+            at_least: float | None = None, at_most: float | None = None, above: float | None = None,
+            below: float | None = None, unrecorded_default: bool = False,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """An adapter option's declaration: a field of the adapter's config dataclass (HF PEFT style).
+
+    That one line is the whole option: ``--adapter-opt NAME=VALUE`` reads it with the field's type,
+    ``adapters.make_config`` checks these bounds (``integer``: a whole number, ``paper`` and None
+    being unset values), the method label and the hashes take it from the recorded config, and the
+    deviations compare it with the official setup. ``unrecorded_default``: an option added after
+    runs were recorded is left out of their config while at its default, so they keep their hashes.
+    """
+    meta = {"help": help, "integer": integer, "at_least": at_least, "at_most": at_most, "above": above,
+            "below": below}
+    if unrecorded_default:
+        meta[UNRECORDED_DEFAULT] = True
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def check_settings(config: Any, method: str) -> None:
+    """Every bound the fields of adapter config ``config`` declare; UserError ``method: name ...``."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None or is_paper_word(value):
+            continue
+        meta = f.metadata
+        if meta.get("integer") and (not isinstance(value, int) or isinstance(value, bool)):
+            low = meta.get("at_least")
+            raise UserError(f"{method}: {f.name} must be an integer{f' >= {low:g}' if low is not None else ''}, "
+                            f"got {value!r}")
+        bounded = any(meta.get(k) is not None for k in ("at_least", "at_most", "above", "below"))
+        if bounded and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{method}: {f.name} must be a number, got {value!r}")
+        problem = bound_problem(value, meta)
+        if problem:
+            raise UserError(f"{method}: {f.name} {problem}")

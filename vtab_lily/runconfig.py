@@ -207,25 +207,21 @@ def check_numbers(config: dict, warmup_given: bool = True) -> None:
         # the family's default warmup with a short --epochs (quick tries, the sweep's tests): allowed, said
         print(f"warning: the default warmup of {config['warmup']} epochs is longer than --epochs {config['epochs']}: "
               "the lr never reaches --lr (pass --warmup)", file=sys.stderr)
-    check_adapter_numbers(config["adapter"], config["adapter_options"])
+    check_adapter_numbers(config["adapter_options"])
 
 
-def check_adapter_numbers(adapter: str, given: dict) -> None:
+def check_adapter_numbers(given: dict) -> None:
     """Every number in the adapter settings given (flags and --adapter-opt, nested too) is finite and
-    >= 0 (sizes at most ADAPTER_INT_LIMIT), and within the bounds its declaration states: the
-    adapter config field's metadata (``options.setting``), and the shared flag's (``--dropout``)."""
-    from .adapters import ADAPTERS
-
-    cls = ADAPTERS[adapter]
-    fields = {f.name: f.metadata for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    >= 0, sizes at most ADAPTER_INT_LIMIT, and within the bounds of the shared flag (``--dropout``);
+    the bounds an adapter's own fields declare are checked when its config is made
+    (``adapters.make_config``, for the CLI, the API and the sweep alike)."""
     flags = {f.name: f.metadata for f in options.declarations() if f.metadata["role"] == "adapter"}
     for key, value in given.items():
         where = f"--{key.replace('_', '-')}" if key in ADAPTER_FLAGS else f"--adapter-opt {key}"  # as given
         _finite_numbers(value, where)
-        for meta in (fields.get(key, {}), flags.get(key, {})):
-            problem = options.bound_problem(value, meta)
-            if problem:
-                raise UserError(f"{where} {problem}")
+        problem = options.bound_problem(value, flags.get(key, {}))
+        if problem:
+            raise UserError(f"{where} {problem}")
 
 
 def official_pre_logits(config: dict) -> bool:
@@ -312,15 +308,21 @@ def unsigned_zero(value: Any) -> Any:
     return value
 
 
-def check_args(argv: list[str]) -> dict:
-    """Validate one run's arguments without running or writing anything; returns the config
-    (``pre_logits`` and ``adapter_config`` are resolved later, against the model). UserError
-    (exit 2) names the bad argument. The adapter option names are checked too."""
+def checked_config(opts: options.RunOptions) -> dict:
+    """The config of ``opts`` after defaults and every check, before the model names the adapter's
+    settings (``runspec.identify``); ``--list-tasks`` needs no task. The adapter's option names and
+    declared bounds are checked by making its config."""
     from .adapters import make_config
 
-    config = resolve_config(parse(argv))
+    config = resolve_config(opts)
     make_config(config["adapter"], **dict(config["adapter_options"]))
     return config
 
 
-__all__ = ["RECIPES", "DEMO", "build_parser", "check_args", "parse", "resolve_config"]
+def check_args(argv: list[str]) -> dict:
+    """Validate one run's arguments without running or writing anything; returns the config.
+    UserError (exit 2) names the bad argument (the sweep calls it on each grid point)."""
+    return checked_config(options.RunOptions(**vars(parse(argv))))
+
+
+__all__ = ["RECIPES", "DEMO", "build_parser", "check_args", "checked_config", "parse", "resolve_config"]

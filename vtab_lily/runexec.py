@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import __version__, provenance
-from .official import method_label
-from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, config_hash, method_hash
+from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir
+from .runspec import RunSpec
 
 EXIT_FAILED = 1
 
@@ -108,15 +108,16 @@ def data_provenance(config: dict) -> dict:
     return {key: manifest.get(key) for key in ("fingerprint", "encoding", "source")}
 
 
-def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, devs: list[str],
-               train_set: Any, eval_set: Any, device: Any) -> tuple[int, str]:
+def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device: Any) -> tuple[int, str]:
+    """Train and record the run ``spec`` names, holding its folder's lock (resume, fail, succeed)."""
     from .train import RunFailed, train
 
+    run, config = spec.run_dir, spec.config
     done = run.read_result()
-    if done and not args.force:  # another process finished it while we were loading
+    if done and not spec.force:  # another process finished it while we were loading
         print(f"already complete: {run / RESULT}")
         return 0, "skipped (complete)"
-    if args.force:
+    if spec.force:
         run.reset()
     run.remove_stale_temp_files()  # we hold the lock: their writers are dead
     failed = run.read_failed()
@@ -124,9 +125,9 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
         print(f"previous attempt failed at epoch {failed.get('epoch')}: {failed.get('reason')}; "
               "resuming from its last good checkpoint (--force starts clean)", file=sys.stderr)
         run.clear_failed()
-    run.write_config(config)
+    run.write_config(spec.config_dict())
     checkpoint = run.load_checkpoint()
-    if checkpoint is not None and checkpoint.get("config_hash") != config_hash(config):
+    if checkpoint is not None and checkpoint.get("config_hash") != spec.config_hash:
         print(f"warning: {run / CHECKPOINT} belongs to another config; starting from scratch", file=sys.stderr)
         checkpoint = None
     progress = checkpoint["progress"] if checkpoint else {}
@@ -134,7 +135,7 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
     state = "new" if not checkpoint else (f"resuming in epoch {start + 1} at step {step + 1}" if step
                                           else f"resuming after epoch {start}")
     print(f"run {run} ({state}): {config['backbone']} {config['adapter']} on {config['task']}, "
-          f"{params['total']:,} trainable parameters, {device}")
+          f"{spec.params['total']:,} trainable parameters, {device}")
     if config.get("adapter_task_settings"):
         from .adapters.pertask import describe
 
@@ -156,14 +157,14 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
 
         writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
     recorder = EvalRecorder(model, run, writer, config, start)
-    recipe = dict(config, config_hash=config_hash(config))
+    recipe = dict(spec.config_dict(), config_hash=spec.config_hash)
     try:
         outcome = train(model, train_dev, eval_set, recipe, run, device, checkpoint, writer, recorder.on_eval,
                         before_eval=recorder.before_eval)
         routers = router_weights_json(model) if config["adapter"] == "lily" else None
         if routers:
             run.write_router_weights(routers)
-        run.write_result(build_result(config, params, devs, outcome, device, kernels, data))
+        run.write_result(build_result(spec, outcome, device, kernels, data))
     except RunFailed as err:
         _record_failure(run, err.reason, err.epoch)
         print(f"error: run failed at epoch {err.epoch}: {err.reason} (recorded in {run / FAILED})", file=sys.stderr)
@@ -195,22 +196,21 @@ def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
         print(f"warning: could not write {run / FAILED}: {err}", file=sys.stderr)
 
 
-def build_result(config: dict, params: dict, devs: list[str], outcome: Any, device: Any,
-                 kernels: dict | None, data: dict) -> dict:
+def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None, data: dict) -> dict:
     """result.json as specified in ARCHITECTURE.md (schema 1, round-2 keys optional for readers)."""
     from .train import peak_memory_mb
 
+    config = spec.config_dict()
     result = {
         "schema": 1, "status": "complete",
         "backbone": config["backbone"], "adapter": config["adapter"], "task": config["task"],
         "suite": config["suite"], "protocol": config["protocol"], "seed": config["seed"],
-        "method": config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs),
-        "method_hash": method_hash(config), "deviations": list(devs),
-        "config": config, "config_hash": config_hash(config),
+        "method": spec.label, "method_hash": spec.method_hash, "deviations": list(spec.deviations),
+        "config": config, "config_hash": spec.config_hash,
         "accuracy": {"final": outcome.final_acc, "best": outcome.best_acc, "best_epoch": outcome.best_epoch,
                      "eval_split": config["eval_split"], "best_is_test_selected": config["eval_split"] == "test",
                      "reported": config["report"]},
-        "params": params, "precision": config["precision"], "data": data,
+        "params": dict(spec.params), "precision": config["precision"], "data": data,
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
                  "train_images_per_s": round(outcome.train_images_per_s, 2)},
         "memory": {"peak_mb": round(peak_memory_mb(device), 1),

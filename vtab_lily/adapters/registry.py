@@ -42,7 +42,9 @@ from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf
 from vtab_lily.adapters.vpt import VPTConfig, VPTShallowConfig, inject_vpt
 from vtab_lily.adapters.wrappers import AdapterModule
+from vtab_lily import options
 from vtab_lily.errors import UserError, suggest, unknown_name
+from vtab_lily.options import check_settings
 
 
 @dataclass
@@ -125,12 +127,15 @@ def make_config(name: str, **config: Any) -> Any:
             raise UserError(f"adapter {name!r} has no option {key!r}{suggest(key, fields)}; options: {options}")
     if isinstance(config.get("targets"), str):
         config["targets"] = tuple(t for t in config["targets"].replace(" ", "").split(",") if t)
-    return cls(**config)
+    made = cls(**config)
+    check_settings(made, name)  # the bounds its fields declare (options.setting)
+    return made
 
 
-# A field with this metadata key is left out of ``recorded_config`` while it holds its default: an
-# option added after runs were recorded keeps their config hashes, run folders and labels.
-UNRECORDED_DEFAULT = "unrecorded_default"
+# A field with this metadata key (``options.setting(unrecorded_default=True)``) is left out of
+# ``recorded_config`` while it holds its default: an option added after runs were recorded keeps
+# their config hashes, run folders and labels.
+UNRECORDED_DEFAULT = options.UNRECORDED_DEFAULT
 
 
 def recorded_config(config: Any) -> dict[str, Any]:
