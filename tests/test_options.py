@@ -88,3 +88,25 @@ def test_the_spec_is_frozen_and_downstream_gets_copies():
     copy = spec.config_dict()
     copy["adapter_config"]["rank"] = 1
     assert spec.config["adapter_config"]["rank"] == 32
+
+
+def test_houlsby_init_std_the_option_added_as_one_declaration():
+    import torch
+
+    from vtab_lily.adapters import apply_adapter
+    from vtab_lily.backbones import create_backbone
+
+    def built():
+        torch.manual_seed(0)
+        return create_backbone("vit-tiny-test", num_classes=3, img_size=32).eval()
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = built()(x)
+    identity = apply_adapter(built(), "houlsby").eval()
+    near = apply_adapter(built(), "houlsby", init_std=0.01).eval()
+    torch.testing.assert_close(identity(x), expected)  # the default starts exactly as the backbone
+    assert not torch.allclose(near(x), expected) and torch.allclose(near(x), expected, atol=0.5)
+    spec = resolve(["--adapter", "pfeiffer", "--task", "dtd", "--adapter-opt", "init_std=0.01"])
+    assert spec.label == "pfeiffer r=8 s=1 mlp init_std=0.01" and spec.deviations == ("init_std=0.01",)
+    with pytest.raises(UserError, match="houlsby: init_std must be <= 1"):
+        check_args(["--adapter", "houlsby", "--task", "dtd", "--adapter-opt", "init_std=1.5"])
