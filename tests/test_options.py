@@ -110,3 +110,11 @@ def test_houlsby_init_std_the_option_added_as_one_declaration():
     assert spec.label == "pfeiffer r=8 s=1 mlp init_std=0.01" and spec.deviations == ("init_std=0.01",)
     with pytest.raises(UserError, match="houlsby: init_std must be <= 1"):
         check_args(["--adapter", "houlsby", "--task", "dtd", "--adapter-opt", "init_std=1.5"])
+
+
+def test_the_sweep_checks_an_adapter_options_declared_bounds_before_anything_runs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "vtab_lily.sweep", "--backbone", "vit", "--adapter", "houlsby",
+                          "--grid", "init_std=0,2", "--tasks", "dtd", "--dry-run", "--out", str(tmp_path / "runs")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2 and "init_std=2: houlsby: init_std must be <= 1, got 2.0" in out.stderr
+    assert not (tmp_path / "runs").exists()
