@@ -41,7 +41,7 @@ def option(default: Any = None, *, role: str, help: str | None = None, group: st
            read: Callable[[str], Any] | None = None, flag: str | None = "", switch: str | None = None,
            choices: tuple[str, ...] | None = None, metavar: str | None = None, at_least: float | None = None,
            at_most: float | None = None, above: float | None = None, below: float | None = None,
-           interval_text: str | None = None) -> Any:
+           interval_text: str | None = None, optional_value: Any = None) -> Any:
     """A run option's declaration (a dataclass field).
 
     ``read``: how the flag's text becomes a value; ``flag``: its name ("" = from the field name,
@@ -49,7 +49,8 @@ def option(default: Any = None, *, role: str, help: str | None = None, group: st
     ``off`` (a ``--no-x`` that stores False), ``both`` (``--x/--no-x``), ``append`` (repeatable).
     Bounds (checked after the official defaults are filled in; None values are unset options):
     ``at_least``/``at_most`` inclusive, ``above``/``below`` exclusive; ``interval_text`` names the
-    interval in the message instead (``[0, 2**32)``).
+    interval in the message instead (``[0, 2**32)``). ``optional_value``: the flag may be given
+    without its value, which then is this (``--compile`` alone = ``--compile default``).
     """
     if role not in ROLES:
         raise ValueError(f"option role {role!r} is not one of {ROLES}")
@@ -57,7 +58,7 @@ def option(default: Any = None, *, role: str, help: str | None = None, group: st
                                                            "action": "where"}.get(role, "recipe"),
             "read": read, "flag": flag, "switch": switch, "choices": choices, "metavar": metavar,
             "at_least": at_least, "at_most": at_most, "above": above, "below": below,
-            "interval_text": interval_text}
+            "interval_text": interval_text, "optional_value": optional_value}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                 kwargs["choices"] = meta["choices"]
             if meta["metavar"]:
                 kwargs["metavar"] = meta["metavar"]
+            if meta["optional_value"] is not None:
+                kwargs.update(nargs="?", const=meta["optional_value"])
         groups[meta["group"]].add_argument(flag_of(f), **{k: v for k, v in kwargs.items() if v is not None
                                                            or k == "default"})
     return p

@@ -30,7 +30,8 @@ ACTIONS = ("run", "dry-run", "check", "list-tasks")
 @dataclass(frozen=True)
 class RunSpec:
     """A fully resolved run. ``config`` is config.json's content (read-only; ``config_dict()``
-    gives a copy to write); the rest is derived from it once, here."""
+    gives a copy to write); the rest is derived from it once, here. ``options`` are the arguments
+    as typed, for the flags that say what to do rather than what to compute (``--force``...)."""
 
     config: Mapping[str, Any]
     deviations: tuple[str, ...]
@@ -39,8 +40,15 @@ class RunSpec:
     config_hash: str
     run_dir: RunDir
     params: Mapping[str, int]
-    action: str = "run"
-    force: bool = False
+    options: options.RunOptions = options.RunOptions()  # as typed (frozen): the action flags live here
+
+    @property
+    def action(self) -> str:
+        return action_of(self.options)
+
+    @property
+    def force(self) -> bool:
+        return self.options.force
 
     def __getitem__(self, key: str) -> Any:
         return self.config[key]
@@ -93,7 +101,7 @@ def spec_of(opts: options.RunOptions, config: dict | None = None) -> RunSpec:
     label = config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs)
     return RunSpec(config=MappingProxyType(config), deviations=tuple(devs), label=label,
                    method_hash=method_hash(config), config_hash=config_hash(config), run_dir=run_dir,
-                   params=MappingProxyType(dict(params)), action=action_of(opts), force=opts.force)
+                   params=MappingProxyType(dict(params)), options=opts)
 
 
 def resolve(argv: list[str]) -> RunSpec:
