@@ -88,3 +88,25 @@ def test_the_command_line_page_names_every_option():
     missing = [options.flag_of(f) for f in options.declarations()
                if f.metadata["flag"] is not None and options.flag_of(f) not in text]
     assert missing == [], f"docs/command-line.md does not mention {missing}"
+
+
+def test_the_demo_needs_none_of_the_test_extras(tmp_path):
+    # command 1 installs the package alone: a demo run (tiny, one task) with PEFT, Ray, Triton and
+    # transformers made unimportable, then its leaderboard
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('peft', 'ray', 'triton', 'transformers'):\n"
+            "    sys.modules[name] = None\n"
+            "from vtab_lily.run import main\n"
+            f"code = main(['--demo', '--task', 'colours', '--epochs', '1', '--img-size', '16', '--rank', '4',\n"
+            f"             '--data-root', {str(tmp_path / 'demo')!r}, '--out', {str(tmp_path / 'runs')!r}])\n"
+            "from vtab_lily.leaderboard.__main__ import main as board\n"
+            f"board(['--runs', {str(tmp_path / 'runs')!r}, '--out', {str(tmp_path / 'boards')!r}])\n"
+            "assert not any(sys.modules.get(n) for n in ('peft', 'ray', 'triton', 'transformers'))\n"
+            "sys.exit(code)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "runs").rglob("result.json")) and (tmp_path / "boards" / "vit-tiny-test.md").is_file()
