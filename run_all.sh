@@ -6,7 +6,10 @@
 #   ./run_all.sh vit lily --paper                # all 19 VTAB-1K tasks, the official setup;
 #                                                # leaderboards with final and test-selected numbers
 #   ./run_all.sh vit lora --rank 8 --out runs     # any other run option applies to every task
+#   ./run_all.sh vit lily --fetch                # download missing weights and VTAB-1K first
 #
+# Weights and data are checked once, before any work: a missing piece stops it with one message
+# naming every piece and the command that fetches it (--fetch fetches them first).
 # All tasks run in one process (python -m vtab_lily.run --batch), so the backbone weights are
 # loaded once. Finished tasks are skipped before any model is built and interrupted ones resume.
 # A failing task does not stop the others; a task locked by another process is reported as
@@ -28,7 +31,7 @@ backbone=$1 adapter=$2
 shift 2
 
 python=${PYTHON:-python3}
-tasks="" out="runs" demo=() paper=()
+tasks="" out="runs" demo=() paper=() fetch=()
 extra=()
 need() { [[ -n "${2:-}" ]] || { echo "error: $1 needs $3" >&2; exit 2; }; }  # bad input: exit 2
 while [[ $# -gt 0 ]]; do
@@ -37,6 +40,7 @@ while [[ $# -gt 0 ]]; do
         --tasks=*) need "--tasks" "${1#--tasks=}" "a comma-separated list"; tasks=${1#--tasks=}; shift ;;
         --demo) demo=(--demo); shift ;;
         --paper) paper=(--paper); shift ;;
+        --fetch) fetch=(--fetch); shift ;;
         --out) need "$1" "${2:-}" "a folder"; out=$2; extra+=("$1" "$2"); shift 2 ;;
         --out=*) out=${1#--out=}; extra+=("$1"); shift ;;
         -h|--help) usage; exit 0 ;;
@@ -73,6 +77,10 @@ with open(path, "w", encoding="utf-8") as f:
     for task in tasks:
         f.write(json.dumps([*args, "--task", task]) + "\n")
 ' "$work/batch.jsonl" "$(IFS=,; echo "${selected[*]}")" "${run[@]:3}" || exit 1
+
+# Every checkpoint and data task the runs need, checked (or with --fetch, fetched) before any
+# work; finished runs need nothing. A missing piece ends here: no runs, no leaderboard.
+"$python" -m vtab_lily.run --batch "$work/batch.jsonl" --preflight "${fetch[@]}" || exit $?
 
 failed=() elsewhere=() done_ok=()
 start=$SECONDS

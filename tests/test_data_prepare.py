@@ -264,6 +264,22 @@ def test_the_same_task_from_two_sources_is_refused(noah, tmp_path):
         run_prepare([a, b], tmp_path / "data")
 
 
+def test_a_task_in_two_sources_is_refused_before_anything_is_installed(noah, tmp_path):
+    a = make_zip(tmp_path / "a.zip", noah)  # cifar and dtd
+    b = tmp_path / "b.tar.gz"
+    with tarfile.open(b, "w:gz") as tf:
+        tf.add(noah / "dtd", "dtd")
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match=r"task dtd is in two places: .*a.zip \(vtab-1k/dtd/\) and .*b.tar.gz "
+                                        r"\(dtd/\); .*nothing was written"):
+        run_prepare([a, b], root)
+    assert not root.exists()  # not even cifar, which only a.zip holds
+    rows = run_prepare([b], root)  # the rerun with one of them takes its copy, not an earlier one
+    assert rows["dtd"].status == "prepared" and rows["dtd"].source.endswith("b.tar.gz")
+    rows = run_prepare([a, b], root, tasks=["cifar"])  # not wanted twice: no conflict
+    assert rows["cifar"].status == "prepared"
+
+
 # --- TFDS sources, through the tfds module's contract (the real module is another helper's) -----
 class FakeSource:
     def __init__(self, n: int, seed: int, classes: int):
@@ -507,3 +523,71 @@ def test_a_write_failure_mid_way_is_one_line_exit_1_and_a_rerun_continues(noah, 
     assert read_manifest(root, "cifar") and not (root / "dtd").exists()
     rows = run_prepare([source], root)
     assert rows["cifar"].status == "already prepared" and rows["dtd"].status == "prepared"
+
+
+# --- round 3: defects found by an outside pass ---------------------------------------------------
+def test_a_file_and_a_folder_of_the_same_name_is_a_clash_exit_2_not_a_disk_error(noah, tmp_path, capsys):
+    for first, second in (("dtd/images/a", "dtd/images/a/b.jpg"), ("dtd/images/a/b.jpg", "dtd/images/a")):
+        source = tmp_path / f"clash{len(first)}.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            zf.writestr(first, b"x")
+            zf.writestr(second, b"y")
+        with pytest.raises(UserError, match="clashes with another entry .a file and a folder of the same name") as err:
+            prepare_main(["--from", str(source), "--root", str(tmp_path / "data")])
+        assert err.value.exit_code == 2 and "rerun" not in str(err.value)  # not WriteFailed (1, "rerun")
+        assert not (tmp_path / "data").exists()
+
+
+def test_a_cut_zip_and_a_tar_cut_at_a_block_boundary_are_damaged_archives(noah, tmp_path):
+    source = make_zip(tmp_path / "dtd.zip", noah / "dtd", prefix="dtd")
+    (tmp_path / "cut.zip").write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"cut.zip: the archive is damaged or truncated"):
+        run_prepare([tmp_path / "cut.zip"], tmp_path / "a")
+    with tarfile.open(tmp_path / "dtd.tar", "w") as tf:
+        tf.add(noah / "dtd", "dtd")
+    with tarfile.open(tmp_path / "dtd.tar") as tf:
+        member = tf.getmember("dtd/train800.txt")  # a cut just before a member's header
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "dtd.tar").read_bytes()[: member.offset])
+    with pytest.raises(UserError, match=r"cut.tar: the archive is damaged or truncated .*end-of-archive marker"):
+        run_prepare([tmp_path / "cut.tar"], tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_tfds_tree_without_dataset_info_is_named_as_such(tmp_path):
+    from tfds_helpers import id_pixels, png, write_builder
+
+    folder = write_builder(tmp_path / "tfds", "dtd", "3.0.1", {"train": [3]},
+                           lambda s, i: {"image": png(id_pixels(0, i)), "label": np.array([0])})
+    (folder / "dataset_info.json").unlink()
+    with pytest.raises(UserError, match=r"holds TFDS shards \(.*dtd-train.tfrecord-00000-of-00001\) but no "
+                                        r"dataset_info.json"):
+        run_prepare([tmp_path / "tfds"], tmp_path / "data")
+
+
+def _dtd_tfds(data_dir: Path, bad_test_record: int | None, bad_train_record: int | None = None) -> None:
+    from tfds_helpers import id_pixels, png, write_builder
+
+    def make(split, i):
+        bad = (split == "test" and i == bad_test_record) or (split == "train" and i == bad_train_record)
+        return {"image": b"\x89PNG\r\n\x1a\n cut short" if bad else png(id_pixels(3, i)), "label": np.array([i % 47])}
+
+    write_builder(data_dir, "dtd", "3.0.1", {"train": [800], "validation": [200], "test": [4, 3]}, make)
+
+
+def test_drop_undecodable_works_for_tfds_test_records_and_a_failed_tfds_task_leaves_no_staging(tmp_path, capsys):
+    _dtd_tfds(tmp_path / "tfds", bad_test_record=5)
+    code = prepare_main(["--from", str(tmp_path / "tfds"), "--root", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert code == 2 and "dtd-test.tfrecord-00001-of-00002: record 1: image cannot be decoded" in out
+    assert not (tmp_path / "a" / "dtd").exists() and not (tmp_path / "a" / ".staging").exists()
+
+    rows = run_prepare([tmp_path / "tfds"], tmp_path / "b", drop_undecodable=True)
+    assert rows["dtd"].status == "prepared" and rows["dtd"].counts["test"] == 6
+    dropped = read_manifest(tmp_path / "b", "dtd")["dropped"]
+    assert len(dropped) == 1 and dropped[0].startswith("dtd-test.tfrecord-00001-of-00002: record 1:")
+    assert any("dropped 1 undecodable test record(s)" in note for note in rows["dtd"].notes)
+
+    _dtd_tfds(tmp_path / "tfds2", bad_test_record=None, bad_train_record=7)  # training records: never dropped
+    rows = run_prepare([tmp_path / "tfds2"], tmp_path / "c", drop_undecodable=True)
+    assert rows["dtd"].status == "NOT prepared (source error)" and "record 7" in rows["dtd"].problems[0]
+    assert not (tmp_path / "c" / ".staging").exists()

@@ -62,7 +62,7 @@ def test_one_method_hash_with_different_deviations_precision_or_data_never_share
     assert len(runs_rows(old)[1]) == 1
 
 
-def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys) -> None:
+def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys, monkeypatch) -> None:
     runs = tmp_path / "runs"
     png = {"encoding": "png", "source": "tfds"}
     for method_hash in ("m0000001", "m0000002", "m0000003"):
@@ -100,6 +100,9 @@ def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys) -> None:
     for bad in ("xyz!", "ab", ""):
         with pytest.raises(UserError, match="--data-fingerprint"):
             main(["--runs", str(runs), "--format", "md", "--data-fingerprint", bad])
+    monkeypatch.chdir(root)  # '' is not the current folder, even where that folder is a data root
+    with pytest.raises(UserError, match="--data-fingerprint '': empty"):
+        main(["--runs", str(runs), "--format", "md", "--data-fingerprint", ""])
     with pytest.raises(UserError, match="manifest"):
         main(["--runs", str(runs), "--format", "md", "--data-fingerprint", str(tmp_path / "runs")])
 

@@ -159,9 +159,11 @@ def test_bad_arguments_are_refused_before_any_work(demo_root, tmp_path, extra, m
 
 def test_missing_data_and_weights_say_where_and_how(tmp_path):
     base = ["--backbone", "vit-tiny-test", "--task", "dtd", "--out", str(tmp_path / "runs")]
-    with pytest.raises(UserError, match=r"data root .*nothing.* does not exist .*data/README.md"):
+    with pytest.raises(UserError, match=r"(?s)VTAB-1K task dtd in .*nothing.*python -m vtab_lily.fetch data vtab-1k "
+                                        r"--root .*nothing.*or by hand: download .*vtab-1k.zip"):
         run.main([*base, "--checkpoint", "none", "--data-root", str(tmp_path / "nothing")])
-    with pytest.raises(UserError, match=r"backbones/ViT-B_16.npz not found .*backbones/README.md"):
+    with pytest.raises(UserError, match=r"(?s)backbones/ViT-B_16.npz .*python -m vtab_lily.fetch weights "
+                                        r"vit-b16-in21k.*or by hand: download https://storage.googleapis.com"):
         run.main(["--backbone", "vit", "--task", "dtd", "--out", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists()
 

@@ -152,7 +152,7 @@ def test_ctrl_c_stops_the_whole_batch_with_130(demo_root, tmp_path, monkeypatch,
 
 
 def test_result_provenance_reads_the_data_manifest_and_the_vim_kernel_paths(monkeypatch):
-    from vtab_lily import data
+    from vtab_lily.data import readcheck
     from vtab_lily.runexec import data_provenance, kernels_for
 
     cpu = torch.device("cpu")
@@ -160,7 +160,8 @@ def test_result_provenance_reads_the_data_manifest_and_the_vim_kernel_paths(monk
     monkeypatch.setattr(backbones, "scan_paths", lambda device: {"scan": "triton", "conv": "pytorch"}, raising=False)
     assert kernels_for({"backbone": "vim-tiny-test"}, cpu) == {"scan": "triton", "conv": "pytorch"}
     config = {"data_root": "somewhere", "task": "dtd"}
-    manifest = {"schema": 1, "task": "dtd", "source": "tfds", "encoding": "png", "fingerprint": "0123456789abcdef"}
-    monkeypatch.setattr(data, "read_manifest", lambda root, task: manifest if task == "dtd" else None, raising=False)
+    manifest = {"schema": 1, "task": "dtd", "source": "tfds", "encoding": "png", "fingerprint": "0123456789abcdef",
+                "splits": {}}
+    monkeypatch.setattr(readcheck, "read_manifest", lambda root, task: manifest if task == "dtd" else None)
     assert data_provenance(config) == {"fingerprint": "0123456789abcdef", "encoding": "png", "source": "tfds"}
     assert data_provenance(dict(config, task="kitti")) == {"fingerprint": None, "encoding": None, "source": None}

@@ -179,6 +179,25 @@ def test_hostile_dataset_info(broken):
     assert "expected an integer, got '1e3'" in one_line_error(lambda: vtab_task_splits(root, "cifar"))
 
 
+@pytest.mark.parametrize("template, why", [
+    ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD}", "unknown field {SHARD}"),
+    ("{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y", "not a valid template"),
+    ("{DATASET}-}{SPLIT}", "not a valid template"),
+    ("{DATASET}-{SPLIT}.{}", "a positional field"),
+    ("{0}-{SPLIT}", "a positional field"),
+    ("{DATASET.upper}-{SPLIT}", "unknown field {DATASET.upper}"),
+    ("{SPLIT[0]}-{DATASET}", "unknown field {SPLIT[0]}"),
+    ("{SHARD_INDEX:q}", "not a valid template"),
+])
+def test_a_bad_filepath_template_is_one_line_naming_the_file(broken, template, why):
+    root, folder = broken
+    info = json.loads((folder / "dataset_info.json").read_text())
+    info["splits"][0]["filepathTemplate"] = template
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    msg = one_line_error(lambda: vtab_task_splits(root, "cifar"))
+    assert f"{folder / 'dataset_info.json'}: splits[0].filepathTemplate" in msg and why in msg
+
+
 def test_custom_template_and_empty_shard_without_file(tmp_path):
     folder = cifar(tmp_path)
     info = json.loads((folder / "dataset_info.json").read_text())

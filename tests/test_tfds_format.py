@@ -174,3 +174,21 @@ def test_no_tensorflow_or_torch_import():
             "print(sorted(m for m in ('tensorflow', 'torch', 'google.protobuf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["rgb", "gray"])
+def test_a_16_bit_record_decodes_as_the_noah_reader_decodes_the_same_file(tmp_path, kind):
+    import io
+
+    from PIL import Image
+
+    from vtab_lily.data.images import decode_image as decode_file
+    from vtab_lily.data.tfds.source import decode_image
+
+    values = np.array([[0, 40000], [65535, 257]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, "PNG")  # 16-bit grayscale
+    record = decode_image(buf.getvalue(), kind)
+    assert record[0, 1].tolist() == [156, 156, 156]  # 40000 / 65535 of the range, never clipped to 255
+    (tmp_path / "x.png").write_bytes(buf.getvalue())
+    assert np.array_equal(record.transpose(2, 0, 1), decode_file(tmp_path / "x.png", 2))

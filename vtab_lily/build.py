@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
 
 
 def backbone_kwargs(config: dict) -> dict:
@@ -20,23 +21,11 @@ def backbone_kwargs(config: dict) -> dict:
 
 
 def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
-    """The backbone weights file (None: random init); UserError when it is missing and needed."""
-    from .backbones import get_spec
-
-    given = config["checkpoint"]
-    if isinstance(given, str) and given.lower() == "none":
-        return None
-    if given:
-        path, how = Path(given), "the file given by --checkpoint"
-    else:
-        file = get_spec(config["backbone"]).checkpoint_file
-        if file is None:
-            raise UserError(f"backbone {config['backbone']} has no published weights (a test config): "
-                            "pass --checkpoint none for random init, or --checkpoint PATH")
-        path, how = Path("backbones") / file, f"where {config['backbone']}'s weights are expected"
-    if must_exist and not path.is_file():
-        raise UserError(f"backbone checkpoint {path} not found ({how}); see backbones/README.md for how to get it, "
-                        "or pass --checkpoint PATH (--checkpoint none: random init, for tests only)")
+    """The backbone weights file (None: random init); UserError when it is missing and needed,
+    naming the command that fetches it (``vtab_lily.fetch``) and the way by hand."""
+    path, _ = checkpoint_path(config["backbone"], config["checkpoint"])
+    if must_exist and path is not None and not path.is_file():
+        raise UserError(missing_message(missing_pieces([{**config, "task": None}])))
     return path
 
 

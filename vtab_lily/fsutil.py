@@ -105,12 +105,14 @@ class LockBusy(Exception):
 
 
 @contextlib.contextmanager
-def dir_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
+def dir_lock(folder: str | os.PathLike, name: str = ".lock",
+             wait: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Exclusive, non-blocking lock on ``folder`` (``fcntl.flock`` on ``folder/name``).
 
     The kernel drops the lock when its holder dies, even by SIGKILL, so a stale lock
     never blocks a rerun. The file keeps the holder's host and pid for the error message.
-    Raises :class:`LockBusy` when a live process holds it.
+    Raises :class:`LockBusy` when a live process holds it, unless ``wait`` is given: then
+    ``wait(holder)`` is called and the lock is waited for.
     """
     import fcntl
 
@@ -125,7 +127,10 @@ def dir_lock(folder: str | os.PathLike, name: str = ".lock") -> Iterator[Path]:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise LockBusy(f"{folder} is in use by another run ({holder})") from None
+            if wait is None:
+                raise LockBusy(f"{folder} is in use by another run ({holder})") from None
+            wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield lock

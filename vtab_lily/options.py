@@ -182,6 +182,15 @@ class RunOptions:
                            "from the official one and the parameter counts (no weights or data needed)")
     check: bool = option(False, role="action", switch="on", help="only validate the options (exit 0 or 2)")
     force: bool = option(False, role="action", switch="on", help="redo a finished or failed run from scratch")
+    allow_stale_data: bool = option(False, role="action", switch="on", help="train even when the task's list "
+                                    "files or images differ from its manifest.json; the result records the "
+                                    "fingerprint of the data as read, marked stale (default: refuse)")
+    fetch: bool = option(False, role="action", switch="on", help="download missing backbone weights and VTAB-1K "
+                         "first (python -m vtab_lily.fetch); without it a missing piece stops the run(s) before "
+                         "any work")
+    preflight: bool = option(False, role="action", switch="on", help="only check that the weights and data of "
+                             "the run(s) are there (with --fetch: fetch them); exit 0, or 2 naming every missing "
+                             "piece")
     list_tasks: bool = option(False, role="action", switch="on",
                               help="check the other arguments, print the task names")
     batch: str | None = option(role="action", metavar="FILE",

@@ -22,12 +22,13 @@ from typing import Any
 
 from .build import build_model, resolve_checkpoint  # noqa: F401 - re-exported
 from .errors import UserError, run_cli
+from .fetch import ensure_ready, file_sha256
 from .fsutil import LockBusy, check_creatable_dir
 from .official import DEMO, NO_OFFICIAL_SETUP, RECIPES, deviations, method_label  # noqa: F401 - re-exported
 from .rundir import RESULT, json_normal
 from .runbatch import run_batch
 from .runconfig import build_parser, check_args, checked_config, resolve_config  # noqa: F401 - the sweep's
-from .runspec import RunSpec, identify, read_options, resolve, spec_of  # noqa: F401 - re-exported
+from .runspec import RunSpec, finished, identify, read_options, resolve, spec_of  # noqa: F401 - re-exported
 from .tasks import task_names
 
 EXIT_FAILED, EXIT_LOCKED = 1, 75  # 2: UserError and 130: interrupted come from errors.run_cli
@@ -103,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = read_options(argv)
     if opts.batch:
-        if len(argv) != 2 and not (len(argv) == 3 and "--debug" in argv):
-            raise UserError("--batch FILE takes no other options: put them on each line of FILE")
-        return run_batch(Path(opts.batch), execute)
+        extra = [a for a in argv if a not in ("--batch", opts.batch, "--debug", "--fetch", "--preflight")]
+        if extra:
+            raise UserError(f"--batch FILE takes only --fetch, --preflight and --debug beside it, not {extra[0]}: "
+                            "put run options on each line of FILE")
+        return run_batch(Path(opts.batch), execute, fetch=opts.fetch, preflight_only=opts.preflight)
     return execute(argv)[0]
 
 
@@ -119,6 +122,12 @@ def execute(argv: list[str]) -> tuple[int, str]:
     if opts.list_tasks:
         print("\n".join(task_names(config["suite"])))
         return 0, "listed"
+    if not config["task"]:
+        raise UserError("--task is required (python -m vtab_lily.tasks lists them)")
+    if opts.preflight:  # the weights and data this run needs, nothing else
+        ensure_ready([config], fetch=opts.fetch, skip=None if opts.force else finished)
+        print("ready: weights and data are there")
+        return 0, "ready"
     spec = spec_of(opts, config)
     if spec.action == "check":
         print(f"ok: {spec.label}")
@@ -131,7 +140,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
         print(f"already complete: {spec.run_dir / RESULT} ({_accuracy_text(done, spec['report'])}); --force to redo")
         return 0, "skipped (complete)"
     check_creatable_dir(spec["out"], "--out")
+    ensure_ready([spec.config_dict()], fetch=opts.fetch)
     weights = resolve_checkpoint(spec.config)
+    spec = spec.recording(checkpoint_sha256=file_sha256(weights) if weights else None)  # provenance, not hashed
     device = pick_device(spec["device"])
     if spec["threads"]:
         import torch
@@ -140,12 +151,14 @@ def execute(argv: list[str]) -> tuple[int, str]:
     model = build_model(spec.config, weights)
     _same_as_identified(model, spec)
     train_set, eval_set = load_data(spec.config)
-    from .runexec import run_locked
+    from .runexec import data_provenance, run_locked
+
+    data = data_provenance(spec.config, (train_set, eval_set), opts.allow_stale_data)  # before any run folder
 
     try:
         lock = spec.run_dir.lock()
         with lock:
-            return run_locked(spec, model, train_set, eval_set, device)
+            return run_locked(spec, model, train_set, eval_set, device, data)
     except LockBusy as err:
         print(f"running elsewhere: {err}", file=sys.stderr)
         return EXIT_LOCKED, "running elsewhere"

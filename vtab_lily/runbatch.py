@@ -12,7 +12,9 @@ Exit code: 0 when every run finished or was skipped, else the largest code seen 
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import json
 import os
 import sys
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .fetch import ensure_ready
+from .runconfig import check_args
+from .runspec import finished
 
 REPORT_ENV = "VTAB_LILY_BATCH_REPORT"  # optional: a file getting "code<TAB>label<TAB>status" per run
 
@@ -56,10 +61,19 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]]) -> int:
+def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]], fetch: bool = False,
+              preflight_only: bool = False) -> int:
     """Run every line of ``path`` with ``execute`` (``run.execute``: one run's arguments -> (exit
-    code, status); passed in by ``run.main``, which this module sits below)."""
+    code, status); passed in by ``run.main``, which this module sits below), after one pre-flight
+    of the weights and data of every line (``fetch``: fetch what is missing; ``preflight_only``:
+    only that)."""
     lines = read_batch(path)
+    bad = preflight(path, lines, fetch)  # every missing checkpoint and data piece, once, before any run
+    if preflight_only:
+        if bad:  # a line that cannot run is not "ready" either
+            raise UserError(f"--batch {path}: {len(bad)} bad line{'s' if len(bad) > 1 else ''}:\n  " + "\n  ".join(bad))
+        print("ready: weights and data are there")
+        return 0
     codes: list[tuple[int, str, str]] = []
     for i, (number, argv, problem) in enumerate(lines, 1):
         where = f"{path}:{number}"
@@ -95,6 +109,33 @@ def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]]) -> in
     if bad:
         print(f"FAILED: {', '.join(bad)}", file=sys.stderr)
     return max((c for c, _, _ in codes), default=0)
+
+
+def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool) -> list[str]:
+    """UserError naming every missing weights file and data task of the batch's valid lines;
+    ``fetch`` fetches them first. Returns the bad lines as ``FILE:LINE: what`` (a run reports its
+    own when its turn comes)."""
+    configs, forced, bad = [], set(), []
+    for number, argv, problem in lines:
+        if argv is None:
+            bad.append(f"{path}:{number}: {problem}")
+            continue
+        if {"--dry-run", "--check", "--list-tasks"} & set(argv):  # these read no weights or data
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # its warnings come again when the run starts
+                config = check_args(argv)
+        except UserError as err:
+            bad.append(f"{path}:{number}: {err}")
+            continue
+        if "--force" in argv:
+            forced.add(id(config))
+        configs.append(config)
+    try:
+        ensure_ready(configs, fetch=fetch, skip=lambda c: id(c) not in forced and finished(c))
+    except UserError as err:
+        raise UserError(f"--batch {path}: {err}") from None
+    return bad
 
 
 def _report(label: str, code: int, status: str) -> None:

@@ -35,8 +35,10 @@ from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 # ``adapter_options`` (what the user typed) is hashed through ``adapter_config`` (resolved), so
 # ``--rank 32`` and the default rank 32 are the same run.
 # ``report`` only says which accuracy the CLI prints and the leaderboard exports.
-# The local options are declared as such in ``options``.
-LOCAL_KEYS = (*options.names("local"), "adapter_options", "report")
+# The local options are declared as such in ``options``. ``checkpoint_sha256`` is the weights
+# file's hash (provenance: which bytes were loaded), recorded per run; the method is the same
+# whichever copy of the published file was read.
+LOCAL_KEYS = (*options.names("local"), "adapter_options", "report", "checkpoint_sha256")
 # Setup switches (the ``setup`` options, and the weights file's name) that a named method's row must not mix.
 SETUP_KEYS = (*options.names("setup"), "pretrained")
 # method_hash also drops what varies inside one method's group of runs (``adapter_task_settings``:

@@ -99,17 +99,19 @@ def kernels_for(config: dict, device: Any) -> dict | None:
     return dict(backbones.scan_paths(device))
 
 
-def data_provenance(config: dict) -> dict:
-    """Fingerprint, encoding and source of the task's data (from its manifest, when it has one;
-    a malformed manifest is a UserError, raised before any training)."""
-    from .data import read_manifest
+def data_provenance(config: dict, loaded: tuple = (), allow_stale: bool = False) -> dict:
+    """Fingerprint, encoding and source of the data the run read (``loaded``: its SplitData),
+    checked against the task's manifest before any training: a difference (or a malformed
+    manifest) is a UserError unless ``allow_stale`` (``--allow-stale-data``, then recorded)."""
+    from .data.readcheck import check_read_data
 
-    manifest = read_manifest(config["data_root"], config["task"]) or {}
-    return {key: manifest.get(key) for key in ("fingerprint", "encoding", "source")}
+    return check_read_data(config["data_root"], config["task"], loaded, allow=allow_stale)
 
 
-def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device: Any) -> tuple[int, str]:
-    """Train and record the run ``spec`` names, holding its folder's lock (resume, fail, succeed)."""
+def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device: Any,
+               data: dict | None = None) -> tuple[int, str]:
+    """Train and record the run ``spec`` names, holding its folder's lock (resume, fail, succeed).
+    ``data``: the checked provenance of the loaded splits (:func:`data_provenance`)."""
     from .train import RunFailed, train
 
     run, config = spec.run_dir, spec.config
@@ -140,7 +142,11 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
         from .adapters.pertask import describe
 
         print(f"per-task settings: {describe(config['adapter_task_settings'])}")
-    data = data_provenance(config)
+    if data is None:
+        data = data_provenance(config, (train_set, eval_set), spec.options.allow_stale_data)
+    if data.get("stale_manifest"):
+        print(f"warning: --allow-stale-data: recording the data as read ({data['fingerprint']}), not the "
+              f"manifest's {data['stale_manifest']['fingerprint']}", file=sys.stderr)
     kernels = kernels_for(config, device)
     if kernels:
         print(f"Vim kernels on {device}: scan {kernels['scan']}, conv {kernels['conv']}")

@@ -13,7 +13,8 @@ weights file, no data and no device.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -21,7 +22,7 @@ from . import options
 from .build import backbone_kwargs, resolve_checkpoint
 from .errors import UserError
 from .official import deviations, method_label
-from .rundir import RunDir, config_hash, json_normal, method_hash
+from .rundir import LOCAL_KEYS, RunDir, config_hash, json_normal, method_hash
 from .runconfig import checked_config, official_pre_logits, parse
 
 ACTIONS = ("run", "dry-run", "check", "list-tasks")
@@ -56,6 +57,14 @@ class RunSpec:
     def get(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
 
+    def recording(self, **values: Any) -> "RunSpec":
+        """The same run with machine-local facts added to its config (``checkpoint_sha256``: which
+        bytes were loaded); only keys the hashes leave out, so the run's names cannot change."""
+        named = set(values) - set(LOCAL_KEYS)
+        if named:
+            raise ValueError(f"recording() takes local keys only, not {sorted(named)}")
+        return replace(self, config=MappingProxyType({**self.config, **values}))
+
     def config_dict(self) -> dict:
         """A deep copy of the config, as config.json and result.json hold it."""
         return copy.deepcopy(dict(self.config))
@@ -85,6 +94,13 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     config["pretrained"] = weights.name if weights else None
     devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
+
+
+def finished(config: dict) -> bool:
+    """Whether the run of a checked config is complete (then it needs neither weights nor data)."""
+    if not (Path(config["out"]) / config["backbone"] / config["adapter"] / str(config["task"])).is_dir():
+        return False  # no run of this task at all (cheap: no model is built)
+    return identify(dict(config), must_exist=False)[1].read_result() is not None
 
 
 def read_options(argv: list[str]) -> options.RunOptions:

@@ -78,11 +78,25 @@ def map_entry(parts: tuple[str, ...]) -> tuple[str, str, tuple[str, ...]] | None
 def source_kind(path: Path) -> str:
     """"tfds", "folder", "zip" or "tar"; a :class:`UserError` for anything else."""
     if path.is_dir():
-        return "tfds" if _has_dataset_info(path) else "folder"
+        if _has_dataset_info(path):
+            return "tfds"
+        shard = _find_shard(path)
+        if shard is not None:
+            raise UserError(f"--from {path}: holds TFDS shards ({shard}) but no dataset_info.json beside them: the "
+                            "TFDS build is incomplete or that file was lost; build the dataset again")
+        return "folder"
     if not path.exists():
         raise UserError(f"--from {path}: does not exist")
     if zipfile.is_zipfile(path):
         return "zip"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise UserError(f"--from {path}: cannot read it ({err})") from None
+    if head in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip whose end (the central directory) is missing
+        raise UserError(f"--from {path}: the archive is damaged or truncated (a zip without its central "
+                        "directory: an interrupted download?)")
     try:
         if tarfile.is_tarfile(path):
             return "tar"
@@ -102,6 +116,25 @@ def _has_dataset_info(path: Path, depth: int = 4) -> bool:
     except OSError:
         return False
     return any(_has_dataset_info(c, depth - 1) for c in children)
+
+
+def _find_shard(path: Path, depth: int = 4) -> Path | None:
+    """A TFDS shard file (``*.tfrecord-NNNNN-of-NNNNN``) at most ``depth`` folders below ``path``."""
+    try:
+        children = list(path.iterdir())
+    except OSError:
+        return None
+    for child in children:
+        if ".tfrecord-" in child.name and child.is_file():
+            return child
+    if depth == 0:
+        return None
+    for child in children:
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            found = _find_shard(child, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _refuse_link(source: Path, name: str, what: str) -> UserError:
@@ -147,6 +180,8 @@ def _check_stream_ended(archive: tarfile.TarFile) -> None:
     """tarfile ends a streamed archive silently when it is cut inside a member header; a compressed
     archive must also have reached its end-of-stream marker, or it was cut (a truncated download)."""
     stream = archive.fileobj
+    if stream.tell() < archive.offset + tarfile.BLOCKSIZE:  # the loop ended on no data, not on a zero block
+        raise EOFError("the archive ends without its end-of-archive marker (cut at a block boundary)")
     while stream.read(1 << 20):  # what is left is the end-of-archive padding
         pass
     decompressor = getattr(stream, "cmp", None)
@@ -185,6 +220,15 @@ def entries(source: Path, kind: str) -> Iterator[Entry]:
         raise UserError(f"{source}: the archive is damaged or truncated ({type(err).__name__}: {err})") from None
 
 
+def task_folders(source: Path, kind: str) -> dict[str, set[str]]:
+    """``{task: {folder as named, ...}}`` of a zip, tar or folder source, reading names only
+    (a compressed tar is decompressed once for them)."""
+    found: dict[str, set[str]] = {}
+    for entry in entries(source, kind):
+        found.setdefault(entry.task, set()).add(entry.folder)
+    return found
+
+
 def _same_content(path: Path, data: BinaryIO) -> bool:
     ours, theirs = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:
@@ -199,13 +243,15 @@ def write_entry(entry: Entry, task_dir: Path, source: Path) -> None:
     """Copy one entry under ``task_dir`` (created fresh; a second identical copy is fine)."""
     target = task_dir.joinpath(*entry.rel)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(target, task_dir)
         with entry.open() as data:
             try:
                 with open(target, "xb") as out:
                     shutil.copyfileobj(data, out, 1 << 20)
             except FileExistsError:
-                if target.is_dir() or not _same_content(target, data):
+                if target.is_dir():
+                    raise _clash(source, entry, target) from None
+                if not _same_content(target, data):
                     raise UserError(f"{source}: entry {entry.name!r} appears twice with different content; "
                                     "refusing to overwrite") from None
     except (*_DAMAGED, RuntimeError) as err:  # RuntimeError: an encrypted zip entry
@@ -213,5 +259,22 @@ def write_entry(entry: Entry, task_dir: Path, source: Path) -> None:
             raise
         raise UserError(f"{source}: entry {entry.name!r} cannot be read ({type(err).__name__}: {err})") from None
     except (NotADirectoryError, IsADirectoryError) as err:
-        raise UserError(f"{source}: entry {entry.name!r} clashes with another entry (a file and a folder of "
-                        f"the same name: {err.filename})") from None
+        raise _clash(source, entry, err.filename) from None
+
+
+def _clash(source: Path, entry: Entry, where) -> UserError:
+    return UserError(f"{source}: entry {entry.name!r} clashes with another entry (a file and a folder of the "
+                     f"same name: {where}); refusing the archive")
+
+
+def _make_parents(target: Path, task_dir: Path) -> None:
+    """The folders above ``target``; a file of the archive in the way is a clash, not a disk error."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        for folder in [target.parent, *target.parent.parents]:
+            if folder == task_dir.parent:
+                break
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(err.errno, "a file of that name exists", str(folder)) from None
+        raise

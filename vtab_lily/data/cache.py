@@ -17,6 +17,14 @@ checked before any data is read, and a file that fails is ignored (and later rep
 file is memory-mapped rather than read, so a split costs page cache, not process memory.
 Two processes building the same cache serialise on a lock file; even without it each would
 only rename its own complete file over the other's identical one. Nothing is ever unpickled.
+
+Beside the arrays, ``.pixels`` notes under the same key remember the sha256 of a split's decoded
+pixels (as the manifest hashes them) once something has computed it: building a cache, hashing
+for a manifest, ``verify``, or a run checking its data against the manifest. A run then checks
+its pixels by reading one small file instead of hashing gigabytes. A note is exactly as trustworthy
+as the cache key: it is found again only while the list bytes and every image's size and mtime
+are unchanged (an image rewritten with the same size and its old mtime restored is not noticed
+by it; ``verify`` decodes and is).
 """
 
 from __future__ import annotations
@@ -84,6 +92,36 @@ def cache_path(cache_dir: Path, task_name: str, split: str, size: int, list_sha2
 def split_cache_path(cache_dir: Path, task_name: str, split_list: SplitList, split: str, size: int) -> Path:
     """Where the cache of ``split_list`` at ``size`` lives (stats every listed image)."""
     return cache_path(cache_dir, task_name, split, size, split_list.sha256, images_digest(split_list))
+
+
+def pixels_digest(n: int, size: int) -> "hashlib._Hash":
+    """A pixel hash before any image, as the manifest's ``pixels_sha256``: feed it each image's
+    ``(3, size, size)`` uint8 bytes in list order."""
+    return hashlib.sha256(f"uint8 {n} 3 {size} {size}\n".encode())
+
+
+def pixels_note_path(array_path: Path) -> Path:
+    """The pixel-hash note kept beside the cache file ``array_path`` (same key; it need not exist)."""
+    return array_path.with_suffix(".pixels")
+
+
+def read_pixels_note(array_path: Path) -> str | None:
+    """The pixel sha256 noted for the data behind ``array_path``'s key, or None."""
+    try:
+        text = pixels_note_path(array_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def write_pixels_note(array_path: Path, sha256: str) -> None:
+    """Remember ``sha256`` for ``array_path``'s key; a folder that cannot be written only costs a
+    re-hash next time (never an error: the note is an optimisation)."""
+    try:
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(pixels_note_path(array_path), lambda f: f.write(sha256.encode("ascii")))
+    except OSError:
+        pass
 
 
 def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -200,10 +238,12 @@ def build_cache(path: Path, split_list: SplitList, size: int, workers: int | Non
                 progress: bool = True, on_chunk: Callable[[np.ndarray], None] | None = None) -> None:
     """Decode ``split_list`` straight into the cache file at ``path`` (atomic; bounded memory).
 
-    ``on_chunk`` sees each decoded chunk in order (e.g. to hash the pixels on the way). Drops
-    older caches of the same split and size. Raises :class:`UserError` when the file cannot be
+    ``on_chunk`` sees each decoded chunk in order. The pixels are hashed on the way (hashing is
+    cheap next to decoding) and noted beside the file (:func:`write_pixels_note`). Drops older
+    caches of the same split and size. Raises :class:`UserError` when the file cannot be
     written (naming the path and the bytes needed) or an image cannot be decoded.
     """
+    digest = pixels_digest(len(split_list), size)
     shape = (len(split_list), 3, size, size)
     header = _npy_header(shape)
     needed = len(header) + int(np.prod(shape))
@@ -219,6 +259,7 @@ def build_cache(path: Path, split_list: SplitList, size: int, workers: int | Non
                     raise
         for chunk in decode_chunks(split_list, size, workers, progress):
             f.write(memoryview(chunk))
+            digest.update(memoryview(chunk))
             if on_chunk is not None:
                 on_chunk(chunk)
 
@@ -227,11 +268,12 @@ def build_cache(path: Path, split_list: SplitList, size: int, workers: int | Non
         atomic_write(path, write)
     except OSError as err:
         raise _cannot_write(path, needed, err) from None
+    write_pixels_note(path, digest.hexdigest())
     # Same task/split/size with another key or format version: made from an older list file, older
     # images or an older version of this code; never hit again.
     stem = path.name.rsplit(f"-v{FORMAT_VERSION}-", 1)[0]  # "<split>-<size>px"
-    for old in path.parent.glob(f"{stem}-v*.npy"):
-        if old != path:
+    for old in [*path.parent.glob(f"{stem}-v*.npy"), *path.parent.glob(f"{stem}-v*.pixels")]:
+        if old.with_suffix(".npy") != path:
             with contextlib.suppress(OSError):
                 old.unlink()
 

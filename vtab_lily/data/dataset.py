@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,6 +18,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class DataOrigin:
+    """What a loaded split was read from, for checking it against the task's manifest: the
+    parsed list file, the hash of every listed image's size and mtime taken *before* decoding
+    (the cache key's), and the cache folder (None when loaded without the cache)."""
+
+    split_list: SplitList
+    images_sha256: str
+    cache_dir: Path | None
+
+
 class SplitData(Dataset):
     """One split as uint8 (in memory, or memory-mapped from the cache); items and batches come out as float32.
 
@@ -27,7 +39,7 @@ class SplitData(Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: bool = True,
-                 task: Task | None = None, split: str | None = None):
+                 task: Task | None = None, split: str | None = None, origin: DataOrigin | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -37,6 +49,7 @@ class SplitData(Dataset):
         self._normalize = normalize
         self.task = task
         self.split = split
+        self.origin = origin  # set by load_split: the list file and images these pixels came from
         # (x / 255 - mean) / std folded into one multiply and one subtract
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * std)) if normalize else torch.full((1, 3, 1, 1), 1.0 / 255.0)
@@ -102,7 +115,7 @@ class SplitData(Dataset):
         copied through pinned memory in chunks, so a memory-mapped split is never pinned whole)."""
         device = torch.device(device)
         return SplitData(self._move(self.images, device), self._move(self.labels, device), self.normalize,
-                         self.task, self.split)
+                         self.task, self.split, self.origin)
 
     @staticmethod
     def _copy_to(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -149,9 +162,13 @@ def decode_split(split_list: SplitList, size: int, workers: int | None = None,
 
 
 def cached_split(split_list: SplitList, task_name: str, split: str, img_size: int, cache_dir: Path,
-                 workers: int | None = None, progress: bool = True) -> torch.Tensor:
-    """The split's decoded images from the cache, building it first when missing (memory-mapped)."""
-    path = cache.split_cache_path(cache_dir, task_name, split_list, split, img_size)
+                 workers: int | None = None, progress: bool = True, images_sha256: str | None = None
+                 ) -> torch.Tensor:
+    """The split's decoded images from the cache, building it first when missing (memory-mapped).
+    ``images_sha256``: :func:`cache.images_digest` of the list, when the caller already took it."""
+    if images_sha256 is None:
+        images_sha256 = cache.images_digest(split_list)
+    path = cache.cache_path(cache_dir, task_name, split, img_size, split_list.sha256, images_sha256)
     data = cache.load_cache(path, len(split_list), img_size)
     if data is None:
         with cache.build_lock(path, cache.cache_bytes(len(split_list), img_size)):
@@ -173,7 +190,8 @@ def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 2
     :class:`~vtab_lily.tasks.Task` (or its name). Images are decoded once, resized to
     ``img_size`` (bicubic) and kept as uint8 in ``cache_dir`` (default ``$VTAB_LILY_CACHE_DIR``
     or ``<root>/.cache``), keyed by the list file's bytes, every image's size and mtime and the
-    size; later calls only map that file.
+    size; later calls only map that file. ``SplitData.origin`` says what was read
+    (:func:`vtab_lily.data.readcheck.check_read_data` checks it against the manifest).
     Raises :class:`UserError` naming the file (and line) for any problem with the data, and
     naming the cache file and the bytes it needs when the cache cannot be written.
     """
@@ -182,8 +200,10 @@ def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 2
     task = _resolve_task(task)
     split_list = read_list(root, task, split)
     labels = torch.tensor(split_list.labels, dtype=torch.int64)
+    images_sha256 = cache.images_digest(split_list)  # before decoding: a later change never hides behind it
     if not use_cache:
-        return SplitData(decode_split(split_list, img_size, workers, progress), labels, normalize, task, split)
+        origin = DataOrigin(split_list, images_sha256, None)
+        return SplitData(decode_split(split_list, img_size, workers, progress), labels, normalize, task, split, origin)
     folder = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(root)
-    data = cached_split(split_list, task.name, split, img_size, folder, workers, progress)
-    return SplitData(data, labels, normalize, task, split)
+    data = cached_split(split_list, task.name, split, img_size, folder, workers, progress, images_sha256)
+    return SplitData(data, labels, normalize, task, split, DataOrigin(split_list, images_sha256, folder))

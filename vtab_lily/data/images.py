@@ -76,6 +76,21 @@ def _high_range_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
+def is_high_range(img: Image.Image) -> bool:
+    """A mode PIL's own conversion to 8 bits would clip (16-bit, 32-bit integer, float)."""
+    return img.mode in ("I", "F") or img.mode.startswith("I;16")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A loaded image of any mode as RGB: high-range grayscale scaled by its real range, a
+    palette with transparency through RGBA. The one conversion of both readers (files, TFDS)."""
+    if is_high_range(img):
+        return _high_range_to_l(img).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns when such a palette goes straight to RGB
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def _open_rgb(path: Path) -> Image.Image:
     problem = file_problem(path)
     if problem:
@@ -83,11 +98,8 @@ def _open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # a truncated file fails here (PIL does not pad truncated data)
-            if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-                return _high_range_to_l(img).convert("RGB")
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # PIL warns when such a palette goes straight to RGB
-            return img.convert("RGB")
+            rgb = to_rgb(img)
+            return rgb.copy() if rgb is img else rgb  # usable after the file is closed
     except DECODE_ERRORS as err:
         raise ImageDecodeError(f"cannot decode image ({type(err).__name__}: {err})") from None
 

@@ -69,15 +69,30 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
-def parse_list(file: Path, task_dir: Path, num_classes: int) -> tuple[SplitList, list[str]]:
+def entry_limit(task: Task, split: str) -> int:
+    """More entries than this in one list file is not VTAB-1K (whose largest split, a dsprites
+    test split, has 73,728; kitti releases differ by a few hundred): such a file is refused before
+    any image is looked at, so a small crafted archive cannot make ``verify`` or a run do
+    unbounded work."""
+    return 10 * task.expected_size(split) + 1000
+
+
+def parse_list(file: Path, task_dir: Path, num_classes: int,
+               max_entries: int | None = None) -> tuple[SplitList, list[str]]:
     """Parse one list file; returns the valid entries and a list of ``file:line: problem``.
 
     Accepts CRLF line ends, a UTF-8 BOM, surrounding whitespace and blank lines. Rejects
     malformed lines, non-integer labels, labels outside ``[0, num_classes)``, paths that
-    leave the task folder and duplicate paths. Does not open the images.
+    leave the task folder and duplicate paths. Does not open the images. A file with more
+    than ``max_entries`` non-blank lines is one problem, and no entries.
     """
     raw = file.read_bytes()
     problems: list[str] = []
+    if max_entries is not None and raw.count(b"\n") >= max_entries:  # cheap bound first, exact count if needed
+        lines = sum(1 for line in raw.split(b"\n") if line.strip())
+        if lines > max_entries:
+            problem = f"{file}: {lines:,} entries, more than {max_entries:,}: not a VTAB-1K list file; refused unread"
+            return SplitList(file, task_dir, (), hashlib.sha256(raw).hexdigest()), [problem]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -174,7 +189,7 @@ def read_list(root: str | Path, task: Task, split: str) -> SplitList:
     (:class:`SplitSizeWarning`), since e.g. kitti's test size differs between releases.
     """
     file = list_file(root, task, split)
-    split_list, problems = parse_list(file, file.parent, task.num_classes)
+    split_list, problems = parse_list(file, file.parent, task.num_classes, entry_limit(task, split))
     if problems:
         raise UserError(format_problems(problems, str(file)))
     mismatch = size_problem(task, split, len(split_list), file)

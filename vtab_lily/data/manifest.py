@@ -26,11 +26,13 @@ from ..errors import UserError
 from ..fsutil import atomic_write_json
 from ..tasks import ALIASES, SPLITS
 from . import cache
+from .cache import pixels_digest
 from .lists import SplitList
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
 PIXELS_PX = 224  # the resolution the fingerprint's pixels are decoded at (the models' input)
+MAX_PIXELS_PX = 1024  # a larger pixels_px is no manifest of ours: refused before anything decodes at it
 ENCODINGS = ("png", "jpeg", "mixed")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _READ_CHUNK = 256  # images hashed at a time from a cache file
@@ -42,27 +44,24 @@ def list_sha256(split_list: SplitList) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def pixels_digest(n: int, size: int = PIXELS_PX) -> "hashlib._Hash":
-    """A pixel hash before any image: feed it each image's ``(3, size, size)`` uint8 bytes in
-    list order (what :func:`pixels_sha256` does; ``verify`` does it while checking the images)."""
-    return hashlib.sha256(f"uint8 {n} 3 {size} {size}\n".encode())
-
-
 def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int = PIXELS_PX,
                   cache_dir: Path | None = None, build: bool = False, workers: int | None = None,
                   progress: bool = True) -> str:
     """Hash of the split's decoded ``(n, 3, size, size)`` uint8 pixels, in list order.
 
-    Reads the decoded cache in ``cache_dir`` when it holds this split; with ``build`` a missing
-    cache is built on the way (so training later reuses it); otherwise images are decoded a chunk
-    at a time and only hashed.
+    With ``cache_dir``: a pixel note for this exact data (see :mod:`.cache`) answers at once;
+    else the split's decoded cache is read when there is one, or with ``build`` built on the way
+    (so training later reuses it); the hash is noted for next time. Otherwise images are decoded
+    a chunk at a time and only hashed.
     """
-    digest = pixels_digest(len(split_list), size)
     path = cache.split_cache_path(cache_dir, task_name, split_list, split, size) if cache_dir else None
+    known = cache.read_pixels_note(path) if path is not None else None
+    if known:
+        return known
+    digest = pixels_digest(len(split_list), size)
     cached = cache.open_cached(path, len(split_list), size) if path is not None else None
     if cached is not None:
-        for start in range(0, len(cached), _READ_CHUNK):
-            digest.update(memoryview(cached[start : start + _READ_CHUNK]))
+        hash_array(digest, cached)
     elif path is not None and build:
         with cache.build_lock(path, cache.cache_bytes(len(split_list), size)):
             cache.build_cache(path, split_list, size, workers, progress,
@@ -70,7 +69,15 @@ def pixels_sha256(split_list: SplitList, task_name: str, split: str, size: int =
     else:
         for chunk in cache.decode_chunks(split_list, size, workers, progress, desc=f"hashing {split_list.file}"):
             digest.update(memoryview(chunk))
+    if path is not None:
+        cache.write_pixels_note(path, digest.hexdigest())
     return digest.hexdigest()
+
+
+def hash_array(digest: "hashlib._Hash", images) -> None:
+    """Feed a ``(n, 3, s, s)`` uint8 array (e.g. a memory-mapped cache) to ``digest``, a chunk at a time."""
+    for start in range(0, len(images), _READ_CHUNK):
+        digest.update(memoryview(images[start : start + _READ_CHUNK]).cast("B"))
 
 
 def fingerprint(splits: dict[str, dict]) -> str:
@@ -150,6 +157,9 @@ def _check(manifest: object, path: Path) -> dict:
         raise bad(f"schema {manifest.get('schema')!r}, expected {SCHEMA}")
     if not isinstance(manifest.get("fingerprint"), str) or not _HEX16.fullmatch(manifest["fingerprint"]):
         raise bad(f"fingerprint {manifest.get('fingerprint')!r} is not 16 hex digits")
+    px = manifest.get("pixels_px", PIXELS_PX)  # the size its pixels were hashed at (runs and verify decode at it)
+    if isinstance(px, bool) or not isinstance(px, int) or not 1 <= px <= MAX_PIXELS_PX:
+        raise bad(f"pixels_px {px!r} is not an integer in 1..{MAX_PIXELS_PX}")
     if manifest.get("encoding") not in ENCODINGS:
         raise bad(f"encoding {manifest.get('encoding')!r} is not one of {', '.join(ENCODINGS)}")
     splits = manifest.get("splits")
@@ -188,16 +198,3 @@ def data_fingerprint(root: str | Path, task_name: str) -> str | None:
     """The task's data fingerprint from its manifest, or None when it has none."""
     manifest = read_manifest(root, task_name)
     return manifest["fingerprint"] if manifest else None
-
-
-def stale_problems(manifest: dict, split_lists: dict[str, SplitList], path: Path) -> list[str]:
-    """Where the list files no longer match the manifest (edited after it was written)."""
-    problems = []
-    for split, split_list in split_lists.items():
-        recorded = manifest["splits"].get(split)
-        if recorded is None:
-            problems.append(f"{path}: has no entry for {split}")
-        elif recorded["n"] != len(split_list) or recorded["list_sha256"] != list_sha256(split_list):
-            problems.append(f"{path}: does not match {split_list.file} (changed after the manifest was written; "
-                            f"run verify --write-manifest)")
-    return problems

@@ -6,9 +6,10 @@ import contextlib
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -36,14 +37,34 @@ def positive_int(text: str) -> int:
     return value
 
 
+IN_FLIGHT_PER_WORKER = 4  # tasks submitted ahead of the results consumed, per thread
+
+
+def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``pool.map`` with at most ``window`` tasks submitted and not yet consumed: memory stays
+    bounded whatever the number of items (``Executor.map`` submits every item at once)."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # the consumer stopped early (or an item failed): drop what has not started
+        for future in pending:
+            future.cancel()
+
+
 def map_with_progress(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None,
                       desc: str = "", progress: bool = True) -> Iterator[R]:
     """``fn`` over ``items`` on a few threads (PIL releases the GIL), results in order, with a
-    tqdm bar for long runs."""
+    tqdm bar for long runs; a bounded number of items in flight."""
+    workers = workers or default_workers()
     bar = tqdm(total=len(items), desc=desc, unit="img", leave=False,
                disable=True if not progress or len(items) < PROGRESS_MIN_ITEMS else None)  # None: a terminal only
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool, bar:
-        for result in pool.map(fn, items):
+    with ThreadPoolExecutor(max_workers=workers) as pool, bar:
+        for result in bounded_map(pool, fn, items, IN_FLIGHT_PER_WORKER * workers):
             bar.update()
             yield result
 

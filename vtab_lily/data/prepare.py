@@ -56,6 +56,7 @@ class Preparer:
     drop_undecodable: bool = False  # drop undecodable *test* images (SUN397 has one), recorded in the manifest
     rows: dict[str, TaskRow] = field(default_factory=dict)
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (source, folder as named)
+    tfds_dropped: dict[str, list[str]] = field(default_factory=dict)  # task -> test records left out of a TFDS source
 
     def wants(self, task: str) -> bool:
         return self.wanted is None or task in self.wanted
@@ -111,14 +112,26 @@ class Preparer:
                 bar.update()
         return tasks
 
+    def refuse_tasks_in_two_places(self, paths: list[Path], kinds: list[str]) -> None:
+        """Before anything is written: a wanted task (not in place yet) found in two sources, or
+        twice in one, is refused. Reads every source's names (``claim`` would otherwise notice
+        only after the first copy was installed)."""
+        places: dict[str, list[tuple[str, str]]] = {}
+        for path, kind in zip(paths, kinds):
+            found = {t: {"tfds"} for t in _tfds_builders(path)} if kind == "tfds" else archive.task_folders(path, kind)
+            for task, folders in found.items():
+                places.setdefault(task, []).extend((str(path), folder) for folder in sorted(folders))
+        for task in VTAB_TASKS:
+            where = places.get(task, [])
+            if len(where) > 1 and self.wants(task) and not self.finished(task):
+                (first, first_folder), (second, second_folder) = where[:2]
+                raise UserError(f"task {task} is in two places: {first} ({first_folder}/) and {second} "
+                                f"({second_folder}/); prepare one of them (--tasks, or fewer --from); nothing "
+                                "was written")
+
     def from_tfds(self, source: Path) -> list[str]:
-        try:
-            tfds = importlib.import_module("vtab_lily.data.tfds")
-        except ImportError as err:
-            raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # version notes come again per task, below
-            builders = tfds.find_builders(source)
+        tfds = _tfds_module(source)
+        builders = _tfds_builders(source)  # version notes come again per task, below
         tasks = [t for t in VTAB_TASKS if t in builders and self.claim(t, str(source), "tfds")]
         for task in tasks:
             row = self.rows.setdefault(task, TaskRow(task, f"tfds {source}"))
@@ -131,6 +144,7 @@ class Preparer:
             except UserError as err:
                 row.problems.append(str(err))
                 row.status = "NOT prepared (source error)"
+                shutil.rmtree(self.root / STAGING / task, ignore_errors=True)  # half-written: never reused
                 continue
             finally:
                 row.notes += [str(w.message) for w in caught]  # e.g. a kitti version other than the pinned one
@@ -138,8 +152,10 @@ class Preparer:
         return [t for t in VTAB_TASKS if t in builders]
 
     def write_tfds_task(self, task: str, splits: dict) -> None:
-        write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
-                        self.progress)
+        dropped = write_tfds_task(self.root / STAGING / task, VTAB_TASKS[task], splits, self.encoding, self.workers,
+                                  self.progress, self.drop_undecodable)
+        if dropped:
+            self.tfds_dropped[task] = dropped
 
     def discard_unfinished(self) -> None:
         """Remove the staging folders of this run's claimed tasks that are not in place (a source
@@ -155,13 +171,17 @@ class Preparer:
         # the pixel hashes come from verify's own decoding (each image decoded once), except when
         # the cache is built: that decodes anyway, and hashes on the way
         pixels_px = None if self.build_cache else self.pixels_px
+        notes_dir = default_cache_dir(self.root)  # the pixel hashes, noted for the first run's data check
         report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                             show_progress=self.progress, pixels_px=pixels_px)
+                             show_progress=self.progress, pixels_px=pixels_px, notes_dir=notes_dir)
         dropped = self._drop_undecodable(task, report) if self.drop_undecodable and report.unreadable else []
         if dropped:
             report = verify_task(self.root / STAGING, VTAB_TASKS[task], workers=self.workers,
-                                 show_progress=self.progress, pixels_px=pixels_px)
+                                 show_progress=self.progress, pixels_px=pixels_px, notes_dir=notes_dir)
             row.notes.append(f"dropped {len(dropped)} undecodable test image(s): {', '.join(dropped[:5])}")
+        if task in self.tfds_dropped:  # left out while reading the TFDS records
+            dropped = self.tfds_dropped.pop(task) + dropped
+            row.notes.append(f"dropped {len(dropped)} undecodable test record(s): {', '.join(dropped[:5])}")
         row.counts = {s: len(v) for s, v in report.split_lists.items()}
         row.notes += report.warnings
         if not report.ok:
@@ -204,6 +224,19 @@ class Preparer:
         lines = test.file.read_text(encoding="utf-8-sig").split("\n")
         test.file.write_text("\n".join(line for number, line in enumerate(lines, 1) if number not in drop))
         return [e.path for e in test.entries if e.line in drop]
+
+
+def _tfds_module(source: Path):
+    try:
+        return importlib.import_module("vtab_lily.data.tfds")
+    except ImportError as err:
+        raise UserError(f"--from {source}: a TFDS folder, but TFDS reading is not available ({err})") from None
+
+
+def _tfds_builders(source: Path) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # version notes come with the task
+        return _tfds_module(source).find_builders(source)
 
 
 def _differences(staged: Path, final: Path) -> str | None:
@@ -253,6 +286,8 @@ def prepare(sources: list[str | Path], root: str | Path, tasks: list[str] | None
     try:
         with folder_lock(root):
             try:
+                if len(paths) > 1:  # one source is checked as it is read, before any of its tasks is installed
+                    prep.refuse_tasks_in_two_places(paths, kinds)
                 _run_sources(prep, paths, kinds, found)
             except Exception:  # a source failed: its half-staged task is never reused (claim starts it over).
                 prep.discard_unfinished()  # (Ctrl-C keeps it, as a kill would)

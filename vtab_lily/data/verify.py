@@ -3,6 +3,11 @@
 For every task: each split's size against the registry, the label range against the
 task's class count, list-file problems (malformed lines, bad paths, duplicates) and
 unreadable images (missing, empty, truncated, corrupt; fully decoded unless ``--quick``).
+A task with a ``manifest.json`` is checked against it: the lists always; the pixels (decoded at
+the manifest's ``pixels_px`` and hashed) and the encoding unless ``--quick`` (which compares the
+pixels only where the cache holds a pixel note for the data as it is now).
+``--write-manifest`` (re)writes the manifest of every task whose data checks clean, a stale or
+damaged manifest included: that is the way to record data changed on purpose.
 Prints a table per task, then every problem, and returns 2 when anything is off (as every
 command does for bad data).
 A test split of an unexpected size is a warning only (kitti releases differ).
@@ -18,10 +23,12 @@ from tabulate import tabulate
 
 from ..errors import UserError
 from ..tasks import SPLITS, Task, suite
+from . import cache
 from .cache import default_cache_dir
 from .images import check_image
-from .lists import check_root, parse_list, size_problem
-from .manifest import MANIFEST, PIXELS_PX, compute_manifest, read_manifest, stale_problems, write_manifest
+from .lists import check_root, entry_limit, parse_list, size_problem
+from .manifest import (MANIFEST, PIXELS_PX, compute_manifest, detect_encoding, list_sha256, read_manifest,
+                       write_manifest)
 from .parallel import default_workers, map_with_progress, positive_int
 
 BAD_DATA = 2  # exit status for bad or missing data (as a run refusing bad data; README's table)
@@ -38,11 +45,19 @@ class TaskReport:
     manifest: dict | None = None
     split_lists: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)  # image path -> why it cannot be decoded
-    pixels_sha256: dict = field(default_factory=dict)  # split -> pixel hash (verify_task's pixels_px)
+    pixels_sha256: dict = field(default_factory=dict)  # split -> pixel hash at pixels_px
+    pixels_px: int | None = None  # the size pixels_sha256 was taken at
+    manifest_problems: list[str] = field(default_factory=list)  # the manifest does not describe the data
+    pixels_checked: list[str] = field(default_factory=list)  # splits whose pixels matched the manifest
+
+    @property
+    def data_ok(self) -> bool:
+        """The data itself is fine (a stale manifest aside: ``--write-manifest`` rewrites it)."""
+        return not self.problems and not self.missing
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.missing
+        return self.data_ok and not self.manifest_problems
 
 
 def _image_problems(paths: list[Path], quick: bool, workers: int | None, progress: bool) -> dict[Path, str]:
@@ -92,12 +107,17 @@ def _decode_and_hash(parsed: dict, size: int, workers: int | None,
 
 
 def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None = None,
-                show_progress: bool = True, pixels_px: int | None = None) -> TaskReport:
+                show_progress: bool = True, pixels_px: int | None = None,
+                notes_dir: Path | None = None, hash_pixels: bool = True) -> TaskReport:
     """Check all four splits of one task; never raises for bad data, only reports it.
 
-    With ``pixels_px`` (not ``quick``) the images are decoded at that size, in list order, and
-    each split's pixel hash for its manifest (``report.pixels_sha256``) is computed on the way,
-    so ``prepare`` decodes each image once instead of again for the fingerprint.
+    Unless ``quick``, the images are decoded at ``pixels_px`` (default: the manifest's, when
+    there is one), in list order, and each split's pixel hash (``report.pixels_sha256``) is taken
+    on the way: ``prepare`` writes the manifest from it, and a manifest is checked against it
+    (each image decoded once). ``notes_dir``: the cache folder whose pixel notes are written
+    for the hashes taken (and read where no hash was taken). ``hash_pixels=False``: images are
+    only decoded, as ``--write-manifest`` does (the new manifest's pixels come from the cache, as
+    the loader's own).
     """
     report = TaskReport(task)
     folder = root / task.name
@@ -112,16 +132,30 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
             report.problems.append(f"{file}: list file is missing")
             report.rows.append([split, "-", task.expected_size(split), "-", "-", "-", "MISSING"])
             continue
-        parsed[split], list_problems[split] = parse_list(file, folder, task.num_classes)
+        parsed[split], list_problems[split] = parse_list(file, folder, task.num_classes,
+                                                         max_entries=entry_limit(task, split))
         report.problems.extend(list_problems[split])
+    try:
+        report.manifest = read_manifest(root, task.name)
+    except UserError as err:
+        report.manifest_problems.append(str(err))
+    if pixels_px is None and report.manifest is not None:
+        pixels_px = report.manifest.get("pixels_px", PIXELS_PX)
+    # the images' size/mtime before decoding: the key the pixel notes are kept under
+    digests = {split: cache.images_digest(sl) for split, sl in parsed.items()} if notes_dir is not None else {}
     # Each image once, even when several splits list it (train800val200 repeats train800 + val200).
     first_listed: dict[Path, str] = {}
     for split_list in parsed.values():
         for entry in split_list.entries:
             first_listed.setdefault(split_list.image_path(entry), split_list.where(entry))
-    if pixels_px is not None and not quick:
+    if pixels_px is not None and not quick and hash_pixels:
         unreadable, report.pixels_sha256 = _decode_and_hash(parsed, pixels_px, workers, show_progress)
+        report.pixels_px = pixels_px
         unreadable = {path: unreadable[path] for path in first_listed if path in unreadable}  # listed order
+        for split, digest in report.pixels_sha256.items():
+            if notes_dir is not None:
+                cache.write_pixels_note(_note_path(notes_dir, task, split, parsed[split], digests[split], pixels_px),
+                                        digest)
     else:
         unreadable = _image_problems(list(first_listed), quick, workers, show_progress)
     report.unreadable = unreadable
@@ -147,21 +181,60 @@ def verify_task(root: Path, task: Task, quick: bool = False, workers: int | None
     order = {s: i for i, s in enumerate(SPLITS)}
     report.rows.sort(key=lambda row: order[row[0]])
     report.split_lists = parsed
-    try:
-        report.manifest = read_manifest(root, task.name)
-    except UserError as err:
-        report.problems.append(str(err))
     if report.manifest is not None:
-        report.problems.extend(stale_problems(report.manifest, parsed, folder / MANIFEST))
+        report.manifest_problems += _manifest_problems(report, folder / MANIFEST, quick, notes_dir, digests)
     return report
+
+
+def _note_path(notes_dir: Path, task: Task, split: str, split_list, images_sha256: str, size: int) -> Path:
+    return cache.cache_path(notes_dir, task.name, split, size, split_list.sha256, images_sha256)
+
+
+def _manifest_problems(report: TaskReport, path: Path, quick: bool, notes_dir: Path | None,
+                       digests: dict[str, str]) -> list[str]:
+    """Where the manifest no longer describes the data: lists, pixels, encoding."""
+    manifest = report.manifest
+    size = manifest.get("pixels_px", PIXELS_PX)
+    problems = []
+    for split, split_list in report.split_lists.items():
+        recorded = manifest["splits"].get(split)
+        if recorded is None:
+            problems.append(f"{path}: has no entry for {split}")
+            continue
+        if recorded["n"] != len(split_list) or recorded["list_sha256"] != list_sha256(split_list):
+            problems.append(f"{path}: does not match {split_list.file} (changed after the manifest was written; "
+                            f"`verify --write-manifest` records the data as it is now)")
+            continue
+        actual = report.pixels_sha256.get(split) if report.pixels_px == size else None
+        if actual is None and notes_dir is not None:
+            actual = cache.read_pixels_note(_note_path(notes_dir, report.task, split, split_list, digests[split], size))
+        if actual is None:
+            continue  # not hashed and no note (--quick, --write-manifest), or unreadable images (reported)
+        if actual != recorded["pixels_sha256"]:
+            problems.append(f"{path}: the images listed in {split_list.file} decode to other pixels at {size} px "
+                            f"than it records (an image was replaced or edited, or pixels_px changed; "
+                            f"`verify --write-manifest` records the data as it is now)")
+        else:
+            report.pixels_checked.append(split)
+    if not quick and not report.unreadable:
+        found = detect_encoding(list(report.split_lists.values()))
+        if found != manifest["encoding"]:
+            problems.append(f"{path}: encoding {manifest['encoding']!r}, but the listed images are {found!r} "
+                            f"(`verify --write-manifest` records the data as it is now)")
+    return problems
 
 
 def write_task_manifest(root: Path, report: TaskReport, workers: int | None, progress: bool = True,
                         cache_dir: Path | None = None, size: int = PIXELS_PX) -> dict:
-    """Compute and write the manifest of a task that verified clean (reusing a decoded cache)."""
+    """Compute and write the manifest of a task whose data verified clean (reusing the pixel
+    hashes verify took, else the cache); a stale manifest's source is kept, marked as edited."""
     source = report.manifest.get("source") if report.manifest else None
+    if source and report.manifest_problems and not source.endswith(", changed after"):
+        source += ", changed after"
+    pixels = report.pixels_sha256 if report.pixels_px == size else None
     manifest = compute_manifest(report.task.name, report.split_lists, source or "laid out by hand", size=size,
-                                cache_dir=cache_dir or default_cache_dir(root), workers=workers, progress=progress)
+                                cache_dir=cache_dir or default_cache_dir(root), workers=workers, progress=progress,
+                                pixels=pixels)
     write_manifest(root / report.task.name, manifest)
     report.manifest = manifest
     return manifest
@@ -171,8 +244,11 @@ def fingerprint_line(report: TaskReport) -> str:
     manifest = report.manifest
     if manifest is None:
         return "  fingerprint: none (no manifest.json; `verify --write-manifest` computes it)"
+    checked = len(report.pixels_checked)
+    pixels = "pixels match" if checked and checked == len(report.split_lists) else \
+        f"pixels match for {checked} of {len(report.split_lists)} splits" if checked else "pixels not checked"
     return (f"  fingerprint: {manifest['fingerprint']} ({manifest['encoding']}, {manifest.get('pixels_px', 224)} px, "
-            f"source {manifest.get('source')})")
+            f"source {manifest.get('source')}; {pixels})")
 
 
 def format_report(report: TaskReport) -> str:
@@ -184,9 +260,10 @@ def format_report(report: TaskReport) -> str:
                                            "unreadable", "status"], tablefmt="github")
     lines = [title, table, fingerprint_line(report)]
     lines += [f"  warning: {w}" for w in report.warnings]
-    lines += [f"  problem: {p}" for p in report.problems[:MAX_LISTED]]
-    if len(report.problems) > MAX_LISTED:
-        lines.append(f"  ... and {len(report.problems) - MAX_LISTED} more problems")
+    problems = report.problems + report.manifest_problems
+    lines += [f"  problem: {p}" for p in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED} more problems")
     return "\n".join(lines)
 
 
@@ -226,10 +303,23 @@ def main(argv: list[str] | None = None) -> int:
     if suite_name == "demo":  # the demo's fingerprints are taken at its own size, as its generator writes them
         from .demo import SIZE as pixels_px
     reports = []
+    notes_dir = default_cache_dir(root)
     for task in tasks:
-        report = verify_task(root, task, quick=args.quick, workers=args.workers)
-        if args.write_manifest and report.ok and not report.missing:
-            write_task_manifest(root, report, args.workers, size=pixels_px)
+        # --write-manifest decodes to check the images and takes the new pixel hashes from the
+        # cache (or its notes) where it can, as a run's loader does, rather than hashing twice
+        report = verify_task(root, task, quick=args.quick, workers=args.workers, notes_dir=notes_dir,
+                             hash_pixels=not args.write_manifest)
+        if args.write_manifest and report.data_ok:
+            stale = report.manifest_problems
+            old_px = (report.manifest or {}).get("pixels_px", pixels_px)
+            if old_px != pixels_px:
+                stale.append(f"pixels_px {old_px}, but this suite's manifests hash pixels at {pixels_px} px")
+            write_task_manifest(root, report, args.workers, cache_dir=notes_dir, size=pixels_px)
+            report.manifest_problems = []
+            report.pixels_checked = list(report.split_lists)
+            if stale:
+                report.warnings.append(f"{root / task.name / MANIFEST}: rewritten; it no longer described the "
+                                       f"data ({len(stale)} difference(s), e.g. {stale[0]})")
         print(format_report(report) + "\n")
         reports.append(report)
     missing = [r.task.name for r in reports if r.missing]

@@ -30,9 +30,13 @@ class WriteFailed(UserError):
 
 
 def write_tfds_task(staged: Path, task: Task, splits: dict, encoding: str = "png", workers: int | None = None,
-                    progress: bool = True) -> None:
-    """Write the three Sources of ``task`` and its four list files under ``staged``."""
-    lines = {split: write_split(staged, task, split, splits[split], encoding, workers, progress)
+                    progress: bool = True, drop_undecodable: bool = False) -> list[str]:
+    """Write the three Sources of ``task`` and its four list files under ``staged``. With
+    ``drop_undecodable``, test records whose image cannot be decoded are left out (a Source
+    with ``items(dropped)``); the records dropped, named."""
+    dropped: list[str] = []
+    lines = {split: write_split(staged, task, split, splits[split], encoding, workers, progress,
+                                dropped if drop_undecodable and split == "test" else None)
              for split in TFDS_SPLITS}
     lines["train800val200"] = lines["train800"] + lines["val200"]
     try:
@@ -40,11 +44,13 @@ def write_tfds_task(staged: Path, task: Task, splits: dict, encoding: str = "png
             (staged / f"{split}.txt").write_text("".join(split_lines))
     except OSError as err:
         raise WriteFailed(f"cannot write {err.filename or staged}: {err.strerror or err}") from None
+    return dropped
 
 
 def write_split(staged: Path, task: Task, split: str, source, encoding: str = "png", workers: int | None = None,
-                progress: bool = True) -> list[str]:
-    """Write one Source's images; its list lines (``images/<split>/NNNNNN.<ext> <label>``)."""
+                progress: bool = True, dropped: list[str] | None = None) -> list[str]:
+    """Write one Source's images; its list lines (``images/<split>/NNNNNN.<ext> <label>``).
+    ``dropped``: skip undecodable records, naming them there (Sources with ``items(dropped)``)."""
     ext = "png" if encoding == "png" else "jpg"
     (staged / "images" / split).mkdir(parents=True, exist_ok=True)
     workers = workers or default_workers()
@@ -53,7 +59,8 @@ def write_split(staged: Path, task: Task, split: str, source, encoding: str = "p
     bar = tqdm(total=len(source), desc=f"{task.name} {split}", unit="img", leave=False,
                disable=None if progress else True)  # None: only on a terminal
     with ThreadPoolExecutor(workers) as pool, bar:
-        for i, item in enumerate(source):
+        items = source.items(dropped) if dropped is not None and hasattr(source, "items") else iter(source)
+        for i, item in enumerate(items):
             image, label = check_item(item, task, split, i)
             rel = f"images/{split}/{i:06d}.{ext}"
             pending.append(pool.submit(save_image, image, staged / rel, encoding))
@@ -64,7 +71,7 @@ def write_split(staged: Path, task: Task, split: str, source, encoding: str = "p
         while pending:
             pending.popleft().result()
             bar.update()
-    if len(lines) != len(source):
+    if len(lines) + len(dropped or ()) != len(source):
         raise UserError(f"TFDS {task.name}/{split}: yielded {len(lines)} images, its length says {len(source)}")
     return lines
 

@@ -139,6 +139,9 @@ def parse_fingerprints(values: list[str] | None) -> list[str] | None:
         return None
     wanted = []
     for value in values:
+        if not value.strip():  # Path("") is the current folder: an empty value must not mean "."
+            raise UserError(f"--data-fingerprint {value!r}: empty; give a hex fingerprint or a data folder "
+                            "(`.` for the current one)")
         path = Path(value)
         if path.is_dir():
             wanted += _root_fingerprints(path)

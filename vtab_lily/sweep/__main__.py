@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import UserError, run_cli
 from .spec import BACKENDS, SELECT_MODES, build_spec, load_toml, parse_grid_flag
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leaderboards", default="leaderboards",
                         help="where the selection table goes, as <folder>/sweeps/<sweep-id>.md (default: leaderboards)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the first stage's commands; run nothing")
+    parser.add_argument("--fetch", action="store_true", help="download missing backbone weights and VTAB-1K before "
+                        "the first trial (without it, a missing piece stops the sweep before any trial)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
     return parser
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
 
-    from .api import check_trials, plan_summary, run_sweep
+    from .api import check_pieces, check_trials, plan_summary, run_sweep
     from .locate import RunLocator
 
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -96,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.trials_per_gpu <= 64:
         raise UserError(f"--trials-per-gpu must be between 1 and 64, got {args.trials_per_gpu}")
     if args.dry_run:
-        check_trials(spec, args.out, RunLocator())  # the runner's own checks of every trial's options
+        locator = RunLocator()
+        check_trials(spec, args.out, locator)  # the runner's own checks of every trial's options
         print(plan_summary(spec, args.out))
+        try:  # what a real start would stop at (or fetch, with --fetch)
+            check_pieces(spec, str(Path(args.out).resolve()), locator)
+        except UserError as err:
+            print(f"note: {err}", file=sys.stderr)
         return 0
     outcome = run_sweep(spec, out=args.out, backend=args.backend, address=args.address, num_cpus=args.num_cpus,
                         leaderboards=args.leaderboards, progress=not args.no_progress,
-                        trials_per_gpu=args.trials_per_gpu, batch=not args.one_process_per_trial)
+                        trials_per_gpu=args.trials_per_gpu, batch=not args.one_process_per_trial, fetch=args.fetch)
     print(outcome.summary())
     return 0 if outcome.ok else 1
 

@@ -52,18 +52,21 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, out: str = "runs", backend: str = "local", address: str | None = None,
               num_cpus: int | None = None, leaderboards: str | Path = "leaderboards", progress: bool = True,
-              locate: Locator | None = None, trials_per_gpu: int = 1, batch: bool = True) -> SweepOutcome:
+              locate: Locator | None = None, trials_per_gpu: int = 1, batch: bool = True,
+              fetch: bool = False) -> SweepOutcome:
     """Run (or finish) a sweep and write its selection, table and TensorBoard view.
 
     Runs write under ``out``; the sweep's own files under ``<out>/sweeps/<sweep-id>/``. Calling
     it again with the same spec repeats nothing that finished. ``trials_per_gpu`` trials share
     each GPU; ``batch`` (local backend): one ``vtab_lily.run --batch`` process per worker
-    (False: one process per trial).
+    (False: one process per trial). Missing weights or data stop it before any trial (``fetch``:
+    fetched first).
     """
     # Runs get an absolute folder: Ray workers do not share our working directory.
     run_out = str(Path(out).resolve())
     locator = RunLocator()
     check_trials(spec, run_out, locator)
+    check_pieces(spec, run_out, locator, fetch)
     sweep_dir = sweep_dir_for(out, spec)
     for folder, flag in ((sweep_dir, "--out"), (Path(leaderboards) / "sweeps", "--leaderboards")):
         try:  # before any trial: a folder we cannot write is one line now, not a traceback later
@@ -115,6 +118,24 @@ def check_trials(spec: SweepSpec, out: str, locator: RunLocator) -> None:
         for point in spec.points():
             trial = final_trials(spec, spec.tasks[0], point)[0]
             _check(locator, trial.run_argv(spec, out), trial)
+
+
+def check_pieces(spec: SweepSpec, out: str, locator: RunLocator, fetch: bool = False) -> None:
+    """The weights and data every trial needs, checked once (vtab_lily.fetch's pre-flight): one
+    message for all of them, not one failing trial each. Trials already finished need nothing."""
+    from ..fetch import ensure_ready
+
+    argvs = [t.run_argv(spec, out) for task in spec.tasks for t in grid_trials(spec, task)]
+    if spec.select != "none":  # the selected runs' splits (test protocol), whichever point wins
+        argvs += [t.run_argv(spec, out) for task in spec.tasks for t in final_trials(spec, task, spec.points()[0])]
+    by_config = {id(locator.config(argv)): argv for argv in argvs}
+
+    def finished(config: dict) -> bool:
+        found = locator.find(by_config[id(config)])
+        return found is not None and (found / "result.json").is_file()
+
+    ensure_ready([locator.config(argv) for argv in argvs], fetch=fetch, skip=finished,
+                 fetch_flag="python -m vtab_lily.sweep ... --fetch")
 
 
 def _check(locator: RunLocator, argv: list[str], trial: Trial) -> None:

@@ -29,7 +29,8 @@ RESERVED = {"backbone": "the sweep's --backbone", "adapter": "the sweep's --adap
             "demo": "the sweep's --demo", "method-name": "the sweep labels selected runs itself",
             "force": "delete the run folder to redo a run", "paper": "the sweep's --paper",
             "batch": "the sweep's --backend", "dry-run": "the sweep's --dry-run", "list-tasks": "--dry-run",
-            "help": "python -m vtab_lily.run --help"}
+            "help": "python -m vtab_lily.run --help", "fetch": "the sweep's --fetch",
+            "preflight": "the sweep checks weights and data before any trial"}
 # Where or how a run executes, or what the command does (``options`` roles local and action): both
 # spellings of a --no-x switch, less what the sweep sets itself.
 MACHINE = tuple(dict.fromkeys(n for f in options.declarations() if f.metadata["role"] in ("local", "action")

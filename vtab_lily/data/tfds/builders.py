@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,28 @@ class BuiltDataset:
         return paths
 
 
+TEMPLATE_FIELDS = ("DATASET", "SPLIT", "FILEFORMAT", "SHARD_INDEX", "NUM_SHARDS", "SHARD_X_OF_Y")
+
+
+def _check_template(template: str, where: str) -> str:
+    """``template`` when it uses TFDS's named fields only (no positional field, attribute or
+    index, no stray brace); else a UserError naming the file."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        unknown = [name for name in fields if name not in TEMPLATE_FIELDS]
+        if not unknown:
+            template.format(**{name: "0" for name in TEMPLATE_FIELDS})  # a bad format spec fails here
+    except (ValueError, TypeError) as err:  # a stray brace, a bad format spec
+        why = f"not a valid template ({err})"
+    else:
+        if not unknown:
+            return template
+        bad = unknown[0]
+        why = ("a positional field {" + bad + "} (only named fields are known)" if bad == "" or bad.isdigit()
+               else f"unknown field {{{bad}}} (known: {', '.join(TEMPLATE_FIELDS)})")
+    raise UserError(f"{where}.filepathTemplate {template!r}: {why}")
+
+
 def _int(value, where: str) -> int:
     try:
         out = int(value)  # protobuf JSON writes int64 as strings
@@ -126,7 +149,7 @@ def read_dataset(root: str | Path) -> BuiltDataset:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise UserError(f"{where}: a split without a name")
         split = entry["name"]
-        template = str(entry.get("filepathTemplate") or DEFAULT_TEMPLATE)
+        template = _check_template(str(entry.get("filepathTemplate") or DEFAULT_TEMPLATE), where)
         lengths = entry.get("shardLengths")
         if lengths is None:  # TFDS before ~1.1 wrote only numShards: count the records
             if "numShards" not in entry:

@@ -25,6 +25,10 @@ from .vtab import TASKS, LabelError, TfdsTask, feature
 VTAB_SPLITS = ("train800", "val200", "test")
 
 
+class UndecodableImage(LabelError):
+    """A record whose image bytes cannot be decoded (``--drop-undecodable`` may skip it in a test split)."""
+
+
 class TfdsVersionWarning(UserWarning):
     """A task is read from another TFDS version than the pinned one."""
 
@@ -65,7 +69,7 @@ def decode_image(data: bytes, kind: str) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> HxWx3 uint8, as VTAB feeds them (see TfdsTask.image)."""
     from PIL import Image
 
-    from ..images import DECODE_ERRORS
+    from ..images import DECODE_ERRORS, is_high_range, to_rgb
 
     if kind == "rgb":
         arr = _decode_jpeg_like_tf(data)
@@ -74,16 +78,16 @@ def decode_image(data: bytes, kind: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if kind == "rgb":
-                if img.mode == "P" and "transparency" in img.info:
-                    img = img.convert("RGBA")
-                arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
+            if kind == "rgb":  # 16-bit, palette, CMYK...: converted as the NOAH-layout reader does
+                arr = np.asarray(to_rgb(img), dtype=np.uint8)
+            elif kind == "gray" and is_high_range(img):  # smallnorb stored at 16 bits: scaled, never clipped
+                arr = np.asarray(to_rgb(img).convert("L"), dtype=np.uint8)
             else:
                 if img.mode not in ("L", "1"):
                     raise LabelError(f"expected a one-channel image, got PIL mode {img.mode}")
                 arr = np.asarray(img.convert("L"), dtype=np.uint8)
     except DECODE_ERRORS as err:
-        raise LabelError(f"image cannot be decoded ({type(err).__name__}: {err})") from None
+        raise UndecodableImage(f"image cannot be decoded ({type(err).__name__}: {err})") from None
     if kind == "binary":
         if arr.max(initial=0) > 1:
             raise LabelError(f"expected a 0/1 image (dsprites), found value {int(arr.max())}")
@@ -140,6 +144,11 @@ class Source:
             yield path, index, example
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+        return self.items()
+
+    def items(self, dropped: list[str] | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """``(image, label)`` in order. With ``dropped`` (a list), a record whose image cannot be
+        decoded is skipped and named there (``<shard>: record <i>: why``) instead of raised."""
         for path, index, ex in self.examples():
             try:
                 images = feature(ex, "image", "bytes")
@@ -149,6 +158,11 @@ class Source:
                 if not 0 <= label < self.num_classes:
                     raise LabelError(f"label {label} is outside 0..{self.num_classes - 1}")
                 image = decode_image(images[0], self.task.image)
+            except UndecodableImage as err:
+                if dropped is None:
+                    raise UserError(f"{path}: record {index}: {err}") from None
+                dropped.append(f"{path.name}: record {index}: {err}")
+                continue
             except LabelError as err:
                 raise UserError(f"{path}: record {index}: {err}") from None
             yield image, label

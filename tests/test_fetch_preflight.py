@@ -1,0 +1,169 @@
+"""Pre-flight: run_all.sh, --batch and the sweep check every checkpoint and data task once,
+before any work, name each missing piece with the command that fetches it, and ``--fetch``
+fetches them (here from a local server standing in for Google's bucket and the Hub). The
+weights' sha256 is recorded in config.json without changing any run's hash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetch_server import FetchServer
+from vtab_lily import run
+from vtab_lily.data import ensure_demo
+from vtab_lily.data.testing import write_task
+from vtab_lily.errors import UserError
+from vtab_lily.rundir import config_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_archive(folder: Path, tasks: dict[str, int]) -> bytes:
+    """A small VTAB-1K zip in the NOAH layout (``vtab-1k/<task>/...``, JPEG images)."""
+    src = folder / "src" / "vtab-1k"
+    for name, classes in tasks.items():
+        write_task(src, name, classes, test_size=20, size=(8, 8))
+    path = folder / "vtab-1k.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(src.rglob("*")):
+            zf.write(file, file.relative_to(src.parent))
+    return path.read_bytes()
+
+
+def test_run_all_without_weights_or_data_stops_once_before_any_work(tmp_path):
+    proc = subprocess.run([str(REPO / "run_all.sh"), "vit", "lily", "--tasks", "dtd,cifar"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert err.count("missing before any run can start (2)") == 1
+    assert "vit-b16-in21k weights backbones/ViT-B_16.npz" in err
+    assert "fetch: python -m vtab_lily.fetch weights vit-b16-in21k" in err
+    assert "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz into backbones/" in err
+    assert "VTAB-1K tasks cifar, dtd in data/vtab-1k" in err and "fetch: python -m vtab_lily.fetch data vtab-1k" in err
+    assert "or rerun with --fetch" in err
+    assert "===" not in proc.stdout  # no run started, no analysis, no leaderboard
+    assert not (tmp_path / "leaderboards").exists() and not (tmp_path / "runs").exists()
+
+
+def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_path):
+    server = FetchServer()
+    try:
+        buf = io.BytesIO()  # an npz with a pre_logits entry, as the published file has
+        np.savez(buf, **{"pre_logits/kernel": np.zeros((2, 2), np.float32)})
+        weights = buf.getvalue()
+        server.add("vit_models/imagenet21k/ViT-B_16.npz", weights)
+        server.add("XiN0919/VTAB-1k/vtab-1k.zip", fake_archive(tmp_path / "make", {"dtd": 47}))
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_ENDPOINT": server.url,
+               "VTAB_LILY_STORAGE_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env.pop("HF_HUB_OFFLINE", None)
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "b.jsonl").write_text(json.dumps(["--backbone", "vit", "--task", "dtd"]) + "\n")
+        cmd = [sys.executable, "-m", "vtab_lily.run", "--batch", "b.jsonl", "--preflight"]
+        before = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert before.returncode == 2 and "missing before any run can start (2)" in before.stderr
+        fetched = subprocess.run([*cmd, "--fetch"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert fetched.returncode == 0, fetched.stderr
+        assert (work / "backbones" / "ViT-B_16.npz").read_bytes() == weights
+        assert hashlib.sha256(weights).hexdigest() in fetched.stdout
+        assert (work / "data" / "vtab-1k" / "dtd" / "manifest.json").is_file()
+        assert "JPEG copies (lossy" in fetched.stdout  # the archive's known gap, said
+        again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "ready" in again.stdout
+        # the whole archive: the tasks it lacks are named (it is there already: nothing is downloaded)
+        whole = subprocess.run([sys.executable, "-m", "vtab_lily.fetch", "data", "vtab-1k", "--no-progress"],
+                               cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert whole.returncode == 0, whole.stderr
+        assert "lacks 18 of the 19 tasks:" in whole.stdout and "cifar" in whole.stdout.split("lacks 18")[1]
+        assert [m for m, _ in server.files["XiN0919/VTAB-1k/vtab-1k.zip"].requests].count("GET") == 1
+        # a task the archive lacks stays missing, named as such
+        (work / "b.jsonl").write_text(json.dumps(["--backbone", "vit", "--task", "cifar"]) + "\n")
+        partial = subprocess.run([*cmd, "--fetch"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert partial.returncode == 2
+        assert "task cifar is in none of" in partial.stdout + partial.stderr
+        # a line that cannot run is not "ready" (here: unreadable weights)
+        (work / "backbones" / "ViT-B_16.npz").write_bytes(b"not an npz")
+        broken = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert broken.returncode == 2 and "b.jsonl:1: backbone checkpoint backbones/ViT-B_16.npz is unreadable" \
+            in broken.stderr
+    finally:
+        server.close()
+
+
+def test_sweep_without_weights_launches_no_trial(tmp_path, monkeypatch):
+    from vtab_lily.sweep.__main__ import main as sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"(?s)missing before any run can start \(2\).*ViT-B_16.npz.*"
+                                        r"all 19 VTAB-1K tasks in data/vtab-1k.*vtab_lily.sweep ... --fetch"):
+        sweep_main(["--config", str(REPO / "vtab_lily/configs/lily-vit-paper.toml"), "--no-progress"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_single_run_names_the_fetch_command(tmp_path):
+    with pytest.raises(UserError, match=r"(?s)ViT-B_16.npz.*python -m vtab_lily.fetch weights vit-b16-in21k.*"
+                                        r"VTAB-1K task dtd in .*nothing.*fetch data vtab-1k --root"):
+        run.main(["--backbone", "vit", "--task", "dtd", "--out", str(tmp_path / "runs"),
+                  "--data-root", str(tmp_path / "nothing")])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_sha256_is_recorded_and_not_hashed(tmp_path):
+    import torch
+
+    from vtab_lily.backbones import create_backbone
+
+    root = tmp_path / "demo"
+    ensure_demo(root)
+    weights = tmp_path / "tiny.pth"
+    torch.save(create_backbone("vit-tiny-test", num_classes=2).state_dict(), weights)
+    argv = ["--demo", "--backbone", "vit", "--adapter", "linear", "--task", "colours", "--img-size", "16",
+            "--epochs", "1", "--batch-size", "200", "--no-tensorboard", "--data-root", str(root),
+            "--out", str(tmp_path / "runs"), "--checkpoint", str(weights)]
+    assert run.main(argv) == 0
+    (result,) = (tmp_path / "runs").rglob("result.json")
+    saved = json.loads(result.read_text())["config"]
+    assert saved["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert config_hash(saved) == result.parent.name  # the hash is the same with or without it
+    assert config_hash({**saved, "checkpoint_sha256": "other"}) == result.parent.name
+
+
+@pytest.fixture
+def empty_server(monkeypatch):
+    """Google's bucket and the Hub, both answering 404: a --fetch that tries is seen failing."""
+    server = FetchServer()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("VTAB_LILY_STORAGE_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield server
+    server.close()
+
+
+def test_fetch_flag_of_the_sweep_and_of_one_run_fetches_before_any_work(empty_server, tmp_path, monkeypatch):
+    from vtab_lily.sweep.__main__ import main as sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{empty_server.url}/vit_models/imagenet21k/ViT-B_16.npz: 404 not found"
+    with pytest.raises(UserError, match=url):
+        sweep_main(["--backbone", "vit", "--adapter", "lily", "--tasks", "dtd", "--grid", "scale=1,10",
+                    "--no-progress", "--fetch"])
+    with pytest.raises(UserError, match=url):
+        run.main(["--backbone", "vit", "--task", "dtd", "--fetch"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "backbones" / "ViT-B_16.npz").exists()
+
+
+def test_run_all_fetch_flag_reaches_the_fetch(empty_server, tmp_path):
+    proc = subprocess.run([str(REPO / "run_all.sh"), "vit", "lily", "--tasks", "dtd", "--fetch"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 2
+    assert f"{empty_server.url}/vit_models/imagenet21k/ViT-B_16.npz: 404 not found" in proc.stderr
+    assert "===" not in proc.stdout and not (tmp_path / "leaderboards").exists()
