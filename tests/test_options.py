@@ -28,7 +28,7 @@ def test_the_parser_the_hash_and_the_labels_follow_the_declarations():
     parser_dests = {a.dest for a in options.build_parser()._actions if a.dest != "help"}
     flagged = {f.name for f in options.declarations() if f.metadata["flag"] is not None}
     assert parser_dests == flagged
-    assert set(rundir.LOCAL_KEYS) == set(options.names("local")) | {"adapter_options", "report"}
+    assert set(rundir.LOCAL_KEYS) == set(options.names("local")) | {"adapter_options", "report", "checkpoint_sha256"}
     assert RECIPE_KEYS == options.names("recipe", "setup")
     assert set(rundir.SETUP_KEYS) == set(options.names("setup")) | {"pretrained"}
 
