@@ -233,3 +233,40 @@ def test_wrong_input_size_is_explained():
     model = create_backbone("vim-tiny-test", 3, img_size=None)
     with pytest.raises(ValueError, match="built for 32x32"):
         model(torch.randn(1, 3, 64, 64))
+
+
+# ----------------------------------------------------------------------------- head init
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_vit_head_is_a_fresh_default_linear_with_or_without_weights(tmp_path, with_weights):
+    """The official recipe resets the classifier (a new nn.Linear) after loading; a random-init
+    build (the demo) must get the same head, not timm's trunc_normal(0.02) init with a zero bias."""
+    from vtab_lily.backbones.vit import build_vit
+
+    weights = None
+    if with_weights:
+        weights = tmp_path / "vit.pth"
+        torch.save(create_backbone("vit-tiny-test", num_classes=3, img_size=None).state_dict(), weights)
+    torch.manual_seed(7)
+    model = create_backbone("vit-tiny-test", num_classes=6, checkpoint=weights, img_size=None)
+    torch.manual_seed(7)
+    build_vit(BACKBONES["vit-tiny-test"], 6, 32, 0.0)  # the same draws as the backbone's own init
+    expected = nn.Linear(48, 6)
+    head = model.get_classifier()
+    assert torch.equal(head.weight, expected.weight) and torch.equal(head.bias, expected.bias)
+    bound = 48 ** -0.5  # PyTorch's default: uniform +-1/sqrt(fan_in), weight and bias
+    assert head.weight.abs().max() <= bound and head.bias.abs().max() <= bound
+    assert head.weight.std() > 0.05 and head.bias.abs().min() > 0  # not timm's std 0.02 / zero bias
+
+
+def test_vim_head_keeps_the_official_vim_init_with_or_without_weights(tmp_path):
+    """The official Vim code keeps the model's own head init (trunc_normal 0.02, zero bias) and
+    drops the checkpoint's head: both paths give that distribution."""
+    weights = tmp_path / "vim.pth"
+    torch.save(create_backbone("vim-tiny-test", num_classes=3, img_size=None).state_dict(), weights)
+    heads = [create_backbone("vim-tiny-test", num_classes=500, checkpoint=w, img_size=None).get_classifier()
+             for w in (None, weights)]
+    for head in heads:
+        assert torch.equal(head.bias, torch.zeros_like(head.bias))
+        assert 0.015 < float(head.weight.std()) < 0.025

@@ -44,7 +44,7 @@ def test_toy_suite_has_a_verdict_and_table_per_item(toy_report):
         assert section.rows, f"item {section.number} has no table"
         assert section.verdicts, f"item {section.number} has no target line"
         for verdict in section.verdicts:
-            assert verdict.status in ("MET", "NOT MET", "reported (no target)")
+            assert verdict.status in ("MET", "NOT MET", "WITHIN NOISE", "reported (no target)")
             assert f"**{verdict.status}**" in text
     # targets that must be checked (not merely reported)
     judged = [v for s in sections for v in s.verdicts if v.met is not None]
@@ -144,3 +144,17 @@ def test_presets_shrink_for_quick_and_toy():
     assert quick.step_reps < full.step_reps and toy.vit == "vit-tiny-test" and toy.threads == 1
     with pytest.raises(ValueError):
         sizes_for("huge", "cpu")
+
+
+def test_a_ratio_verdict_is_decided_only_when_every_round_agrees():
+    from vtab_lily.bench.report import ratio_verdict
+    from vtab_lily.bench.timing import Stats
+
+    # the two runs the issue saw: 1.08x and 1.21x against 1.10, with 2-round spreads around each
+    first, second = Stats(1.08, 1.03, 1.13, 2), Stats(1.21, 1.16, 1.26, 2)
+    assert ratio_verdict("t", first, 1.10, at_most=True).status == "WITHIN NOISE"
+    assert ratio_verdict("t", second, 1.10, at_most=True).status == "NOT MET"
+    assert ratio_verdict("t", Stats(1.02, 1.0, 1.05, 5), 1.10, at_most=True).status == "MET"
+    straddle = ratio_verdict("t", Stats(1.01, 0.98, 1.03, 2), 1.0, at_most=False, note="n")
+    assert straddle.status == "WITHIN NOISE" and straddle.met is True and "both sides of 1" in straddle.note
+    assert ratio_verdict("t", Stats(0.9, 0.85, 0.95, 2), 1.0, at_most=False).status == "NOT MET"

@@ -109,13 +109,8 @@ def test_relative_and_function_level_imports_are_edges():
         "vtab_lily.y", "vtab_lily.p.z"}
 
 
-# Being rewritten on another branch this round (the device check); broken at the merge if it survives.
-# Temporary: this list must be empty on main.
-NOT_YET = [["vtab_lily.bench.device_check", "vtab_lily.bench.device_parts"]]
-
-
 def test_the_package_has_no_import_cycle():
-    found = [c for c in cycles(graph()) if c not in NOT_YET]
+    found = cycles(graph())
     assert found == [], "import cycles (each line one set of modules that import each other):\n" + "\n".join(
         " <-> ".join(c) for c in found)
 

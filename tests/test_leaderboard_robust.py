@@ -43,7 +43,7 @@ def test_every_table_cell_uses_the_rounding_rule(tmp_path: Path) -> None:
     headers, (line,) = markdown_rows(table)
     assert line[headers.index("Cifar100")] == "71.3" and line[headers.index("DTD")] == "70.2 ± 0.0 (n=2)"
     assert line[headers.index("Natural")] == "70.7*"  # (71.25 + 70.15) / 2 = 70.7
-    assert line[headers.index("Train time")] == "90.2 s" and line[headers.index("Peak mem (MB)")] == "1000"
+    assert line[headers.index("Train time (alone)")] == "90.2 s" and line[headers.index("Train mem (MB)")] == "1000"
 
 
 def test_pipes_newlines_and_backticks_in_a_label_cannot_break_the_table(tmp_path: Path) -> None:

@@ -8,13 +8,15 @@ import torch
 
 from vtab_lily.adapters import (
     apply_adapter,
+    adapter_deviations,
     balanced_groups,
     count_parameters,
     lily_router_weights,
+    recorded_config,
     reset_router_weights,
     set_lily_naive,
 )
-from vtab_lily.adapters.lily import LilyDelta
+from vtab_lily.adapters.lily import LilyDelta, a_groups
 from vtab_lily.errors import UserError
 from adapter_helpers import randomize_trainable, tiny_vit  # noqa: E402
 
@@ -200,6 +202,48 @@ def test_single_router_is_one_module_per_kind():
     assert deltas["lily_v"].lily_router is not deltas["lily_k"].lily_router
 
 
+def _official_groups(depth, ne):
+    """The official ViT loop, generalised from its 12 blocks: a new A wherever the block index
+    is a multiple of depth // ne."""
+    groups, stride = [], depth // ne
+    for idx in range(depth):
+        if idx % stride == 0:
+            groups.append([])
+        groups[-1].append(idx)
+    return groups
+
+
+@pytest.mark.parametrize("depth", [4, 7, 12, 24])
+def test_default_a_groups_follow_the_official_stride_rule(depth):
+    for ne in range(1, depth + 1):
+        assert a_groups(depth, ne) == _official_groups(depth, ne)
+        if depth % ne == 0:  # where both rules agree: the runs recorded before keep their meaning
+            assert a_groups(depth, ne) == balanced_groups(depth, ne) == a_groups(depth, ne, "balanced")
+    assert [len(g) for g in a_groups(12, 5)] == [2] * 6  # not 5 groups: the official code's 12 // 5
+    assert a_groups(12, 7) == [[i] for i in range(12)]
+    assert a_groups(7, 2) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def _a_group_sizes(model):
+    a = [blk.mlp.fc1.deltas["lily_fc1"].lily_A for blk in model.blocks]
+    return [sum(1 for m in a if m is first) for first in dict.fromkeys(a)]
+
+
+def test_a_grouping_option_keeps_the_balanced_groups_and_is_recorded_only_when_it_differs():
+    stride = apply_adapter(tiny_vit(depth=12), "lily", rank=2, ne=5, targets=("fc1",))
+    balanced = apply_adapter(tiny_vit(depth=12), "lily", rank=2, ne=5, targets=("fc1",), a_grouping="balanced")
+    assert _a_group_sizes(stride) == [2] * 6 and _a_group_sizes(balanced) == [3, 3, 2, 2, 2]
+    assert count_parameters(stride)["adapter"] - count_parameters(balanced)["adapter"] == 48 * 2
+    assert "a_grouping" not in recorded_config(stride.adapter_config)
+    assert recorded_config(balanced.adapter_config)["a_grouping"] == "balanced"
+    assert adapter_deviations("vit", "lily", recorded_config(balanced.adapter_config)) == [
+        "rank=2", "ne_a=5", "ne_b=5", "targets=fc1", "a_grouping=balanced"]
+    same = apply_adapter(tiny_vit(depth=12), "lily", rank=2, ne=4, targets=("fc1",), a_grouping="balanced")
+    assert same.adapter_config.a_grouping == "stride"  # the same groups: one run, one label
+    with pytest.raises(UserError, match="did you mean 'balanced'"):
+        apply_adapter(tiny_vit(), "lily", a_grouping="balance")
+
+
 def test_balanced_group_boundaries():
     assert [len(g) for g in balanced_groups(24, 5)] == [5, 5, 5, 5, 4]
     assert balanced_groups(12, 4) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
@@ -210,9 +254,9 @@ def test_balanced_group_boundaries():
 
 def test_groups_of_24_layers_with_ne_a_5():
     model = apply_adapter(tiny_vit(depth=24), "lily", rank=2, ne_a=5, ne_b=2, targets=("fc1",))
-    a = [blk.mlp.fc1.deltas["lily_fc1"].lily_A for blk in model.blocks]
-    sizes = [sum(1 for m in a if m is first) for first in dict.fromkeys(a)]
-    assert sizes == [5, 5, 5, 5, 4]
+    assert _a_group_sizes(model) == [4] * 6  # 24 // 5 blocks per A
+    model = apply_adapter(tiny_vit(depth=24), "lily", rank=2, ne_a=5, ne_b=2, targets=("fc1",), a_grouping="balanced")
+    assert _a_group_sizes(model) == [5, 5, 5, 5, 4]
 
 
 @pytest.mark.parametrize("config,message", [
@@ -266,7 +310,8 @@ def test_router_weights_are_recorded_and_reset():
 
 def test_parameter_counts_match_closed_form():
     depth, c, r = 4, 48, 4
-    model = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=3, ne_b=2, targets=("q", "fc1", "fc2", "mlp"))
+    model = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=3, ne_b=2, targets=("q", "fc1", "fc2", "mlp"),
+                          a_grouping="balanced")  # 3 A per kind (the default's 4 // 3 gives 4)
     a = 3 * (c * r) + 3 * (c * r) + 3 * (4 * c * r) + 3 * (c * 2 * r)
     b = 2 * (r * c) + 2 * (r * 4 * c) + 2 * (r * c) + 2 * (2 * r * c)
     routers = depth * (r * 2) * 3 + depth * (2 * r * 2)
@@ -274,10 +319,10 @@ def test_parameter_counts_match_closed_form():
     assert counts["adapter"] == a + b + routers
     assert counts["head"] == c * 10 + 10
     assert counts["total"] == counts["adapter"] + counts["head"]
-    single = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=3, ne_b=2, router="single", targets=("q",))
-    assert count_parameters(single)["adapter"] == 3 * c * r + 2 * r * c + r * 2
-    none = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=3, ne_b=2, router="none", targets=("q",))
-    assert count_parameters(none)["adapter"] == 3 * c * r + 2 * r * c
+    single = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=2, ne_b=2, router="single", targets=("q",))
+    assert count_parameters(single)["adapter"] == 2 * c * r + 2 * r * c + r * 2
+    none = apply_adapter(tiny_vit(depth), "lily", rank=r, ne_a=2, ne_b=2, router="none", targets=("q",))
+    assert count_parameters(none)["adapter"] == 2 * c * r + 2 * r * c
 
 
 def test_official_vit_b16_count_is_792576():

@@ -19,6 +19,7 @@ EXPORTABLE = [
     ("lora", {"rank": 3, "targets": ("qkv", "proj")}),
     ("lily", {"rank": 4, "ne_a": 2, "ne_b": 3, "scale": 0.5, "routing": "batch", "targets": ("qkv", "proj", "fc2")}),
     ("lily", {"rank": 2, "ne_a": 4, "ne_b": 2, "routing": "batch", "targets": ("fc1",)}),
+    ("lily", {"rank": 2, "ne_a": 3, "ne_b": 2, "routing": "batch", "targets": ("fc1",)}),  # 4 // 3: stride_A 1
 ]
 
 
@@ -77,11 +78,32 @@ def test_adapter_saved_by_peft_loads_into_ours(tmp_path):
             assert torch.allclose(load_peft(tiny_vit(), folder)(X), expected, atol=1e-5)
 
 
+def test_peft_stride_read_as_the_official_grouping_or_else_balanced(tmp_path):
+    """stride_A=2 over 4 layers is the default grouping (ne_a=2); stride_A=3 over 5 layers (3, 2)
+    only ``balanced`` expresses; stride_A=3 over 4 layers (3, 1) neither."""
+    for depth, stride, expected in ((4, 2, {"ne_a": 2, "a_grouping": "stride"}),
+                                    (5, 3, {"ne_a": 2, "a_grouping": "balanced"}), (4, 3, None)):
+        peft_model = peft.get_peft_model(tiny_vit(depth), peft.LilyConfig(
+            r=2, stride_A=stride, num_B=2, target_modules=["mlp.fc1"], modules_to_save=["head"]))
+        randomize_trainable(peft_model, seed=5)
+        folder = tmp_path / f"{depth}-{stride}"
+        peft_model.save_pretrained(str(folder))
+        if expected is None:
+            with pytest.raises(UserError, match="stride_A=3 over 4 layers"):
+                load_peft(tiny_vit(depth), folder)
+            continue
+        ours = load_peft(tiny_vit(depth), folder)
+        assert {k: getattr(ours.adapter_config, k) for k in expected} == expected
+        with torch.no_grad():
+            assert torch.allclose(ours(X), peft_model(X), atol=1e-5)
+
+
 @pytest.mark.parametrize("name,config,message", [
     ("lily", {"rank": 2, "ne": 2, "routing": "sample", "targets": ("proj",)}, "routing is 'sample'"),
     ("lily", {"rank": 2, "ne": 2, "routing": "batch", "router": "single", "targets": ("proj",)}, "router is 'single'"),
     ("lily", {"rank": 2, "ne": 2, "routing": "batch", "targets": ("k", "mlp")}, "not whole nn.Linear"),
-    ("lily", {"rank": 2, "ne_a": 3, "ne_b": 2, "routing": "batch", "targets": ("proj",)}, "stride_A"),
+    ("lily", {"rank": 2, "ne_a": 3, "ne_b": 2, "routing": "batch", "targets": ("proj",), "a_grouping": "balanced"},
+     "stride_A"),  # 2, 1, 1
     ("lily", {"rank": 2, "ne_a": 2, "ne_b": 1, "routing": "batch", "targets": ("proj",)}, "ne_b >= 2"),
     ("lily", {"rank": 2, "ne": 2, "routing": "batch", "targets": ("proj", "fc1"),
               "per_target": {"fc1": {"rank": 3}}}, "differ in rank"),

@@ -207,3 +207,44 @@ def test_method_hash_groups_seeds_and_tasks_and_named_methods():
     assert method_hash(named) != method_hash(dict(named, method_name="another"))
     for key, value in (("precision", "bf16"), ("normalize", True), ("eval_limit", 100)):  # setup switches split it
         assert method_hash(dict(named, **{key: value})) != method_hash(named)
+
+
+def test_lily_a_grouping_option_is_in_the_label_only_where_it_changes_the_groups(demo_root, tmp_path, capsys):
+    """The official A grouping (a new A every depth // ne_a blocks) is the default and unrecorded,
+    so runs recorded before the option keep their hashes; ``balanced`` shows in the label where
+    it gives other groups (the tiny ViT's 4 blocks, ne=3: 2,1,1 instead of one A per block)."""
+    def dry(*extra):
+        assert run.main(args(demo_root, tmp_path / "runs", "--dry-run", *extra)) == 0
+        return json.loads(capsys.readouterr().out.split("\nparameters:")[0])
+
+    official, balanced = dry("--ne", "3"), dry("--ne", "3", "--adapter-opt", "a_grouping=balanced")
+    assert "a_grouping" not in official["config"]["adapter_config"] and "a_grouping" not in official["method"]
+    assert "a_grouping=balanced" in balanced["method"].split() and "a_grouping=balanced" in balanced["deviations"]
+    assert balanced["config_hash"] != official["config_hash"]
+    same = dry("--ne", "2", "--adapter-opt", "a_grouping=balanced")  # 4 blocks, ne 2: the same groups
+    assert same["config_hash"] == dry("--ne", "2")["config_hash"] and "a_grouping" not in same["method"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(run.main, args(demo_root, tmp_path / "runs", "--dry-run", "--adapter-opt", "a_grouping=balance"))
+    assert exit_info.value.code == 2 and "did you mean 'balanced'" in capsys.readouterr().err
+
+
+def test_demo_lily_on_vit_uses_the_demo_scale_and_a_given_scale_wins(demo_root, tmp_path, capsys):
+    """The demo's Lily (ViT) runs at s=0.1 (at s=1 it collapses to chance on the random tiny
+    backbone, docs/demo.md): in the label, not a deviation of the demo; --scale still wins; the
+    real benchmark and Vim keep the official s=1."""
+    def dry(*argv):
+        assert run.main([*argv, "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+        return json.loads(capsys.readouterr().out.split("\nparameters:")[0])
+
+    base = ["--backbone", "vit", "--adapter", "lily", "--task"]
+    demo = dry("--demo", *base, "orientation", "--data-root", str(demo_root))
+    assert demo["config"]["adapter_config"]["scale"] == 0.1 and demo["deviations"] == []
+    assert demo["method"] == "lily r=32 ne=4 s=0.1 k,v,mlp"
+    explicit = dry("--demo", *base, "orientation", "--data-root", str(demo_root), "--scale", "0.1")
+    assert explicit["config_hash"] == demo["config_hash"]  # the same run, typed or not
+    given = dry("--demo", *base, "orientation", "--data-root", str(demo_root), "--scale", "1")
+    assert given["config"]["adapter_config"]["scale"] == 1.0 and given["method"].startswith("lily r=32 ne=4 s=1 ")
+    real = dry(*base, "dtd")
+    assert real["config"]["adapter_config"]["scale"] == 1.0 and real["deviations"] == []
+    vim = dry("--demo", "--backbone", "vim", "--adapter", "lily", "--task", "orientation", "--data-root", str(demo_root))
+    assert vim["config"]["adapter_config"]["scale"] == 1.0

@@ -107,6 +107,23 @@ def test_backbone_weights_are_loaded_once_and_give_the_same_model(tmp_path, spy)
     assert run.build_model(cells, weights).get_classifier().out_features == 2 and len(spy) == 3
 
 
+def test_cached_weights_with_pre_logits_give_the_same_head(tmp_path):
+    """With the frozen pre_logits layer kept, the cached build (layer structure, then the cached
+    tensors) must draw the head at the same point of the random stream as the build from the file."""
+    state = backbones.create_backbone("vit-tiny-test", num_classes=3, img_size=16).state_dict()
+    state["pre_logits.fc.weight"], state["pre_logits.fc.bias"] = torch.randn(48, 48), torch.randn(48)
+    weights = tmp_path / "tiny.pth"
+    torch.save(state, weights)
+    config = run.check_args([*TINY, "--task", "colours", "--checkpoint", str(weights), "--pre-logits"])
+    config, *_ = run.identify(config)
+    run._WEIGHTS.clear()
+    first = run.build_model(config, weights)
+    second = run.build_model(config, weights)  # from the cache
+    assert first.pre_logits_kept and second.pre_logits_kept
+    one, two = first.state_dict(), second.state_dict()
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
 def test_router_history_covers_each_evaluation_only_and_survives_a_resume(tmp_path):
     """before_eval resets the routers' window, so each history entry (and router_weights.json,
     the last one) averages the evaluation's forward passes only, not the training epoch's."""

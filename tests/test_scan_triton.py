@@ -120,10 +120,17 @@ def _worker() -> None:
                                          for a, b in zip(grads["triton"], grads["pytorch"]))}
     results["trial"] = {"reason": kernels._trial("triton", torch.device("cpu"))}
 
+    # The fallback form of the backward's reverse scan (flip, forward scan, flip) gives the same numbers.
+    scan_triton.REVERSE_BY_FLIP = True
+    spec, use = CASES["all options, grouped as the Vim mixer"]
+    results["flip"] = _run_case(torch, scan_triton.selective_scan_triton, selective_scan_ref, spec, use)
+    results["flip trial"] = {"reason": kernels._trial("triton", torch.device("cpu"))}
+    scan_triton.REVERSE_BY_FLIP = False
+
     # The dispatcher: VTAB_LILY_SCAN=triton routes CPU tensors through the kernel (interpreter only).
     calls = []
-    real = scan_triton._TritonScan.apply
-    scan_triton._TritonScan.apply = lambda *a: calls.append(1) or real(*a)
+    real = kernels.triton_scan
+    kernels.triton_scan = lambda *a: calls.append(1) or real(*a)
     os.environ["VTAB_LILY_SCAN"] = "triton"
     paths = scan_paths("cpu")
     x = _inputs(torch, d=4, length=10, n=2, groups=2)
@@ -164,6 +171,13 @@ def test_vim_mixer_on_the_triton_path_matches_pytorch(results):
 
 def test_the_real_call_check_accepts_the_triton_kernel(results):
     assert results["trial"]["reason"] is None
+
+
+def test_the_flip_based_reverse_scan_matches_the_reference(results):
+    errors = results["flip"]
+    assert set(errors) == {"output", *(f"grad {k}" for k in NAMES)}
+    assert all(isinstance(v, float) and v <= TOL for v in errors.values()), errors
+    assert results["flip trial"]["reason"] is None
 
 
 def test_forced_triton_path_runs_through_selective_scan(results):

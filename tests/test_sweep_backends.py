@@ -37,6 +37,7 @@ def test_trials_per_gpu_share_a_gpu_and_split_the_cores(monkeypatch, tmp_path):
 
     def fake_process(argv, log_path, env=None, package_root=None, module="vtab_lily.run"):
         seen.append((env["CUDA_VISIBLE_DEVICES"], argv))
+        assert env["VTAB_LILY_TRIALS_PER_GPU"] == "2"  # recorded in result.json: contended times
         together.wait()
         return Outcome(0, 0.0, log_path)
 

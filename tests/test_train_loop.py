@@ -266,16 +266,6 @@ def test_only_the_runs_own_gpu_rng_state_is_saved_and_restored(monkeypatch):
     assert setup.device_rng_state(torch.device("cpu")) is None
 
 
-def test_compile_compiles_each_block_in_place(tmp_path):
-    model = Tiny()
-    compiled = []
-    for block in model.blocks:
-        block.compile = lambda *a, _b=block, **k: compiled.append(_b)
-    names = list(model.state_dict())
-    fit(tmp_path, recipe(epochs=1, compile=True), model)
-    assert compiled == list(model.blocks) and list(model.state_dict()) == names
-
-
 def test_no_host_reads_per_training_step(tmp_path, monkeypatch):
     """Reads of tensor values from the loop's own code (.item(), .tolist(), float(), bool()) do not
     grow with the number of steps: on a GPU each would wait for the device."""

@@ -67,8 +67,8 @@ def build_model(config: dict, weights: Path | None) -> Any:
     """Seeded backbone (weights cached per process) + adapter.
 
     The random draws are the same with or without the cache: ``create_backbone`` initialises
-    every layer, loads the weights and re-draws the head, and so does the cached path
-    (initialise, copy the cached tensors, ``reset_classifier``)."""
+    every layer, loads the weights and draws the head last, and the cached path builds the
+    same way without a file, then copies the cached tensors (all but the head)."""
     from .adapters import apply_adapter
     from .backbones import create_backbone
 
@@ -84,8 +84,6 @@ def build_model(config: dict, weights: Path | None) -> Any:
             if unexpected or set(missing) != set(_head_keys(model)):  # layout differs: load the file
                 model = None
                 seed_everything(config["seed"])
-            else:
-                model.reset_classifier(classes)
     if model is None:
         model = create_backbone(name, num_classes=classes, checkpoint=weights, **kwargs)
         if weights is not None:

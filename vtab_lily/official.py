@@ -3,14 +3,16 @@
 The recipe values come from the official Lily code (github.com/yibozhong/lily,
 ``visual-adaptation-benchmark/vit/main.py`` and ``vtab.py``; ``vim/main.py``): timm cosine
 schedule stepped after each epoch, batch 64 with ``drop_last``, test every 10 epochs at batch
-256, fp32, no input normalisation, the in21k npz's frozen ``pre_logits`` kept. The adapter's
-official settings come from ``vtab_lily.adapters`` (``adapter_deviations`` or
-``official_adapter_settings``, when that module provides them).
+256, no input normalisation, the in21k npz's frozen ``pre_logits`` kept; float32 compute whose
+matmul/convolution precision depends on the family's torch and the device
+(:func:`official_precision`). The adapter's official settings come from ``vtab_lily.adapters``
+(``adapter_deviations`` or ``official_adapter_settings``, when that module provides them).
 
 :func:`deviations` lists every setting of a resolved run config that differs from the official
 setup of its backbone family and adapter, as ``key=value`` strings (empty: the official setup);
 :func:`method_label` puts them after the adapter's core settings. The demo suite is compared
-with its own short recipe (``DEMO``), so a plain ``--demo`` run has no deviations either.
+with its own short recipe (``DEMO``) and adapter settings (``DEMO_ADAPTER``), so a plain
+``--demo`` run has no deviations either.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 from typing import Any
 
 from . import options
+from .options import COMPILE_MODES, PRECISIONS, TF32_PRECISIONS  # noqa: F401 - declared with the options
 from .methods import NO_OFFICIAL_SETUP  # noqa: F401 - re-exported (the runner reads it here)
 
 # The VTAB-1K recipe per backbone family: AdamW, cosine with linear warmup from warmup_lr to lr,
@@ -30,16 +33,31 @@ RECIPES = {
 WARMUP_LR, MIN_LR = 1e-6, 1e-5
 # Settings shared by both families' official code.
 COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
-          "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",
+          "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",  # on a CPU
           "normalize": False, "eval_limit": None, "compile": False, "warmup_lr": WARMUP_LR, "min_lr": MIN_LR}
 # --demo: the generated demo suite and tiny random-init backbones, a schedule short enough for
 # all demo tasks to finish on 2 CPU cores in a few minutes. The frozen tiny backbones are random,
 # so the adapters need a higher lr, and no warmup epoch.
 DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
         "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
+# --demo: adapter settings of the demo, per (family, adapter), used where the user sets none.
+# Lily on ViT at s=1 (the official default; the paper searches s in {0.01, 0.1, 1, 10, 100})
+# collapses on the random tiny backbone: its mlp adapter adds straight to a residual stream of
+# norm ~1 (a pretrained ViT-B's is far larger), so at the demo's lr it swamps the features within
+# an epoch and the model sits at chance. s=0.1 keeps it learning (docs/demo.md). These are the
+# adapter's own options: the label shows them (``s=0.1``); the demo compares with them.
+DEMO_ADAPTER = {("vit", "lily"): {"scale": 0.1}}
 # Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
 PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
+
+# What each family's official code ran in on a GPU with TF32, without autocast in either: the ViT
+# code pins torch 1.10.0 (visual-adaptation-benchmark/vit/requirements.txt), whose CUDA matmuls
+# and cuDNN convolutions defaulted to TF32 on Ampere and newer; the Vim code installs torch 2.1.1
+# (hustvl/Vim README) and trains with --no_amp, and from torch 1.12 on matmuls default to full
+# fp32 while cuDNN convolutions (Vim's patch embedding) stay TF32. (PRECISIONS, the names, are
+# declared with --precision in ``options``.)
+OFFICIAL_TF32 = {"vit": "tf32", "vim": "tf32-conv"}
 
 # The recipe deviations, in label order (the adapter's come first, then these): the options
 # declared with the recipe and setup roles, in their declaration order.
@@ -54,6 +72,13 @@ def official_recipe(family: str, demo: bool = False) -> dict:
     return recipe
 
 
+def official_precision(family: str, tf32_device: bool) -> str:
+    """The precision the family's official code ran in on this kind of device: ``fp32`` on a CPU
+    or a GPU without TF32 (whatever the torch, nothing else is possible there), else
+    :data:`OFFICIAL_TF32`."""
+    return OFFICIAL_TF32[family] if tf32_device else "fp32"
+
+
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -64,10 +89,11 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def recipe_deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
-    """``key=value`` for every recipe setting of ``config`` that differs from the official one."""
+def recipe_deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
+    """``key=value`` for every recipe setting of ``config`` that differs from the official one
+    (``official_prec``: :func:`official_precision` for the run's device)."""
     official = official_recipe(family, demo=config.get("suite") == "demo")
-    official["pre_logits"] = official_pre_logits
+    official["pre_logits"], official["precision"] = official_pre_logits, official_prec
     out = []
     for key in RECIPE_KEYS:
         if key not in config:
@@ -118,10 +144,15 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return out
 
 
-def deviations(config: dict, family: str, official_pre_logits: bool) -> list[str]:
+def deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
     """Adapter deviations first, then the recipe's (see the module docstring)."""
-    return (adapter_deviations(family, config["adapter"], config.get("adapter_config") or {})
-            + recipe_deviations(config, family, official_pre_logits))
+    adapter_config = dict(config.get("adapter_config") or {})
+    if config.get("suite") == "demo":  # the demo's own adapter settings are its reference, as its recipe
+        for key, value in DEMO_ADAPTER.get((family, config["adapter"]), {}).items():
+            if key in adapter_config and _show(adapter_config[key]) == _show(value):
+                del adapter_config[key]  # keys left out are not compared
+    return (adapter_deviations(family, config["adapter"], adapter_config)
+            + recipe_deviations(config, family, official_pre_logits, official_prec))
 
 
 # Adapter settings the core label shows, with their short names; the rest appear only as deviations.
@@ -174,13 +205,24 @@ def _per_target_parts(adapter_config: dict) -> list[str]:
             for target, diff in _per_target_settings(adapter_config).items()]
 
 
-def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = ()) -> str:
+def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] = (), precision: str = "fp32") -> str:
     """The adapter's core settings then the deviations not already shown, e.g.
-    ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``."""
+    ``lily r=32 ne=4 s=1 k,v,mlp routing=sample precision=bf16``. A ``precision`` other than
+    fp32 is shown even where it is the official one (``precision=tf32`` on a GPU), so labels say
+    it and fp32 labels (every CPU run) read as before."""
     core, shown = core_label(adapter, adapter_config)
     # per-target settings the core label shows (``q:alpha=4``) are not repeated as ``q.alpha=4``
     shown_per_target = {f"{t}.{k}={_show(v)}" for t, diff in _per_target_settings(adapter_config).items()
                         for k, v in diff.items()}
     extra = [d for d in deviation_list if d.split("=", 1)[0] not in shown and not d.startswith("per_target.")
              and d not in shown_per_target]
+    if precision != "fp32" and not any(d.startswith("precision=") for d in extra):
+        extra.append(f"precision={precision}")
     return " ".join([core, *extra])
+
+
+def run_label(config: dict, devs: list[str]) -> str:
+    """The method label of a resolved config: its ``--method-name``, else the adapter's settings,
+    the deviations and a precision other than fp32."""
+    return config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs,
+                                                 config["precision"])

@@ -87,6 +87,27 @@ def number_or_paper(kind: type) -> Callable[[str], Any]:
     return read
 
 
+# torch.compile modes a run may ask for (config "compile": false, true = "default", or another
+# name); the mode can change the numbers a little, so a non-default one shows in the label.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(text: str) -> bool | str:
+    """``--compile MODE``: the default mode is recorded as ``true`` (as plain ``--compile``)."""
+    mode = text.strip().lower()
+    if mode not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(f"unknown compile mode {text!r}: choose one of {', '.join(COMPILE_MODES)}")
+    return True if mode == "default" else mode
+
+
+# Compute precisions (``--precision``), by what a float32 matmul and a cuDNN convolution run in:
+#   fp32       both in full fp32 (the only float32 a CPU has)
+#   tf32       both in TF32 on GPUs with TF32 tensor cores (torch < 1.12's default on CUDA)
+#   tf32-conv  matmuls in full fp32, cuDNN convolutions in TF32 (torch >= 1.12's default on CUDA)
+#   bf16       bf16 autocast; what runs outside it (the fp32 head) in full fp32
+PRECISIONS = ("fp32", "tf32", "tf32-conv", "bf16")
+TF32_PRECISIONS = ("tf32", "tf32-conv")  # need a GPU with TF32 (compute capability 8.0 or newer)
+
 SIZE = 1_000_000  # sizes far beyond any real use: a typo (an extra digit) fails now, not hours later
 
 
@@ -150,12 +171,17 @@ class RunOptions:
     eval_limit: int | None = option(role="setup", read=int, at_least=1, at_most=10**9,
                                     help="intermediate evaluations use only the first N eval images (the final "
                                     "one is always full; changes the test-selected number)")
-    precision: str = option("fp32", role="setup", choices=("fp32", "bf16"), help="bf16: autocast on CUDA")
+    precision: str | None = option(None, role="setup", choices=PRECISIONS, help="default: what the official code "
+                                   "ran in on this device (CPU: fp32; a CUDA GPU with TF32: tf32 for ViT, tf32-conv "
+                                   "for Vim); fp32: full fp32 matmuls and convolutions; bf16: autocast (see "
+                                   "docs/gpu.md)")
     normalize: bool = option(False, role="setup", switch="both", help="ImageNet mean/std normalisation of the "
                              "inputs (official: none, inputs in [0, 1])")
     pre_logits: bool | None = option(None, role="setup", switch="both", help="keep the checkpoint's frozen "
                                      "pre_logits Linear+tanh (default: when it has one)")
-    compile: bool = option(False, role="setup", switch="on", help="torch.compile each block")
+    compile: bool | str = option(False, role="setup", read=_compile_mode, optional_value=True, metavar="MODE",
+                                 help="torch.compile the model (train and eval); MODE: default, or reduce-overhead "
+                                 "/ max-autotune (CUDA graphs on a GPU); see docs/gpu.md")
     # -- what names the run besides the recipe
     seed: int = option(0, role="identity", read=int, at_least=0, below=2**32, interval_text="[0, 2**32)")
     protocol: str = option("test", role="identity", choices=tuple(sorted(PROTOCOLS)),
@@ -166,7 +192,7 @@ class RunOptions:
     paper: bool = option(False, role="identity", group="where", switch="on", help="report the paper's number "
                          "(best test accuracy over the evaluations, 'test-selected') beside the final one")
     demo: bool = option(False, role="identity", group="where", switch="on", help="demo suite (generated on "
-                        "demand), tiny backbone, 32 px, short schedule")
+                        "demand), tiny backbone, 32 px, short schedule, Lily on ViT at s=0.1 (docs/demo.md)")
     # -- where and how (never part of the run's identity)
     data_root: str | None = option(role="local", help="suite root, default data/vtab-1k (demo: data/vtab-demo)")
     checkpoint: str | None = option(role="local", help="backbone weights file; default: the backbone's file "

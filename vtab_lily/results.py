@@ -55,7 +55,8 @@ MAX_SEED = 2**32
 MAX_EXPERTS, MAX_SITES = 256, 4096  # router_weights.json: bounds the heat map's size
 _NAME_FIELDS = ("backbone", "adapter", "task", "suite", "protocol", "method_hash", "config_hash")
 # Optional sections: when present (and not null) they must be objects of these numbers/strings.
-_OPTIONAL_NUMBERS = {"time": ("train_s", "eval_s", "train_images_per_s"), "memory": ("peak_mb",)}
+_OPTIONAL_NUMBERS = {"time": ("train_s", "eval_s", "train_images_per_s", "trials_per_gpu"),
+                     "memory": ("peak_mb", "train_peak_mb", "data_mb")}
 
 
 @dataclass

@@ -84,11 +84,16 @@ def load_data(config: dict) -> tuple[Any, Any]:
 
 def print_setup(spec: RunSpec) -> None:
     """The dry run's report: the resolved setup, its differences from the official one, counts."""
+    from .backbones import backbone_family
+    from .precision import cuda_default_note
+
     params, devs = spec.params, list(spec.deviations)
     print(json.dumps({"config": spec.config_dict(), "config_hash": spec.config_hash, "run_dir": str(spec.run_dir),
                       "method": spec.label, "deviations": devs, "params": dict(params)}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
+    note = cuda_default_note(backbone_family(spec["backbone"]), spec["device"])
+    print(f"precision: {spec['precision']}" + (f" ({note})" if note else ""))
     if spec["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared
         print(f"{spec['adapter']} has no official setup (its settings are the config file's); "
               f"differences from the official recipe: {', '.join(devs) if devs else 'none'}")
@@ -144,6 +149,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
     weights = resolve_checkpoint(spec.config)
     spec = spec.recording(checkpoint_sha256=file_sha256(weights) if weights else None)  # provenance, not hashed
     device = pick_device(spec["device"])
+    from .precision import check_device
+
+    check_device(spec["precision"], device)
     if spec["threads"]:
         import torch
 

@@ -20,7 +20,7 @@ from typing import Any
 from . import options
 from .build import checkpoint_has_pre_logits, resolve_checkpoint
 from .errors import UserError, unknown_name
-from .official import DEMO, RECIPES, official_recipe
+from .official import DEMO, DEMO_ADAPTER, RECIPES, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter settings with a flag of their own (declared in ``options``); any other field: --adapter-opt.
@@ -257,6 +257,7 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     the local ones the demo's or their own default; the rest are named here one by one because
     each becomes something else (``--demo``: the suite, ``--paper``: the reported number)."""
     from .backbones import backbone_family, resolve_backbone_name
+    from .precision import resolve_precision
 
     opts = args if isinstance(args, options.RunOptions) else options.RunOptions(**vars(args))
     backbone = resolve_backbone_name(opts.backbone, demo=opts.demo)  # vit / vim short names
@@ -266,7 +267,8 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     if opts.task is not None and not opts.task.strip():
         raise UserError(f"--task {opts.task!r} names no task (python -m vtab_lily.tasks lists them)")
     task = get_task(opts.task, suite_name) if opts.task else None
-    recipe = official_recipe(backbone_family(backbone), demo=opts.demo)
+    family = backbone_family(backbone)
+    recipe = official_recipe(family, demo=opts.demo)
     local = {"data_root": VTAB_ROOT, **(DEMO if opts.demo else {})}
     train_split, eval_split = PROTOCOLS[opts.protocol]
     if opts.method_name is not None and (not opts.method_name.strip()
@@ -280,12 +282,17 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
         value = getattr(opts, name)
         return default if value is None else value
 
+    given = adapter_options(opts, opts.adapter)
+    if opts.demo:  # the demo's adapter settings, where the user gave none
+        given = {**DEMO_ADAPTER.get((family, opts.adapter), {}), **given}
     config = {
-        "backbone": backbone, "adapter": opts.adapter, "adapter_options": adapter_options(opts, opts.adapter),
+        "backbone": backbone, "adapter": opts.adapter, "adapter_options": given,
         "method_name": opts.method_name, "task": task.name if task else None, "suite": suite_name,
         "num_classes": task.num_classes if task else None,
         "protocol": opts.protocol, "train_split": train_split, "eval_split": eval_split, "seed": opts.seed,
         **{name: pick(name, recipe.get(name)) for name in options.names("recipe", "setup")},
+        # the device's official precision by default (fp32 on a CPU)
+        "precision": resolve_precision(opts.precision, family, opts.device),
         "eval_batch_auto": opts.eval_batch_size is None,
         "report": "test-selected" if opts.paper else "final",
         **{name: pick(name, local.get(name)) for name in options.names("local")},  # not hashed

@@ -45,6 +45,22 @@ SETUP_KEYS = (*options.names("setup"), "pretrained")
 # the values a ``paper`` setting took for this task, which the task determines).
 PER_RUN_KEYS = ("task", "seed", "num_classes", "adapter_task_settings")
 
+# Set by the sweep on runs that share one GPU (``--trials-per-gpu N``): their times are contended.
+SHARED_GPU_ENV = "VTAB_LILY_TRIALS_PER_GPU"
+
+
+def trials_per_gpu() -> int:
+    """How many trials share this run's GPU (1: alone; an unreadable value counts as alone, with a warning)."""
+    text = os.environ.get(SHARED_GPU_ENV, "").strip()
+    if not text:
+        return 1
+    if text.isdigit() and 1 <= int(text) <= 64:
+        return int(text)
+    print(f"warning: {SHARED_GPU_ENV}={text!r} is not a count from 1 to 64; recording this run as alone on its GPU",
+          file=sys.stderr)
+    return 1
+
+
 CONFIG, METRICS, TB, CHECKPOINT = "config.json", "metrics.jsonl", "tb", "checkpoint.pt"
 RESULT, FAILED, ROUTER = "result.json", "failed.json", "router_weights.json"
 ROUTER_HISTORY, SNAPSHOTS = "router_history.json", "snapshots"

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from . import options
 from .build import backbone_kwargs, resolve_checkpoint
 from .errors import UserError
-from .official import deviations, method_label
+from .official import deviations, official_precision, run_label
 from .rundir import LOCAL_KEYS, RunDir, config_hash, json_normal, method_hash
 from .runconfig import checked_config, official_pre_logits, parse
 
@@ -82,6 +82,7 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
 
     from .adapters import apply_adapter, count_parameters, recorded_config
     from .backbones import backbone_family, create_backbone
+    from .precision import device_has_tf32
 
     weights = resolve_checkpoint(config, must_exist=must_exist)
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
@@ -92,7 +93,9 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
     config["pretrained"] = weights.name if weights else None
-    devs = deviations(config, backbone_family(config["backbone"]), official_pre_logits(config))
+    family = backbone_family(config["backbone"])
+    devs = deviations(config, family, official_pre_logits(config),
+                      official_precision(family, device_has_tf32(config["device"])))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 
@@ -114,7 +117,7 @@ def spec_of(opts: options.RunOptions, config: dict | None = None) -> RunSpec:
     if not config["task"]:
         raise UserError("--task is required (python -m vtab_lily.tasks lists them)")
     config, run_dir, params, devs = identify(config, must_exist=False)
-    label = config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs)
+    label = run_label(config, devs)
     return RunSpec(config=MappingProxyType(config), deviations=tuple(devs), label=label,
                    method_hash=method_hash(config), config_hash=config_hash(config), run_dir=run_dir,
                    params=MappingProxyType(dict(params)), options=opts)

@@ -27,6 +27,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,9 +38,10 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .rundir import RunDir, fault_point
-from .train_setup import (OFFICIAL_EVAL_BATCH, LoopOptions, check_recipe, compile_blocks, device_rng_state,
-                          eval_batch_size, fp32_head, on_device, schedule_epoch, set_device_rng_state,
-                          store_frozen_in_bf16, uses_batch_routing)
+from .train_setup import (CUDA_GRAPH_MODES, OFFICIAL_EVAL_BATCH, LoopOptions, cast_for_precision, check_recipe,
+                          compile_counters, compile_mode, compile_model, compile_summary, device_rng_state,
+                          eval_batch_size, on_device, schedule_epoch, set_device_rng_state,
+                          uses_batch_routing)
 
 CHECKPOINT_FORMAT = 1
 
@@ -87,6 +89,7 @@ class TrainOutcome:
     steps: int
     eval_batch_size: int = OFFICIAL_EVAL_BATCH  # the batch the evaluations used
     eval_images_per_s: float = 0.0
+    compile: dict | None = None  # compile_counters() at the end, when compiled
 
 
 class _StopRequest:
@@ -127,6 +130,25 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> N
     model.load_state_dict(state, strict=False)
 
 
+def optimizer_state_to_params(optimizer: torch.optim.Optimizer) -> None:
+    """Put loaded optimizer state where this run's update expects it. ``load_state_dict`` follows
+    the *saved* group's flags: a checkpoint from a run that was not fused (a CPU run, loaded with
+    ``map_location="cpu"``) leaves its ``step`` counters on the host, which a fused CUDA update
+    refuses. Fused or capturable updates want ``step`` as float32 beside the parameter, the others
+    on the host; moments follow their parameter's device and dtype."""
+    for group in optimizer.param_groups:
+        on_param = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step":
+                    state[key] = value.to(device=p.device if on_param else "cpu", dtype=torch.float32)
+                else:
+                    state[key] = value.to(device=p.device, dtype=p.dtype if value.is_floating_point() else None)
+
+
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The epoch's permutation: drawn on the host (the same on every device, so a run can resume
     elsewhere) and moved once to where the training images live."""
@@ -134,17 +156,28 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
     return order.to(device)
 
 
+def new_step(model: torch.nn.Module) -> None:
+    """Before each forward of a model compiled with CUDA graphs: the previous step's graph outputs
+    are no longer read (the loop keeps none), so the graphs may overwrite them."""
+    if getattr(model, "compiled_as", {}).get("mode") in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device, *,
              bf16: bool = False, limit: int | None = None) -> float:
     """Top-1 accuracy (%) over the first ``limit`` (default all) images of ``data``, in fixed
     order and contiguous batches (Lily's batch routing mixes experts per batch: keep it
-    reproducible). The count stays on the device until the end: one host sync per evaluation."""
+    reproducible). The count stays on the device until the end: one host sync per evaluation.
+    The batch size is marked dynamic, so a compiled model runs the smaller last batch in the
+    same graph as the others."""
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, n, batch_size):
         images, labels = data.batch(slice(start, min(start + batch_size, n)), device)
+        torch._dynamo.maybe_mark_dynamic(images, 0)
+        new_step(model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
         correct += (logits.float().argmax(-1) == labels).sum()
@@ -208,11 +241,9 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     if len(eval_set) == 0:
         raise UserError("the evaluation split is empty")
     bf16 = opts.precision == "bf16"  # autocast wherever asked: on CUDA, and on the CPU for tests and checks
-    if bf16:
-        store_frozen_in_bf16(model)
-        fp32_head(model, device)
+    cast_for_precision(model, opts.precision, device)
     if opts.compile:
-        compile_blocks(model)
+        compile_model(model, mode=compile_mode(opts.compile))
     train_set, eval_set = on_device(train_set, device), on_device(eval_set, device)
     eval_batch = eval_batch_size(opts, model, device)
 
@@ -227,6 +258,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
         optimizer.load_state_dict(checkpoint["optimizer"])
         for group in optimizer.param_groups:  # the saved flag is the saving machine's choice, not ours
             group["fused"] = fused or None
+        optimizer_state_to_params(optimizer)
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -283,6 +315,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
                 try:
                     for chunk in idx.split(micro):
                         images, labels = train_set.batch(chunk, device)
+                        new_step(model)
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                             loss = F.cross_entropy(model(images).float(), labels)
                         if fault_point("nan_loss"):
@@ -351,8 +384,14 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
                 raise KeyboardInterrupt
 
     best_acc, best_epoch = progress.best
+    compiled = compile_counters() if opts.compile else None
+    if compiled is not None:
+        tqdm.write(f"compile: {compile_summary(compiled)}")
+        if compiled["graph_breaks"] or compiled["recompile_limit_hits"] or compiled["gave_up"]:
+            warnings.warn("torch.compile left part of the model uncompiled (slower, same results); "
+                          "TORCH_LOGS=graph_breaks,recompiles says where", RuntimeWarning, stacklevel=2)
     return TrainOutcome(final_acc=progress.evals[-1][1], best_acc=best_acc, best_epoch=best_epoch,
                         evals=progress.evals, train_s=progress.train_s, eval_s=progress.eval_s,
                         train_images_per_s=progress.train_images / max(progress.train_s, 1e-9),
                         steps=progress.global_step, eval_batch_size=eval_batch,
-                        eval_images_per_s=progress.eval_images / max(progress.eval_s, 1e-9))
+                        eval_images_per_s=progress.eval_images / max(progress.eval_s, 1e-9), compile=compiled)

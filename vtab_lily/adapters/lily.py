@@ -38,9 +38,11 @@ from vtab_lily.adapters.targets import (
 )
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
+from vtab_lily.options import setting
 
 ROUTERS = ("per_site", "single", "none")
 ROUTINGS = ("token", "batch", "sample", "eq2")
+A_GROUPINGS = ("stride", "balanced")
 PER_TARGET_KEYS = ("rank", "ne_a", "ne_b", "dropout")
 
 # Vim presets (paper App. B.1.3; "l" is the official lily.sh run: in_proj rank 8 with 5 experts,
@@ -58,9 +60,13 @@ class LilyConfig:
 
     - ``rank`` r (the ``mlp`` target uses 2r).
     - ``ne`` sets both ``ne_a`` and ``ne_b`` (as the paper and the official ``--ne``).
-    - ``ne_a``: number of A groups per target kind. Blocks are split into ``ne_a`` contiguous,
-      balanced groups, larger groups first when it does not divide the depth
-      (24 blocks, ne_a=5 -> 5,5,5,5,4; 12 blocks, ne_a=4 -> 3,3,3,3; 12, 5 -> 3,3,2,2,2).
+    - ``ne_a``: A sharing per target kind, read through ``a_grouping``.
+    - ``a_grouping``: ``stride`` (default, the official code's rule: a new A every
+      ``depth // ne_a`` blocks, so ne_a groups when ne_a divides the depth, otherwise more:
+      12 blocks, ne_a=5 -> 6 groups of 2; 7..12 -> 12 groups of 1), or ``balanced`` (exactly
+      ne_a contiguous groups, sizes differing by at most one, larger first: 12, 5 -> 3,3,2,2,2).
+      Both give the same groups when ne_a divides the depth; ``balanced`` is then recorded as
+      ``stride`` (one run, one label).
     - ``ne_b``: number of B experts per target kind, shared by all blocks.
     - ``scale`` s multiplies the update directly (no alpha/r).
     - ``targets``: ViT ``q, k, v, qkv, proj, fc1, fc2, mlp``; Vim ``in_proj, x_proj, dt_proj,
@@ -96,6 +102,10 @@ class LilyConfig:
     dropout: float | None = None
     variant: str | None = None
     per_target: dict[str, dict[str, Any]] | None = None
+    # Added after runs were recorded with balanced groups: runs whose ne_a divides the depth
+    # (the same groups under both rules) keep their hashes; for other ne_a the default changed.
+    a_grouping: str = setting("stride", unrecorded_default=True,
+                              help="stride (the official depth // ne_a rule) or balanced (exactly ne_a groups)")
 
     def resolve(self, model: nn.Module) -> "LilyConfig":
         """A copy with every default filled in for ``model`` and ``per_target`` covering all targets."""
@@ -124,6 +134,8 @@ class LilyConfig:
             raise unknown_name("lily router", router, ROUTERS)
         if routing not in ROUTINGS:
             raise unknown_name("lily routing", routing, ROUTINGS)
+        if self.a_grouping not in A_GROUPINGS:
+            raise unknown_name("lily a_grouping", self.a_grouping, A_GROUPINGS)
         if not _number(self.scale) or not 0 <= self.scale < float("inf"):
             raise UserError(f"lily: scale must be a number >= 0, got {self.scale!r}")
         overrides = {t: dict(v) for t, v in preset["per_target"].items()}
@@ -142,9 +154,13 @@ class LilyConfig:
             _check_plan(target, plan, depth)
             plan["dropout"] = float(plan["dropout"])
             per_target[target] = plan
+        grouping = self.a_grouping
+        if all(a_groups(depth, p["ne_a"], grouping) == a_groups(depth, p["ne_a"], "stride")
+               for p in per_target.values()):
+            grouping = "stride"  # the same blocks share each A: the default's run, not a variant
         return replace(self, rank=rank, ne_a=ne_a, ne_b=ne_b, ne=None, targets=tuple(targets), router=router,
                        routing=routing, dropout=float(dropout), variant=variant, per_target=per_target,
-                       scale=float(self.scale))
+                       scale=float(self.scale), a_grouping=grouping)
 
 
 def _first(*values: Any) -> Any:
@@ -165,6 +181,21 @@ def _check_plan(target: str, plan: dict[str, Any], depth: int) -> None:
             raise UserError(f"lily ({target}): {key} must be an integer >= 1, got {value!r}")
     if plan["ne_a"] > depth:
         raise UserError(f"lily ({target}): ne_a={plan['ne_a']} A groups exceed the model depth {depth}")
+
+
+def a_groups(depth: int, ne_a: int, grouping: str = "stride") -> list[list[int]]:
+    """The blocks sharing each A, in order, for ``ne_a`` under ``grouping`` (see ``LilyConfig``).
+
+    ``stride`` is the official ViT code's rule written for any depth: a new A starts at every
+    block index that is a multiple of ``depth // ne_a`` (its 12 is the ViT-B depth), so a last
+    group may be shorter (7 blocks, ne_a=2 -> 3,3,1).
+    """
+    if grouping == "balanced":
+        return balanced_groups(depth, ne_a)
+    if not 1 <= ne_a <= depth:
+        raise UserError(f"lily: ne_a must be between 1 and the depth {depth}, got {ne_a}")
+    stride = depth // ne_a
+    return [list(range(start, min(start + stride, depth))) for start in range(0, depth, stride)]
 
 
 def balanced_groups(depth: int, groups: int) -> list[list[int]]:
@@ -315,7 +346,7 @@ def inject_lily(model: nn.Module, config: LilyConfig) -> None:
             kind_sites = [s for s in sites if s.kind == part.kind]
             hidden = plan["rank"] * (2 if part.style == "parallel" else 1)
             first = kind_sites[0]
-            groups = balanced_groups(depth, plan["ne_a"])
+            groups = a_groups(depth, plan["ne_a"], config.a_grouping)
             a_modules = [nn.Linear(first.in_features, hidden, bias=False) for _ in groups]
             group_of = {layer: g for g, layers in enumerate(groups) for layer in layers}
             experts = LilyExperts(plan["ne_b"], hidden, first.out_features)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtab_lily.adapters.lily import LilyDelta, balanced_groups
+from vtab_lily.adapters.lily import LilyDelta, a_groups
 from vtab_lily.adapters.lora import LoraDelta
 from vtab_lily.adapters.registry import apply_adapter
 from vtab_lily.adapters.targets import BLOCKS_ATTR, TARGETS, model_depth, model_family
@@ -172,7 +172,7 @@ def _lily_export(model: nn.Module) -> tuple[dict, dict]:
         why.append("PEFT needs ne_b >= 2")
     if any(p.get("dropout", 0.0) > 0 for p in plans):
         why.append("dropout > 0 (PEFT's Lily has none)")
-    stride = _stride_for(model_depth(model), plans[0]["ne_a"])
+    stride = _stride_for(model_depth(model), plans[0]["ne_a"], cfg.a_grouping)
     if stride is None:
         why.append(f"ne_a={plans[0]['ne_a']} groups of {model_depth(model)} layers are not PEFT's "
                    "consecutive blocks of stride_A layers")
@@ -194,12 +194,20 @@ def _lily_export(model: nn.Module) -> tuple[dict, dict]:
     return config, tensors
 
 
-def _stride_for(depth: int, ne_a: int) -> int | None:
-    """PEFT's stride_A giving the same groups as our balanced ``ne_a`` groups, or None."""
-    sizes = [len(g) for g in balanced_groups(depth, ne_a)]
+def _stride_for(depth: int, ne_a: int, grouping: str) -> int | None:
+    """PEFT's stride_A giving the same A groups as our ``ne_a`` under ``grouping``, or None."""
+    sizes = [len(g) for g in a_groups(depth, ne_a, grouping)]
     stride = sizes[0]
     expected = [min(stride, depth - start) for start in range(0, depth, stride)]
     return stride if sizes == expected else None
+
+
+def _grouping_for(depth: int, stride: int) -> dict[str, Any] | None:
+    """Our A-sharing options for PEFT's ``stride_A`` (the official rule first), or None."""
+    for ne_a, grouping in ((depth // max(stride, 1), "stride"), (-(-depth // max(stride, 1)), "balanced")):
+        if stride >= 1 and 1 <= ne_a <= depth and _stride_for(depth, ne_a, grouping) == stride:
+            return {"ne_a": ne_a} if grouping == "stride" else {"ne_a": ne_a, "a_grouping": grouping}
+    return None
 
 
 # ----------------------------------------------------------------------------- load
@@ -284,10 +292,11 @@ def _config_from_peft(model: nn.Module, name: str, config: dict, config_path: Pa
         return {"rank": int(config["r"]), "alpha": float(config["lora_alpha"]), "per_target": per_target,
                 "dropout": float(config.get("lora_dropout", 0.0)), "targets": targets}
     depth, stride = model_depth(model), int(config.get("stride_A", 1))
-    ne_a = -(-depth // max(stride, 1))
-    if stride < 1 or _stride_for(depth, ne_a) != stride:
-        raise UserError(f"{config_path}: stride_A={stride} over {depth} layers does not give balanced A groups")
-    return {"rank": int(config["r"]), "ne_a": ne_a, "ne_b": int(config["num_B"]), "scale": float(config["scaling"]),
+    sharing = _grouping_for(depth, stride)
+    if sharing is None:
+        raise UserError(f"{config_path}: stride_A={stride} over {depth} layers gives A groups that neither "
+                        "a_grouping rule (stride, balanced) can express")
+    return {"rank": int(config["r"]), **sharing, "ne_b": int(config["num_B"]), "scale": float(config["scaling"]),
             "targets": targets, "router": "per_site", "routing": "batch", "per_target": {}}
 
 

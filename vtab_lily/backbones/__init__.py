@@ -101,7 +101,6 @@ def create_backbone(
         layer = None
         if checkpoint is not None:
             layer = load_vit_checkpoint(model, checkpoint, spec.name)
-            model.reset_classifier(num_classes)
         if pre_logits and layer is None:
             if checkpoint is not None:
                 raise UserError(f"pre_logits=True needs a checkpoint with a pre-logits layer ({checkpoint}: has none)")
@@ -118,7 +117,11 @@ def create_backbone(
         model = build_vim(spec, num_classes, size, rate)
         if checkpoint is not None:
             load_vim_checkpoint(model, checkpoint, spec.name)
-            model.reset_classifier(num_classes)
+    # The head is drawn last, with or without weights, as each family's official code makes it:
+    # ViT a fresh nn.Linear (timm's reset_classifier: PyTorch's default init, +-1/sqrt(fan_in),
+    # bias too), Vim trunc_normal(0.02) with a zero bias. A build that copies cached weights in
+    # afterwards (the runner) then draws the same numbers as one that reads the file.
+    model.reset_classifier(num_classes)
     model.family = spec.family
     model.depth = len(model.blocks) if spec.family == "vit" else len(model.layers)
     model.backbone_name = spec.name

@@ -10,7 +10,9 @@ and fails on the first call. So a path counts as available on a CUDA device only
 compiled module imports AND a tiny forward + backward on that device matches the reference
 (done once per device, cached). Every failure is kept with its reason (``kernel_notes()``),
 and one that is not simply "not installed" is also warned about, so a 10-50x slower fallback
-is never silent.
+is never silent. The Triton scan's test call checks its output (the forward scan) and its
+gradients (the backward's reverse scan) apart; when only the reverse scan is wrong, the kernel's
+flip-based reverse scan (``scan_triton.REVERSE_BY_FLIP``) is tested and used instead, with a note.
 
 Forcing a path (bench, tests, debugging): ``VTAB_LILY_SCAN=auto|pytorch|triton|mamba_ssm`` and
 ``VTAB_LILY_CONV=auto|pytorch|causal_conv1d``; the older ``VTAB_LILY_KERNELS=torch`` means
@@ -124,6 +126,13 @@ def mamba_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         delta_bias=None if delta_bias is None else delta_bias.float(), delta_softplus=delta_softplus)
 
 
+def triton_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Our Triton scan (imported here, not at the top: triton is optional)."""
+    from .scan_triton import selective_scan_triton
+
+    return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
 def causal_conv_kernel(x, weight, bias, activation):
     # causal-conv1d >= 1.1: (x, weight, bias, seq_idx, ..., activation): activation by keyword only.
     return causal_conv_fn()(x, weight, bias, activation=activation)
@@ -161,13 +170,41 @@ def _trial(path: str, device: torch.device) -> str | None:
                 ours = (mamba_scan if path == "mamba_ssm" else triton_scan_fn())(*args)
                 ref = selective_scan_ref(*args)
             weights = torch.randn(ref.shape, generator=gen).to(device)
-            got = torch.autograd.grad((ours * weights).sum(), args[:3]) + (ours,)
-            want = torch.autograd.grad((ref * weights).sum(), args[:3]) + (ref,)
-            error = max(float((a - b).detach().abs().max() / (b.detach().abs().max() + 1.0)) for a, b in zip(got, want))
+            leaves = args[:3] if path == "causal_conv1d" else args[:5]  # u, delta, A, B, C: all read the adjoint
+            got = torch.autograd.grad((ours * weights).sum(), leaves)
+            want = torch.autograd.grad((ref * weights).sum(), leaves)
+            forward = _relative_error(ours, ref)  # the scan forward in time
+            backward = max(_relative_error(a, b) for a, b in zip(got, want))  # its adjoint: a reverse scan
     except Exception as err:
         return f"failed its test call on {device} ({type(err).__name__}: {err})"
-    if not error <= 1e-3:  # also catches NaN
-        return f"gave wrong results in its test call on {device} (relative error {error:.2g})"
+    if not forward <= 1e-3:  # also catches NaN
+        return f"gave wrong results in its test call on {device} (forward: relative error {forward:.2g})"
+    if not backward <= 1e-3:
+        return f"gave wrong results in its test call on {device} ({REVERSE_WRONG}: relative error {backward:.2g})"
+    return None
+
+
+REVERSE_WRONG = "reverse scan (gradients)"
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().abs().max() / (b.detach().abs().max() + 1.0))
+
+
+def _trial_triton(device: torch.device) -> str | None:
+    """The Triton scan's test call; when only its reverse scan is wrong, the same test with the
+    reverse scan done as flip + forward scan + flip, kept (with a note) if that one passes."""
+    reason = _trial("triton", device)
+    if reason is None or REVERSE_WRONG not in reason:
+        return reason
+    from . import scan_triton  # imports: triton_scan_fn() above has loaded it
+
+    scan_triton.REVERSE_BY_FLIP = True
+    flipped = _trial("triton", device)
+    if flipped is not None:
+        scan_triton.REVERSE_BY_FLIP = False
+        return f"{reason}; with the flip-based reverse scan too: {flipped}"
+    _unavailable("triton reverse scan", f"{reason}; the Triton scan runs with its flip-based reverse scan", True)
     return None
 
 
@@ -175,7 +212,8 @@ def works_on(path: str, device: torch.device) -> bool:
     """Whether ``path`` passed its real call on CUDA ``device`` (run once per device, cached)."""
     key = (path, _cuda_index(device))
     if key not in _checked:
-        _checked[key] = reason = _trial(path, torch.device("cuda", key[1]))
+        device = torch.device("cuda", key[1])
+        _checked[key] = reason = _trial_triton(device) if path == "triton" else _trial(path, device)
         if reason is not None and reason != _notes.get(path):  # import failures were already recorded
             _unavailable(path, reason, True)
     return _checked[key] is None

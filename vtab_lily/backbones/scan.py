@@ -189,9 +189,11 @@ def selective_scan(
     """
     check_shapes(u, delta, A, B, C)
     if u.is_cuda or kernels.forced("scan") not in (None, "pytorch"):
-        y = _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-        if y is not None:
-            return y
+        path = _kernel_path("scan", u.device)
+        if path == "triton":  # a custom op: one call inside a torch.compile graph
+            return kernels.triton_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if path == "mamba_ssm":
+            return _mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     dtype = u.dtype
     with torch.autocast(u.device.type, enabled=False):
         u32, delta32 = u.float(), delta.float()
@@ -209,19 +211,18 @@ def selective_scan(
     return y.to(dtype)
 
 
-@torch.compiler.disable  # kernel choice (a real call, once) and foreign kernels stay outside torch.compile graphs
-def _kernel_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> Tensor | None:
-    """The scan on the path ``kernels.scan_path`` picks for u's device, or None for the PyTorch path."""
-    path = kernels.scan_path(u.device)
-    if path == "mamba_ssm":
-        return kernels.mamba_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if path == "triton":
-        return kernels.triton_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return None
+@torch.compiler.assume_constant_result
+def _kernel_path(kind: str, device: torch.device) -> str:
+    """``kernels.scan_path`` / ``conv_path`` for ``device``. The first call on a device runs a real
+    test call of each kernel, which must not happen while torch.compile traces (``compile_model``
+    asks before compiling); inside a graph the answer is a constant, so asking costs no graph break."""
+    return kernels.scan_path(device) if kind == "scan" else kernels.conv_path(device)
 
 
-# The choice runs a real call once per device: never inside a torch.compile graph.
-_conv_path = torch.compiler.disable(kernels.conv_path)
+# mamba-ssm's and causal-conv1d's kernels are C++ extensions that torch.compile cannot trace:
+# each call is a graph break (the PyTorch and Triton paths have none).
+_mamba_scan = torch.compiler.disable(kernels.mamba_scan)
+_conv_kernel = torch.compiler.disable(kernels.causal_conv_kernel)
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
@@ -232,6 +233,6 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     d, k = weight.shape[0], weight.shape[-1]
-    if x.is_cuda and _conv_path(x.device) == "causal_conv1d":
-        return kernels.causal_conv_kernel(x, weight.reshape(d, k), bias, activation)
+    if x.is_cuda and _kernel_path("conv", x.device) == "causal_conv1d":
+        return _conv_kernel(x, weight.reshape(d, k), bias, activation)
     return causal_conv1d_torch(x, weight, bias, activation)

@@ -34,6 +34,11 @@ from .scan_ref import check_shapes
 BLOCK_D = 8  # channels per program: 8 x 16 states x 16 steps per tile keeps the backward's ~7 live tiles in registers
 CHUNK = 16  # time steps per chunk (a power of two)
 NUM_WARPS = 4
+# The backward's adjoint is a reverse associative scan. Triton has had wrong results for reverse
+# scans on some versions and GPUs, so the kernel can instead flip the tile, scan forward and flip
+# back (the same combine order, one extra pass over registers); ``kernels.py`` turns this on when
+# the reverse form fails its test call on a device and the flipped one passes.
+REVERSE_BY_FLIP = False
 
 
 @triton.jit
@@ -111,7 +116,7 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
                 du_ptr, ddl_ptr, dz_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
                 d, L, H, NS, nchunks, G, nblk,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr):
+                NP: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, FLIP: tl.constexpr):
     pb, pg, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cmask, ch, n, nmask, tt, an, A, bias, Dv = _program_tile(A_ptr, D_ptr, bias_ptr, H, NS, HAS_D, HAS_BIAS, NP, BD, T)
     row = (pb * d + ch[:, None]) * L
@@ -160,7 +165,12 @@ def _bwd_kernel(u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h_pt
         dln = tl.load(dl_ptr + row + t[None, :] + 1, mask=nm, other=0.0)
         dln = _delta(dln, bias[:, None], SOFTPLUS)
         an_next = tl.where(nm[:, None, :], tl.exp(dln[:, None, :] * A[:, :, None]), 0.0)
-        Pr, Gs = tl.associative_scan((an_next, dy[:, None, :] * Ct[None, :, :]), 2, _combine, reverse=True)
+        if FLIP:  # reverse scan = flip, forward scan, flip (see REVERSE_BY_FLIP)
+            Pr, Gs = tl.associative_scan((tl.flip(an_next, 2), tl.flip(dy[:, None, :] * Ct[None, :, :], 2)), 2,
+                                         _combine)
+            Pr, Gs = tl.flip(Pr, 2), tl.flip(Gs, 2)
+        else:
+            Pr, Gs = tl.associative_scan((an_next, dy[:, None, :] * Ct[None, :, :]), 2, _combine, reverse=True)
         g = Gs + Pr * carry[:, :, None]
         carry = tl.sum(tl.where((tt == 0)[None, None, :], g, 0.0), 2)
         tl.store(dC_ptr + part + t[None, :], tl.sum(dy[:, None, :] * hs, 0), mask=bm)
@@ -190,52 +200,84 @@ def _f32(x: Tensor | None) -> Tensor | None:
     return None if x is None else x.detach().float().contiguous()
 
 
-class _TritonScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus):
-        batch, d, length = u.shape
-        groups, ns = B.shape[1], A.shape[1]
-        u32, dl32, A32, B32, C32 = (_f32(x) for x in (u, delta, A, B, C))
-        D32, z32, bias32 = _f32(D), _f32(z), _f32(delta_bias)
-        meta = _meta(d, groups, ns, D32, z32, bias32, softplus)
-        nchunks = triton.cdiv(length, meta["const"]["T"])
-        out = torch.empty_like(u32)
-        states = u32.new_empty(batch, d, nchunks, ns)
-        with _on(u32):
-            _fwd_kernel[meta["grid"](batch)](u32, dl32, A32, B32, C32, D32 if D is not None else u32,
-                                             z32 if z is not None else u32,
-                                             bias32 if delta_bias is not None else u32,
-                                             out, states, d, length, d // groups, ns, nchunks, groups,
-                                             **meta["const"], num_warps=meta["warps"])
-        ctx.save_for_backward(u32, dl32, A32, B32, C32, D32, z32, bias32, states)
-        ctx.meta = meta
-        ctx.dtypes = [None if x is None else x.dtype for x in (u, delta, A, B, C, D, z, delta_bias)]
-        return out.to(u.dtype)
+# The kernels run inside two torch.library custom ops (forward; backward from the forward's
+# saved chunk states), so torch.compile keeps the scan in its graph as one opaque call (no graph
+# break) and autograd, fake tensors and CUDA graphs see ordinary operators.
+_LIB = "vtab_lily"
 
-    @staticmethod
-    def backward(ctx, dout):
-        u, dl, A, B, C, D, z, bias, states = ctx.saved_tensors
-        batch, d, length = u.shape
-        groups, ns, nchunks = B.shape[1], A.shape[1], states.shape[2]
-        meta = ctx.meta
-        nblk = meta["nblk"]
-        du, ddl = torch.empty_like(u), torch.empty_like(u)
-        dz = torch.empty_like(u) if z is not None else u  # never written without z
-        dA = u.new_empty(batch, d, ns)
-        dD, dbias = u.new_empty(batch, d), u.new_empty(batch, d)
-        dB, dC = u.new_empty(batch, groups, nblk, ns, length), u.new_empty(batch, groups, nblk, ns, length)
-        with _on(u):
-            _bwd_kernel[meta["grid"](batch)](u, dl, A, B, C, D if D is not None else u, z if z is not None else u,
-                                             bias if bias is not None else u, states, dout.float().contiguous(),
-                                             du, ddl, dz, dA, dD, dbias, dB, dC,
-                                             d, length, d // groups, ns, nchunks, groups, nblk,
-                                             **meta["const"], num_warps=meta["warps"])
-        grads = [du, ddl, dA.sum(0), dB.sum(2), dC.sum(2),
-                 None if D is None else dD.sum(0), None if z is None else dz,
-                 None if bias is None else dbias.sum(0)]
-        grads = [None if g is None or not need else g.to(dtype)
-                 for g, need, dtype in zip(grads, ctx.needs_input_grad, ctx.dtypes)]
-        return (*grads, None)
+
+@torch.library.custom_op(f"{_LIB}::triton_scan_fwd", mutates_args=())
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+              delta_bias: Tensor | None, softplus: bool) -> tuple[Tensor, Tensor]:
+    """(y in u's dtype, the fp32 state entering each chunk (b, d, chunks, N)); B, C grouped."""
+    batch, d, length = u.shape
+    groups, ns = B.shape[1], A.shape[1]
+    u32, dl32, A32, B32, C32 = (_f32(x) for x in (u, delta, A, B, C))
+    D32, z32, bias32 = _f32(D), _f32(z), _f32(delta_bias)
+    meta = _meta(d, groups, ns, D32, z32, bias32, softplus)
+    nchunks = triton.cdiv(length, meta["const"]["T"])
+    out = torch.empty_like(u32)
+    states = u32.new_empty(batch, d, nchunks, ns)
+    with _on(u32):
+        _fwd_kernel[meta["grid"](batch)](u32, dl32, A32, B32, C32, D32 if D is not None else u32,
+                                         z32 if z is not None else u32, bias32 if delta_bias is not None else u32,
+                                         out, states, d, length, d // groups, ns, nchunks, groups,
+                                         **meta["const"], num_warps=meta["warps"])
+    return out.to(u.dtype), states
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus):
+    batch, d, length = u.shape
+    return u.new_empty(u.shape), u.new_empty(batch, d, triton.cdiv(length, CHUNK), A.shape[1], dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_LIB}::triton_scan_bwd", mutates_args=())
+def _scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+              delta_bias: Tensor | None, softplus: bool, states: Tensor, dout: Tensor) -> list[Tensor]:
+    """fp32 gradients [du, d delta, dA, dB, dC, dD, dz, d delta_bias]; an absent input's is empty."""
+    u, dl, A, B, C, D, z, bias = (_f32(x) for x in (u, delta, A, B, C, D, z, delta_bias))
+    batch, d, length = u.shape
+    groups, ns, nchunks = B.shape[1], A.shape[1], states.shape[2]
+    meta = _meta(d, groups, ns, D, z, bias, softplus)
+    nblk = meta["nblk"]
+    du, ddl = torch.empty_like(u), torch.empty_like(u)
+    dz = torch.empty_like(u) if z is not None else u  # never written without z
+    dA = u.new_empty(batch, d, ns)
+    dD, dbias = u.new_empty(batch, d), u.new_empty(batch, d)
+    dB, dC = u.new_empty(batch, groups, nblk, ns, length), u.new_empty(batch, groups, nblk, ns, length)
+    with _on(u):
+        _bwd_kernel[meta["grid"](batch)](u, dl, A, B, C, D if D is not None else u, z if z is not None else u,
+                                         bias if bias is not None else u, states.contiguous(),
+                                         dout.float().contiguous(), du, ddl, dz, dA, dD, dbias, dB, dC,
+                                         d, length, d // groups, ns, nchunks, groups, nblk,
+                                         **meta["const"], FLIP=REVERSE_BY_FLIP, num_warps=meta["warps"])
+    return [du, ddl, dA.sum(0), dB.sum(2), dC.sum(2), u.new_empty(0) if D is None else dD.sum(0),
+            u.new_empty(0) if z is None else dz, u.new_empty(0) if bias is None else dbias.sum(0)]
+
+
+@_scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, states, dout):
+    f32 = dict(dtype=torch.float32)
+    return [u.new_empty(u.shape, **f32), u.new_empty(u.shape, **f32), A.new_empty(A.shape, **f32),
+            B.new_empty(B.shape, **f32), C.new_empty(C.shape, **f32)] + [
+        u.new_empty(0, **f32) if x is None else x.new_empty(x.shape, **f32) for x in (D, z, delta_bias)]
+
+
+def _save(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, z, delta_bias, softplus = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+    ctx.softplus = softplus
+
+
+def _backward(ctx, dout, _dstates):
+    *saved, states = ctx.saved_tensors
+    grads = _scan_bwd(*saved, ctx.softplus, states, dout)
+    return (*[g.to(x.dtype) if x is not None and need else None
+              for g, x, need in zip(grads, saved, ctx.needs_input_grad)], None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_save)
 
 
 def _meta(d: int, groups: int, ns: int, D, z, bias, softplus: bool) -> dict:
@@ -254,4 +296,4 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     grouped = B.dim() == 4
     B4, C4 = (B, C) if grouped else (B.unsqueeze(1), C.unsqueeze(1))
     with torch.autocast(u.device.type, enabled=False):
-        return _TritonScan.apply(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus)
+        return _scan_fwd(u, delta, A, B4, C4, D, z, delta_bias, bool(delta_softplus))[0]

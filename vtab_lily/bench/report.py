@@ -26,12 +26,29 @@ class Verdict:
     measured: str
     met: bool | None
     note: str = ""
+    within_noise: bool = False  # the measured rounds fall on both sides of the target
 
     @property
     def status(self) -> str:
         if self.met is None:
             return "reported (no target)"
+        if self.within_noise:
+            return "WITHIN NOISE"
         return "MET" if self.met else "NOT MET"
+
+
+def ratio_verdict(target: str, ratio, limit: float, at_most: bool, note: str = "") -> Verdict:
+    """A verdict on a paired ratio (``timing.Stats``) against ``limit``: MET or NOT MET only when
+    every round agrees, WITHIN NOISE when the rounds straddle the limit. On a shared CPU a step's
+    time moves by several percent from round to round and by more between runs, so a 2-round
+    median decides nothing near the limit (Lily/LoRA read 1.08x in one run and 1.21x in the next
+    against 1.10): such a result is reported as what it is instead of flipping."""
+    inside = (lambda r: r <= limit) if at_most else (lambda r: r >= limit)
+    agree = {inside(ratio.low), inside(ratio.high)}
+    noise = "" if len(agree) == 1 else (f"rounds {ratio.low:.2f}..{ratio.high:.2f} fall on both sides of "
+                                        f"{limit:g}; more rounds (the full preset) decide it")
+    return Verdict(target, fmt_ratio(ratio), inside(ratio.median), " ".join(filter(None, (note, noise))),
+                   within_noise=len(agree) > 1)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 from ..adapters import apply_adapter, count_parameters
 from ..backbones import create_backbone
 from .context import Context
-from .report import Section, Verdict, fmt_ratio, fmt_time
+from .report import Section, fmt_time, ratio_verdict
 from .timing import Stats, measure, paired_ratio, peak_memory_during
 
 NUM_CLASSES = 100
@@ -111,9 +111,9 @@ def run_adapters(ctx: Context) -> Section:
                              f"{stats[label].median / lora:.2f}x", f"{s.step_batch / stats[label].median:.1f}",
                              f"{memory[label][0]:.0f}"])
     ratio = paired_ratio(times[LILY_EQUAL_ROW], times[LORA_ROW])
-    section.verdicts.append(Verdict(
+    section.verdicts.append(ratio_verdict(
         f"Lily step time <= {LILY_VS_LORA:.2f}x LoRA's at equal rank and targets (r=8, q,v; HF PEFT's Lily: 1.15x)",
-        fmt_ratio(ratio), ratio.median <= LILY_VS_LORA))
+        ratio, LILY_VS_LORA, at_most=True))
     section.notes.append(f"Peak memory: {next(iter(memory.values()))[1]}; measured on one extra step after timing.")
     section.notes.append("The paper-setting Lily adapts more (k, v and a parallel MLP adapter at 2r=64), so it is "
                          "compared with LoRA for information only.")
@@ -173,9 +173,9 @@ def run_peft(ctx: Context) -> Section:
     if abs(faster) < NOISE * 100:
         verdict += f", a tie within the {NOISE:.0%} noise"
     mem_ours, mem_peft = memory["ours (vtab_lily)"][0], memory["HF PEFT"][0]
-    section.verdicts.append(Verdict(
-        "ours no slower than HF PEFT (median PEFT time / ours >= 1)", fmt_ratio(ratio), ratio.median >= 1.0,
-        f"Ours is {verdict} (median of paired rounds); peak memory {mem_ours:.0f} vs {mem_peft:.0f} MiB."))
+    section.verdicts.append(ratio_verdict(
+        "ours no slower than HF PEFT (median PEFT time / ours >= 1)", ratio, 1.0, at_most=False,
+        note=f"Ours is {verdict} (median of paired rounds); peak memory {mem_ours:.0f} vs {mem_peft:.0f} MiB."))
     if trainable_count(ours) != trainable_count(theirs):
         section.notes.append("The trainable parameter counts differ: the two configurations are not identical.")
     section.notes.append(f"Peak memory: {memory['HF PEFT'][1]}; measured on one extra step after timing.")

@@ -10,7 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .datamarks import DIFFERS_MARK
-from .table import Cell, Row, Table
+from .table import MEMORY_KINDS, Cell, Row, Table
 from .text import md_escape, round_half_up, setup_text
 
 MISSING = "-"
@@ -141,7 +141,7 @@ def markdown_rows(table: Table) -> tuple[list[str], list[list[str]]]:
         headers.append("Reported avg")
     if table.has_references:
         headers.append("Ref")
-    headers += ["Params (M, no head)", "Head (M)", "Train time", "Peak mem (MB)"]
+    headers += ["Params (M, no head)", "Head (M)", "Train time (alone)", "Train mem (MB)"]
     body = []
     for row in table.rows:
         usual = _usual_n(row)
@@ -161,7 +161,8 @@ def markdown_rows(table: Table) -> tuple[list[str], list[list[str]]]:
             ref = row.reference
             line.append(md_escape(ref.id) if ref else MISSING)
         memory = MISSING if row.peak_memory_mb is None else round_half_up(row.peak_memory_mb, 0)
-        line += [format_params(row.params_m), format_params(row.head_m), format_duration(row.train_time_s), memory]
+        train_time = format_duration(row.train_time_s) + (f" (+{row.shared_runs} shared)" if row.shared_runs else "")
+        line += [format_params(row.params_m), format_params(row.head_m), train_time, memory]
         body.append(line)
     return headers, body
 
@@ -223,12 +224,14 @@ def footnotes(table: Table) -> list[str]:
         "most rows of this table use for that task, or, when no one copy is the most used, made on a copy other "
         "rows disagree with (cell marked too): such numbers are not comparable. Select with `--data-fingerprint`.",
         "Params (M, no head): trainable parameters without the classification head (as papers print them), mean over "
-        "the row's runs; Head (M) beside it. Train time: summed over the row's runs. Peak mem: the largest peak.",
+        "the row's runs; Head (M) beside it. Train time (alone): summed over the row's runs that had their GPU to "
+        "themselves; `+N shared`: N runs made beside other trials on one GPU (`--trials-per-gpu`), left out. Train "
+        "mem: the largest over the row's runs of the memory the method itself needed to train.",
         "Numbers are rounded half-up on their decimal value (71.25 -> 71.3); CSV/JSON keep them unrounded.",
     ]
-    kinds = sorted({row.memory_kind for row in table.rows if row.memory_kind})
+    kinds = sorted({kind for row in table.rows if row.memory_kind for kind in row.memory_kind.split("/")})
     if kinds:
-        notes[5] += f" Memory measured as {', '.join(kinds)}."
+        notes[5] += " Measured as " + "; ".join(MEMORY_KINDS.get(k, k) for k in kinds) + "."
     paper_runs = sum(row.paper_runs for row in table.rows)
     if paper_runs and table.metric == "final":
         notes.append(f"{paper_runs} of these runs were made with `--paper` (they report the test-selected number): "
@@ -302,6 +305,7 @@ def csv_records(table: Table) -> list[dict[str, Any]]:
             params_no_head_m=row.params_m,
             params_head_m=row.head_m,
             train_time_s=row.train_time_s,
+            shared_gpu_runs=row.shared_runs,
             peak_memory_mb=row.peak_memory_mb,
             memory_kind=row.memory_kind,
             source=row.source or None,

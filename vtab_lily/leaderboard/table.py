@@ -60,9 +60,10 @@ class Row:
     seeds: list[int] = field(default_factory=list)
     params_m: float | None = None  # WITHOUT the head (as papers print), mean over runs
     head_m: float | None = None  # the classification head, mean over runs
-    train_time_s: float | None = None  # summed over the row's runs
-    peak_memory_mb: float | None = None  # max over the row's runs
-    memory_kind: str | None = None
+    train_time_s: float | None = None  # summed over the row's runs that had their device alone
+    shared_runs: int = 0  # runs made beside others on one GPU (--trials-per-gpu): left out of train_time_s
+    peak_memory_mb: float | None = None  # max over the row's runs of memory_mb(): training memory where measured
+    memory_kind: str | None = None  # what peak_memory_mb measured (MEMORY_KINDS), "/"-joined when mixed
     avg: Averages = field(default_factory=Averages)
     best_avg: Averages | None = None  # metric "both" only
     deviations: tuple[str, ...] | None = None  # () official; None: not recorded (older results)
@@ -215,16 +216,38 @@ def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], 
         row.params_m = statistics.fmean(no_head) / 1e6 if no_head else None
         heads = [r["params"]["head"] for r in used if isinstance(r["params"].get("head"), int)]
         row.head_m = statistics.fmean(heads) / 1e6 if heads else None
-        times = [(r.get("time") or {}).get("train_s") for r in used]
+        solo = [r for r in used if not shared_gpu(r)]
+        row.shared_runs = len(used) - len(solo)
+        times = [(r.get("time") or {}).get("train_s") for r in solo]
         row.train_time_s = sum(t for t in times if t is not None) if any(t is not None for t in times) else None
-        memories = [(r.get("memory") or {}) for r in used]
-        peaks = [m["peak_mb"] for m in memories if m.get("peak_mb") is not None]
+        memories = [memory_mb(r) for r in used]
+        peaks = [mb for mb, _ in memories if mb is not None]
         row.peak_memory_mb = max(peaks) if peaks else None
-        row.memory_kind = "/".join(sorted({m.get("kind") for m in memories if m.get("kind")})) or None
+        row.memory_kind = "/".join(sorted({kind for mb, kind in memories if mb is not None and kind})) or None
         row.run_dirs = sorted(r["run_dir"] for r in used)
         row.paper_runs = sum(1 for r in used if r["accuracy"].get("reported") == "test-selected")
         row.data = datamarks.row_data({r["task"]: data_of(r) for r in used})
     return summarise(row, groups)
+
+
+# What a row's memory figure measured, by result.json ``memory`` (older results have no training figure).
+MEMORY_KINDS = {"train": "training memory on the GPU (model, activations, optimizer; the data kept on the GPU "
+                         "excluded)",
+                "cuda_max_allocated": "GPU peak with the data kept on the GPU included (older results)",
+                "cpu_peak_rss": "the process's peak resident memory on a CPU (data, libraries included)"}
+
+
+def memory_mb(result: dict) -> tuple[float | None, str | None]:
+    """(MB, kind) of a result's memory: the training-only peak where recorded, else the old peak."""
+    memory = result.get("memory") or {}
+    if memory.get("train_peak_mb") is not None:
+        return memory["train_peak_mb"], "train"
+    return memory.get("peak_mb"), memory.get("kind")
+
+
+def shared_gpu(result: dict) -> bool:
+    """The run shared its GPU with other trials (``time.trials_per_gpu`` > 1): its times are not solo times."""
+    return ((result.get("time") or {}).get("trials_per_gpu") or 1) > 1
 
 
 def reference_row(ref: ReferenceRow, groups: dict[str, list[str]], metric: str = "final") -> Row:

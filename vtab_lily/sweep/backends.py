@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import UserError
+from ..rundir import SHARED_GPU_ENV
 from .execute import Outcome, package_root, run_batch_process, run_trial_process, tail_of
 
 
@@ -72,6 +73,7 @@ class LocalBackend:
             raise UserError(f"--trials-per-gpu must be at least 1, got {trials_per_gpu}")
         self.gpus = visible_gpus() if gpus is None else gpus
         self.slots: list[str | None] = [g for g in self.gpus for _ in range(trials_per_gpu)] or [None] * trials_per_gpu
+        self.trials_per_gpu = trials_per_gpu
         if threads is None and len(self.slots) > 1:
             threads = max(1, cpu_cores() // len(self.slots))
         self.threads, self.batch, self.module = threads, batch, module
@@ -124,7 +126,7 @@ class LocalBackend:
         return argv if self.threads is None or given else [*argv, "--threads", str(self.threads)]
 
     def _work(self, slot: str | None) -> None:
-        env = {"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}
+        env = {"CUDA_VISIBLE_DEVICES": slot, **shared_gpu_env(self.trials_per_gpu)} if slot is not None else {}
         while (taken := self._take()) is not None:
             try:
                 if self.batch:
@@ -203,11 +205,12 @@ class RayBackend:
         # max_retries=0: a failed trial is reported, not retried behind the user's back
         # (rerunning the sweep retries it, resuming from its checkpoint).
         self._remote = ray.remote(max_retries=0, **resources)(run_trial_process)
+        self._env = shared_gpu_env(trials_per_gpu) if self.gpus else {}
         self._pending = 0
 
     def submit(self, argv: list[str], log_path: str) -> Any:
         self._pending += 1
-        return self._remote.remote(argv, log_path, None, package_root())
+        return self._remote.remote(argv, log_path, self._env or None, package_root())
 
     def wait(self, handles: list[Any]) -> list[tuple[Any, Outcome]]:
         done, _ = self._ray.wait(handles, num_returns=1)
@@ -227,6 +230,12 @@ class RayBackend:
     def close(self) -> None:
         if self._started_here:
             self._ray.shutdown()
+
+
+def shared_gpu_env(trials_per_gpu: int) -> dict[str, str]:
+    """Tells each run how many trials share its GPU (the runner records it in result.json, and
+    the leaderboard keeps such contended times out of its solo time column)."""
+    return {SHARED_GPU_ENV: str(trials_per_gpu)} if trials_per_gpu > 1 else {}
 
 
 def _local_runtime_env() -> dict | None:
