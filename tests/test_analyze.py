@@ -189,3 +189,137 @@ def test_leaderboard_links_the_analysis_pages(demo_runs, tmp_path):
     text = (out / "vit-tiny-test.md").read_text()
     links = [line.split("](")[1].rstrip(")") for line in text.splitlines() if "](analysis/" in line]
     assert links and all((out / link).is_file() for link in links)
+
+
+def _copy_run(demo_runs, tmp_path, adapter="lily"):
+    import shutil
+
+    (src,) = [p.parent for p in demo_runs.rglob("result.json") if f"/{adapter}/" in str(p)]
+    dst = tmp_path / "runs" / src.relative_to(demo_runs)
+    shutil.copytree(src, dst)
+    return dst
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "empty", "wrong-shape", "nan", "pickle", "not-a-table", "odd-name"])
+def test_a_bad_snapshot_is_skipped_with_one_warning_and_the_report_goes_on(demo_runs, tmp_path, capsys, damage):
+    """Issue 22.8: each of these was a traceback that aborted the whole report."""
+    import pickle
+
+    run_dir = _copy_run(demo_runs, tmp_path)
+    _copy_run(demo_runs, tmp_path, "lora")  # a second, sound run on the same task
+    snap = run_dir / "snapshots" / "epoch_0001.pt"
+    state = torch.load(snap, weights_only=True)
+    if damage == "corrupt":
+        snap.write_bytes(snap.read_bytes()[:200])
+    elif damage == "empty":
+        snap.write_bytes(b"")
+    elif damage == "wrong-shape":
+        name = next(iter(state))
+        torch.save({**state, name: torch.zeros(3, 5, 7)}, snap)
+    elif damage == "nan":
+        name = next(k for k, v in state.items() if v.is_floating_point())
+        torch.save({**state, name: torch.full_like(state[name], float("nan"))}, snap)
+    elif damage == "pickle":
+        snap.write_bytes(pickle.dumps({"x": Evil()}))
+    elif damage == "not-a-table":
+        torch.save([1, 2, 3], snap)
+    elif damage == "odd-name":
+        snap.rename(run_dir / "snapshots" / "epoch_one.pt")
+    out = tmp_path / "analysis"
+    assert analyze_cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    warnings = [line for line in printed.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and ("epoch_one.pt" if damage == "odd-name" else "epoch_0001.pt") in warnings[0]
+    assert "weights_only" not in printed and "payload ran" not in printed
+    if damage == "pickle":
+        assert "not a safe tensor checkpoint" in warnings[0]
+    text = next((out / "vit-tiny-test").glob("*.md")).read_text()
+    assert "## lora" in text and "## lily" in text  # epoch 2's snapshot still analysed
+    assert "states analysed at epochs 2." in text.split("## lily")[1]
+
+
+ROUTER_DAMAGE = ['{"sites": ["a"], "experts": 2, "epochs": [1], "weights": [[["x", 0.5]]]}',
+                 '{"sites": ["a"], "experts": 2, "epochs": [1], "weights": [[[0.5, 0.5, 0.1]]]}',
+                 '{"sites": ["a"], "experts": 2, "epochs": [1, 2], "weights": [[[0.5, 0.5]]]}',
+                 '{"sites": ["a"], "experts": 2, "epochs": ["1"], "weights": [[[0.5, 0.5]]]}',
+                 '{"sites": "a", "experts": 2, "epochs": [1], "weights": 3}',
+                 '{"sites": ["a"], "experts": true, "epochs": [1], "weights": [[[1.0]]]}',
+                 '{"sites": ["a"], "experts": 2, "epochs": [1], "weights": [[[NaN, 0.5]]]}',
+                 '[1, 2]', '{"sites": [', '']
+
+
+@pytest.mark.parametrize("text", ROUTER_DAMAGE)
+def test_a_malformed_router_history_is_skipped_with_a_warning(demo_runs, tmp_path, capsys, text):
+    """Issue 22.9: ARCHITECTURE.md says malformed router files are skipped with a warning; a
+    malformed router_history.json was a traceback."""
+    run_dir = _copy_run(demo_runs, tmp_path)
+    (run_dir / "router_history.json").write_text(text)
+    out = tmp_path / "analysis"
+    assert analyze_cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "router_history.json" in warnings[0] and "history skipped" in warnings[0]
+    assert "## lily" in next((out / "vit-tiny-test").glob("*.md")).read_text()
+
+
+@pytest.mark.parametrize("text", ['{"sites": ["a"], "experts": 2, "weights": [["x", 0.5]]}',
+                                  '{"sites": ["a"], "experts": 2, "weights": [[0.5, 0.5, 0.1]]}',
+                                  '{"sites": ["a", "b"], "experts": 2, "weights": [[0.5, 0.5]]}',
+                                  '{"sites": "a", "experts": 2, "weights": 3}',
+                                  '{"sites": ["a"], "experts": 2, "weights": [[Infinity, 0.5]]}',
+                                  '[1, 2]', '{"sites": [', ''])
+def test_a_malformed_router_weights_file_skips_the_run_with_a_warning(demo_runs, tmp_path, capsys, text):
+    run_dir = _copy_run(demo_runs, tmp_path)
+    _copy_run(demo_runs, tmp_path, "lora")
+    (run_dir / "router_weights.json").write_text(text)
+    out = tmp_path / "analysis"
+    assert analyze_cli.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "router_weights.json" in warnings[0]
+    assert "## lora" in next((out / "vit-tiny-test").glob("*.md")).read_text()
+
+
+def test_peft_lora_on_q_v_gives_the_same_dw_as_ours(tmp_path):
+    """Issue 22.6: a PEFT LoRA run on q,v reported 'sites 0 ... no dW to analyse'."""
+    import json
+
+    pytest.importorskip("peft")
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q", "v"]}))
+    peft_model = apply_adapter(tiny_vit(), "peft", config=str(path))
+    ours = apply_adapter(tiny_vit(), "lora", rank=2, alpha=4, targets=("q", "v"))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    peft_layers = {n: m for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")}
+    peft_updates, skipped = weight_updates(peft_model)
+    assert not skipped and len(peft_updates) == 2 * len(peft_model.blocks)
+    assert {u.kind for u in peft_updates} == {"q", "v"}
+    for u in peft_updates:
+        layer = peft_layers[f"blocks.{u.layer}.attn.qkv.{u.kind}"]
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        torch.testing.assert_close(u.delta, (4 / 2) * b @ a)  # scaling alpha / r, as ours
+        assert rank_above(singular_values(u.delta), 1e-6) == 2 and u.base.shape == u.delta.shape
+    assert sorted(u.site for u in peft_updates) == sorted(u.site for u in weight_updates(ours)[0])
+
+
+@pytest.mark.parametrize("adapter, count, what", [
+    ("adaptformer", "blocks", "bottleneck with a ReLU"), ("houlsby", "2 blocks", "bottleneck with a ReLU"),
+    ("pfeiffer", "blocks", "bottleneck with a ReLU"), ("ssf", None, "scale and shift"),
+    ("repadapter", "2 blocks", "linear map of the layer's input"), ("vpt-deep", "blocks", "prompt tokens"),
+    ("vpt-shallow", None, "prompt tokens")])
+def test_adapters_without_a_weight_update_are_listed_as_the_page_says(adapter, count, what):
+    """Issue 22.6: these were listed with 0 sites although the page header says they are listed."""
+    model = apply_adapter(tiny_vit(), adapter, task="dtd")
+    updates, skipped = weight_updates(model)
+    assert not updates and skipped and all(what in line for line in skipped)
+    depth = len(model.blocks)
+    if count == "blocks":
+        assert len(skipped) == depth
+    elif count == "2 blocks":
+        assert len(skipped) == 2 * depth

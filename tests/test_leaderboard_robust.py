@@ -201,3 +201,49 @@ def test_no_abbreviated_options(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", str(tmp_path), "--format", "md"])
     assert exit_info.value.code == 2
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+2", "-2+3+cmd|' /C calc'!A0", "@SUM(1)", "\tlead", "\rlead"]
+
+
+@pytest.mark.parametrize("method", FORMULAS)
+def test_a_label_starting_like_a_formula_is_text_in_every_csv(tmp_path: Path, capsys, method: str) -> None:
+    """Issue 22.15: a method name starting with = (or + - @ tab CR) landed as is in the CSV,
+    which a spreadsheet runs as a formula. OWASP: a leading single quote makes it text."""
+    import csv
+    import io
+
+    runs = tmp_path / "runs"
+    write_result(runs, task="dtd", method=method, method_hash="f0000001")
+    out = tmp_path / "boards"
+    assert main(["--runs", str(runs), "--out", str(out), "--no-plots", "--no-reference"]) == 0
+    for text in [(out / "vit-b16-in21k.csv").read_text()]:
+        (record,) = list(csv.DictReader(io.StringIO(text)))
+        assert record["method"] == "'" + method.replace("\r", "\n")  # a lone CR would end the row
+        assert record["dtd"] == "70.0"  # numbers stay numbers
+    capsys.readouterr()
+    assert main(["--runs", str(runs), "--task", "dtd", "--format", "csv"]) == 0
+    (record,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert record["method"] == "'" + method.replace("\r", "\n") and record["final"] == "70.00"
+
+
+def test_csv_cell_keeps_numbers_and_the_missing_mark() -> None:
+    from vtab_lily.leaderboard.text import csv_cell
+
+    assert csv_cell("-0.5") == "-0.5" and csv_cell("-") == "-" and csv_cell(-3.0) == -3.0 and csv_cell(None) is None
+    assert csv_cell("lora r=8") == "lora r=8" and csv_cell("-inf+1") == "'-inf+1"
+
+
+def test_a_newline_in_memory_kind_or_deviations_cannot_add_a_row_or_note(tmp_path: Path) -> None:
+    """Issue 22.15: a result's ``memory.kind`` went unescaped into the notes, so a newline made
+    a fake table row; every string field that reaches the markdown is one escaped line."""
+    runs = tmp_path / "runs"
+    run_dir = write_result(runs, task="dtd")
+    fake = "cpu\n| fake | row | 1 |\n\n| x | y |\n|---|---|"
+    edit_result(run_dir, memory={"peak_mb": 5.0, "kind": fake}, deviations=["lr=1\n| dev | row |"])
+    (table,) = collect(runs, with_reference=False).tables
+    md = table_markdown(table)
+    assert "fake" in md and "dev" in md
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == 3  # header, rule, the one run: no fake rows anywhere
+    assert all(line.startswith(("#", "- ")) or not line for line in md.splitlines() if not line.startswith("|"))

@@ -104,3 +104,74 @@ def test_the_runner_takes_a_peft_config_and_labels_it_by_its_contents(tmp_path, 
                                                 "differences from the official recipe: none")
         labels.append(setup["method"])
     assert labels[0].startswith("peft peft_type=LOHA r=4") and labels[1].startswith("peft peft_type=LOKR")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"r": "4"}, r'r must be an integer, got "4"'),
+    ({"r": 4.5}, "r must be an integer, got 4.5"),
+    ({"r": True}, "r must be an integer, got true"),
+    ({"r": 0}, "r must be an integer >= 1, got 0"),
+    ({"r": 100_000_000}, "r must be <= 1,000,000 \\(the bound --rank has\\)"),
+    ({"r": 4, "rank_pattern": {"q": 10**8}}, "rank_pattern.q must be <= 1,000,000"),
+    ({"r": 4, "lora_alpha": "8"}, 'lora_alpha must be a number, got "8"'),
+    ({"r": 4, "lora_dropout": 1e400}, "not valid JSON \\(Infinity is not a JSON number"),
+    ({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4}, "PROMPT_TUNING is prompt learning"),
+    ({"peft_type": "ADAPTION_PROMPT"}, "ADAPTION_PROMPT adds prompts to a LLaMA attention layer"),
+    ({"peft_type": "NOPE"}, "unknown peft_type 'NOPE'; --adapter peft takes .*LORA"),
+])
+def test_peft_config_values_are_checked_like_the_cli_options(tmp_path, settings, message):
+    """Issue 22.10 / 22.16: these gave TypeError/AttributeError tracebacks (r "4", 4.5, true;
+    PROMPT_TUNING), or were taken (r=1e8 past the bound --rank has)."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q", "v"], **settings}))
+    with pytest.raises(UserError, match=message):
+        apply_adapter(tiny(), "peft", config=str(path))
+
+
+def test_peft_settings_given_as_a_dict_are_checked_too():
+    """The settings come back from a run's config.json when a run is rebuilt (analyze)."""
+    with pytest.raises(UserError, match="lora_dropout must be a finite number, got inf"):
+        apply_adapter(tiny(), "peft", settings={"peft_type": "LORA", "r": 2, "lora_dropout": float("inf"),
+                                               "target_modules": ["q"]})
+
+
+def test_peft_config_scalings_may_be_floats_and_seeds_large(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 0.5, "target_modules": ["q"]}))
+    apply_adapter(tiny(), "peft", config=str(path))
+    path.write_text(json.dumps({"peft_type": "VERA", "r": 2, "target_modules": ["fc1"], "projection_prng_key": 10**9}))
+    apply_adapter(tiny(), "peft", config=str(path))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_nan_in_a_peft_config_is_refused_before_any_run_folder(tmp_path, capsys, constant):
+    """Issue 22.10: ``"lora_alpha": NaN`` passed --dry-run, made a run folder whose config.json
+    held a bare NaN (not JSON), then failed at step 1."""
+    from vtab_lily import run
+
+    path = tmp_path / "c.json"
+    path.write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": %s, "target_modules": ["q"]}' % constant)
+    out = tmp_path / "runs"
+    for extra in (["--dry-run"], []):
+        with pytest.raises(UserError, match=f"not valid JSON \\({constant} is not a JSON number"):
+            run.main(["--demo", "--task", "colours", "--adapter", "peft", "--peft-config", str(path),
+                      "--out", str(out), *extra])
+    assert not out.exists()
+
+
+def test_a_deeply_nested_peft_config_is_one_line_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(UserError, match="not valid JSON"):
+        apply_adapter(tiny(), "peft", config=str(path))
+
+
+def test_no_json_file_is_ever_written_with_nan(tmp_path):
+    """The writer's backstop: json.dumps would write a bare NaN; it refuses and names the key."""
+    from vtab_lily.fsutil import atomic_write_json
+
+    with pytest.raises(UserError, match=r"config.json: refusing to write adapter_config.settings.lora_alpha = nan"):
+        atomic_write_json(tmp_path / "config.json", {"adapter_config": {"settings": {"lora_alpha": float("nan")}}})
+    with pytest.raises(UserError, match=r"refusing to write weights.1 = inf"):
+        atomic_write_json(tmp_path / "w.json", {"weights": [1.0, float("inf")]})
+    assert not list(tmp_path.iterdir())

@@ -182,3 +182,63 @@ def test_result_provenance_reads_the_data_manifest_and_the_vim_kernel_paths(monk
     monkeypatch.setattr(readcheck, "read_manifest", lambda root, task: manifest if task == "dtd" else None)
     assert data_provenance(config) == {"fingerprint": "0123456789abcdef", "encoding": "png", "source": "tfds"}
     assert data_provenance(dict(config, task="kitti")) == {"fingerprint": None, "encoding": None, "source": None}
+
+
+def test_a_help_or_argparse_exit_on_one_line_fails_that_line_and_the_batch_goes_on(demo_root, tmp_path, capsys):
+    """Issue 22.12: ``["-h"]`` printed the help and ended the whole batch with exit 0; an option
+    argparse rejects ended it too (SystemExit). Each is now that line's failure."""
+    common = [*TINY, "--data-root", str(demo_root), "--out", str(tmp_path / "runs")]
+    batch = write_batch(tmp_path / "batch.jsonl", [
+        ["-h"],
+        [*common, "--task", "colours", "--help", "--dry-run"],
+        [*common, "--task", "colours", "-hx"],
+        [*common, "--task", "colours", "--no-such-option"],
+        [*common, "--task", "colours", "--dry-run"],
+    ])
+    assert run.main(["--batch", str(batch)]) == 2
+    captured = capsys.readouterr()
+    assert "batch.jsonl:1: bad line: -h asks for the help" in captured.err
+    assert "batch.jsonl:2: bad line: --help asks for the help" in captured.err
+    assert "batch.jsonl:3: error: argument -h/--help: ignored explicit argument 'x'" in captured.err
+    assert "batch.jsonl:4: error: unrecognized arguments: --no-such-option" in captured.err
+    assert "--- [5/5] vit lily colours: dry run" in captured.out
+    assert "=== batch: 1 done or skipped, 0 running elsewhere, 4 failed" in captured.out
+
+
+def test_any_system_exit_inside_a_line_is_that_lines_failure(tmp_path, capsys):
+    from vtab_lily.runbatch import run_batch
+
+    def execute(argv):
+        if argv == ["exit0"]:
+            raise SystemExit(0)  # e.g. an argparse action that prints and exits
+        if argv == ["exit3"]:
+            raise SystemExit(3)
+        return 0, "finished"
+
+    batch = write_batch(tmp_path / "b.jsonl", [["exit0"], ["exit3"], ["ok"]])
+    assert run_batch(batch, execute) == 3
+    captured = capsys.readouterr()
+    assert "b.jsonl:1: bad arguments (the parser exited with 0)" in captured.err
+    assert "b.jsonl:2: bad arguments (the parser exited with 3)" in captured.err
+    assert "=== batch: 1 done or skipped, 0 running elsewhere, 2 failed" in captured.out
+
+
+def test_a_line_nested_past_the_json_parsers_depth_is_a_bad_line(tmp_path, capsys):
+    from vtab_lily.runbatch import run_batch
+
+    batch = write_batch(tmp_path / "b.jsonl", ["[" * 100_000, ["ok"]])
+    assert run_batch(batch, lambda argv: (0, "finished")) == 2
+    captured = capsys.readouterr()
+    assert "b.jsonl:1: bad line: not JSON" in captured.err and "--- [2/2]" in captured.out
+
+
+def test_the_batch_module_does_not_import_the_runner():
+    """run.py <-> runbatch.py was an import cycle: the runner hands ``execute`` in."""
+    import ast
+    import inspect
+
+    from vtab_lily import runbatch
+
+    tree = ast.parse(inspect.getsource(runbatch))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "run" not in imported and "vtab_lily.run" not in imported

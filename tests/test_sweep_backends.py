@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import os
 import time
 import types
 
@@ -78,7 +79,7 @@ def test_cpu_only_machine_runs_trials_per_gpu_at_once(monkeypatch, tmp_path):
 def test_batch_mode_runs_one_process_per_worker(monkeypatch, tmp_path):
     batches: list[tuple[str, list[list[str]]]] = []
 
-    def fake_batch(trials, batch_log, env=None, package_root=None, module="vtab_lily.run"):
+    def fake_batch(trials, batch_log, env=None, package_root=None, module="vtab_lily.run", on_done=None):
         batches.append((env["CUDA_VISIBLE_DEVICES"], [argv for argv, _ in trials]))
         time.sleep(0.05)
         return 1 if any("--fail" in argv for argv, _ in trials) else 0
@@ -167,3 +168,46 @@ def test_a_paper_sweep_selecting_on_val_passes_paper_to_its_test_runs_only(capsy
     commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python -m vtab_lily.run")]
     assert any("--protocol val" in line for line in commands)
     assert all(("--paper" in line) == ("--protocol test" in line) for line in commands)
+
+
+def test_a_batch_reports_each_trial_as_it_ends_not_at_the_batch_end(tmp_path, monkeypatch):
+    """Issue 22.16: the sweep's bar sat at 0 until a whole batch process ended; each line's end is
+    now read from the batch's report file while the process runs."""
+    fake = tmp_path / "fakebatch.py"
+    fake.write_text(
+        "import os, sys, time\n"
+        "lines = open(sys.argv[2]).read().splitlines()\n"
+        "for i, line in enumerate(lines):\n"
+        "    with open(os.environ['VTAB_LILY_BATCH_REPORT'], 'a') as f:\n"
+        "        f.write(f\"{1 if 'fail' in line else 0}\\tline {i}\\tdone\\n\")\n"
+        "    time.sleep(3 if i == 0 else 0)\n"
+        "sys.exit(1)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+    local = backends.LocalBackend(gpus=[], trials_per_gpu=1, batch=True, module="fakebatch")
+    try:
+        futures = [local.submit(argv, str(tmp_path / "logs" / f"{i}.log")) for i, argv in enumerate([["ok"], ["fail"]])]
+        local.flush()
+        start = time.monotonic()
+        (first, outcome), *_ = local.wait(futures)
+        assert time.monotonic() - start < 2.5 and first is futures[0] and outcome.returncode == 0
+        assert local.running() == 1  # the second is still running
+        assert futures[1].result(timeout=30).returncode == 1  # its own code, not only the batch's
+    finally:
+        local.close()
+    assert local.running() == 0
+
+
+def test_the_progress_eta_comes_from_trials_that_ran_and_none_before_one_has():
+    """Issue 22.16: an ETA of 2:13:59 for a sweep that ended 3 minutes later; skipped trials took
+    no time, and tqdm's estimate counted them as work."""
+    from vtab_lily.sweep.driver import Progress
+
+    now = [100.0]
+    progress = Progress(10, enabled=False)
+    progress.clock, progress.start = (lambda: now[0]), 100.0
+    progress.update(running=1, skipped=5)
+    assert progress.eta(5) == "?"
+    now[0] = 160.0
+    progress.update(running=1, finished=1)  # 1 ran in 60 s; 4 left
+    assert progress.done + progress.skipped == 6 and progress.eta(4) == "0:04:00"
+    progress.close()

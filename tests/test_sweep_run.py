@@ -220,8 +220,8 @@ def test_batch_workers_run_real_trials_and_result_json_decides(demo_root, tmp_pa
     processes = tmp_path / "processes.txt"
     monkeypatch.setenv("FAKE_BATCH_PROCESSES", str(processes))
     real = backends.run_batch_process
-    monkeypatch.setattr(backends, "run_batch_process", lambda trials, log, env=None, root=None, module="":
-                        real(trials, log, env, root, module="fake_batch_runner"))
+    monkeypatch.setattr(backends, "run_batch_process", lambda trials, log, env=None, root=None, module="", on_done=None:
+                        real(trials, log, env, root, module="fake_batch_runner", on_done=on_done))
     out = tmp_path / "runs"
     spec = demo_spec(demo_root, select="none")
     monkeypatch.setenv("VTAB_LILY_FAULT", "nan_loss:1")  # the first run of each process fails

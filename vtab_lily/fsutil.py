@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from .errors import UserError
 
 
 def current_umask() -> int:
@@ -69,8 +72,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    """Strict JSON: a NaN or infinite number (which ``json`` would write as a bare ``NaN`` that
+    no JSON reader accepts) is refused, naming where it is; nothing is written then."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    except ValueError:
+        raise UserError(f"{path}: refusing to write {_non_finite(obj) or 'a NaN or infinite number'}: "
+                        "JSON has no NaN or Infinity (check the value given there)") from None
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """``key.sub = nan`` for the first NaN/infinite float inside ``obj``, else None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{where or 'the value'} = {obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def read_json(path: str | os.PathLike) -> Any:

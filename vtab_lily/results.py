@@ -25,6 +25,7 @@ RESULT_FILE = "result.json"
 FAILED_FILE = "failed.json"
 CONFIG_FILE = "config.json"
 ROUTER_FILE = "router_weights.json"
+ROUTER_HISTORY_FILE = "router_history.json"
 METRICS = ("final", "best")
 # Sub-folders of a run directory that never hold other runs (skipped while walking).
 _RUN_SUBDIRS = {"tb"}
@@ -283,6 +284,24 @@ def group_results(results: Iterable[dict], *keys: str) -> dict[tuple, list[dict]
     return groups
 
 
+def _router_rows(path: Path, sites: Any, experts: Any, weights: Any, what: str) -> list[list[float]]:
+    """``weights`` as one row of 1..``experts`` finite numbers per site, else a UserError naming ``path``."""
+    if not isinstance(sites, list) or not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
+        raise UserError(f"{path}: needs 'sites' (a list) and 'experts' (a positive int)")
+    if experts > MAX_EXPERTS or len(sites) > MAX_SITES:
+        raise UserError(f"{path}: {experts} experts x {len(sites)} sites is beyond any Lily model here "
+                        f"(at most {MAX_EXPERTS} x {MAX_SITES})")
+    if not isinstance(weights, list) or len(weights) != len(sites):
+        raise UserError(f"{path}: {what} must have one row per site ({len(sites)})")
+    for i, row in enumerate(weights):
+        # a site may have fewer experts than the widest one (Vim Lily's dt_proj sites have one)
+        if not isinstance(row, list) or not 1 <= len(row) <= experts or not all(_is_number(v) for v in row):
+            raise UserError(f"{path}: {what}[{i}] must be 1 to {experts} numbers")
+    if weights and max(len(row) for row in weights) != experts:
+        raise UserError(f"{path}: 'experts' is {experts} but the widest site has {max(len(row) for row in weights)}")
+    return [[float(v) for v in row] for row in weights]
+
+
 def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     """The run's router_weights.json when present and well formed, else None.
 
@@ -295,21 +314,30 @@ def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     obj = _read_json_quietly(path)
     if not isinstance(obj, dict):
         raise UserError(f"{path}: not a JSON object (truncated?)")
-    sites, experts, weights = obj.get("sites"), obj.get("experts"), obj.get("weights")
-    if not isinstance(sites, list) or not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
-        raise UserError(f"{path}: needs 'sites' (a list) and 'experts' (a positive int)")
-    if experts > MAX_EXPERTS or len(sites) > MAX_SITES:
-        raise UserError(f"{path}: {experts} experts x {len(sites)} sites is beyond any Lily model here "
-                        f"(at most {MAX_EXPERTS} x {MAX_SITES})")
-    if not isinstance(weights, list) or len(weights) != len(sites):
-        raise UserError(f"{path}: 'weights' must have one row per site ({len(sites)})")
-    for i, row in enumerate(weights):
-        # a site may have fewer experts than the widest one (Vim Lily's dt_proj sites have one)
-        if not isinstance(row, list) or not 1 <= len(row) <= experts or not all(_is_number(v) for v in row):
-            raise UserError(f"{path}: weights[{i}] must be 1 to {experts} numbers")
-    if weights and max(len(row) for row in weights) != experts:
-        raise UserError(f"{path}: 'experts' is {experts} but the widest site has {max(len(row) for row in weights)}")
-    return {"sites": [str(s) for s in sites], "experts": experts, "weights": [[float(v) for v in row] for row in weights]}
+    sites, experts = obj.get("sites"), obj.get("experts")
+    weights = _router_rows(path, sites, experts, obj.get("weights"), "weights")
+    return {"sites": [str(s) for s in sites], "experts": experts, "weights": weights}
+
+
+def read_router_history(run_dir: str | os.PathLike) -> dict | None:
+    """The run's router_history.json when present and well formed, else None; a UserError
+    naming the file when it does not match ``{"sites", "experts", "epochs": [int, ...],
+    "weights": [one router_weights-like table per epoch]}``."""
+    path = Path(run_dir) / ROUTER_HISTORY_FILE
+    if not path.exists():
+        return None
+    obj = _read_json_quietly(path)
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a JSON object (truncated?)")
+    sites, experts, epochs, tables = obj.get("sites"), obj.get("experts"), obj.get("epochs"), obj.get("weights")
+    if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
+        raise UserError(f"{path}: 'epochs' must be a list of epoch numbers")
+    if len(set(epochs)) != len(epochs):
+        raise UserError(f"{path}: an epoch is listed twice")
+    if not isinstance(tables, list) or len(tables) != len(epochs):
+        raise UserError(f"{path}: 'weights' must have one table per epoch ({len(epochs)})")
+    weights = [_router_rows(path, sites, experts, table, f"weights[{i}]") for i, table in enumerate(tables)]
+    return {"sites": [str(s) for s in sites], "experts": experts, "epochs": epochs, "weights": weights}
 
 
 # ---- Fields added in round 2 (older results lack them): read them in one place ----

@@ -25,7 +25,12 @@ from typing import Callable
 from .errors import UserError
 from .fetch import ensure_ready
 from .runconfig import check_args
-from .runspec import finished
+from .runspec import finished as run_is_finished
+
+# one run from its arguments -> (exit code, one-line status); ``run.execute``, handed in by
+# ``run.main`` so that this module never imports the runner back
+Execute = Callable[[list[str]], tuple[int, str]]
+HELP_FLAGS = ("-h", "--help")
 
 REPORT_ENV = "VTAB_LILY_BATCH_REPORT"  # optional: a file getting "code<TAB>label<TAB>status" per run
 
@@ -42,13 +47,16 @@ def read_batch(path: Path) -> list[tuple[int, list[str] | None, str]]:
             continue
         try:
             argv = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: [[[[... nested past the parser's depth
             lines.append((number, None, f"not JSON ({err})"))
             continue
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             lines.append((number, None, "not a JSON list of strings"))
         elif "--batch" in argv:
             lines.append((number, None, "--batch inside a batch file"))
+        elif any(a in HELP_FLAGS for a in argv):  # the help is not a run (and would end the process)
+            lines.append((number, None, f"{next(a for a in argv if a in HELP_FLAGS)} asks for the help, not a run "
+                                        "(python -m vtab_lily.run --help prints it)"))
         else:
             lines.append((number, argv, ""))
     return lines
@@ -61,14 +69,13 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]], fetch: bool = False,
+def run_batch(path: Path, execute: Execute, *, finished: Callable[[dict], bool] = run_is_finished, fetch: bool = False,
               preflight_only: bool = False) -> int:
-    """Run every line of ``path`` with ``execute`` (``run.execute``: one run's arguments -> (exit
-    code, status); passed in by ``run.main``, which this module sits below), after one pre-flight
-    of the weights and data of every line (``fetch``: fetch what is missing; ``preflight_only``:
-    only that)."""
+    """Run every line of ``path`` with ``execute`` (the runner's, passed in so this module never
+    imports it); ``finished(config)`` says which runs the pre-flight may skip (``runspec.finished``:
+    a complete run needs neither weights nor data)."""
     lines = read_batch(path)
-    bad = preflight(path, lines, fetch)  # every missing checkpoint and data piece, once, before any run
+    bad = preflight(path, lines, fetch, finished)  # every missing checkpoint and data piece, once, before any run
     if preflight_only:
         if bad:  # a line that cannot run is not "ready" either
             raise UserError(f"--batch {path}: {len(bad)} bad line{'s' if len(bad) > 1 else ''}:\n  " + "\n  ".join(bad))
@@ -86,6 +93,9 @@ def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]], fetch
                 code, status = execute(argv)
             except UserError as err:
                 code, status = 2, f"error: {err}"
+            except SystemExit as err:  # argparse's own exit (a bad option): this line failed, the batch goes on
+                code = err.code if isinstance(err.code, int) and err.code > 0 else 2
+                status = f"bad arguments (the parser exited with {err.code})"
             except KeyboardInterrupt:
                 print(f"interrupted during {label} ({where}); rerun the same command to resume", file=sys.stderr)
                 _report(label, 130, "interrupted")
@@ -111,7 +121,8 @@ def run_batch(path: Path, execute: Callable[[list[str]], tuple[int, str]], fetch
     return max((c for c, _, _ in codes), default=0)
 
 
-def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool) -> list[str]:
+def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool,
+              finished: Callable[[dict], bool]) -> list[str]:
     """UserError naming every missing weights file and data task of the batch's valid lines;
     ``fetch`` fetches them first. Returns the bad lines as ``FILE:LINE: what`` (a run reports its
     own when its turn comes)."""

@@ -178,7 +178,7 @@ def paper_option(adapter: str, key: str, where: str) -> str:
 
 
 # --- checks on numbers ------------------------------------------------------------------------
-ADAPTER_INT_LIMIT = 1_000_000  # ranks, lengths, expert counts: far beyond any real use
+ADAPTER_INT_LIMIT = options.SIZE  # ranks, lengths, expert counts (and PEFT config sizes: adapters.checks)
 
 
 def _finite_numbers(value: Any, where: str) -> None:

@@ -45,11 +45,14 @@ class EvalRecorder:
         self.snapshots = config["adapter"] != "full" and trainable <= SNAPSHOT_MAX_PARAMS
         old = run.read_router_history() if start_epoch > 0 else None
         self.history = {"sites": [], "experts": 0, "epochs": [], "weights": []}
-        if old and isinstance(old.get("epochs"), list):  # keep the evaluations the checkpoint covers
+        if old is not None and not (isinstance(old.get("epochs"), list) and isinstance(old.get("weights"), list)
+                                    and len(old["epochs"]) == len(old["weights"])):
+            print(f"warning: {run / 'router_history.json'}: malformed, the router history restarts here", file=sys.stderr)
+            old = None
+        if old:  # keep the evaluations the checkpoint covers
             kept = [i for i, e in enumerate(old["epochs"]) if isinstance(e, int) and e <= start_epoch]
             self.history = {"sites": old.get("sites", []), "experts": old.get("experts", 0),
-                            "epochs": [old["epochs"][i] for i in kept],
-                            "weights": [old["weights"][i] for i in kept if i < len(old.get("weights", []))]}
+                            "epochs": [old["epochs"][i] for i in kept], "weights": [old["weights"][i] for i in kept]}
 
     def before_eval(self) -> None:
         if self.lily:

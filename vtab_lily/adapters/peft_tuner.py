@@ -12,15 +12,29 @@ PEFT is optional: it is imported only here (``pip install peft``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from vtab_lily.adapters.checks import ADAPTER_INT_LIMIT
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.errors import UserError
+
+# Tuners that do not inject into a backbone's layers: virtual tokens for a language model's input
+# (PEFT's prompt-learning configs are recognised by class), LLaMA attention prompts, LoRA mixtures
+# that need a language model's config.
+NOT_INJECTED = {"ADAPTION_PROMPT": "adds prompts to a LLaMA attention layer",
+                "XLORA": "mixes LoRA adapters with a classifier that needs a language model's config"}
+# integer fields that are seeds or keys, not sizes: any value is fine
+_NOT_SIZES = ("seed", "prng", "key")
+# fields PEFT annotates ``int`` that are scalings, not shapes (``lora_alpha``: 16.0 and 0.5 work)
+_SCALINGS = ("alpha", "lambda", "scale")
 
 
 @dataclass
@@ -37,10 +51,10 @@ class PeftTunerConfig:
         if self.config is not None:
             path = Path(self.config)
             try:
-                settings = json.loads(path.read_text(encoding="utf-8"))
+                settings = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
             except OSError as err:
                 raise UserError(f"--peft-config {path}: cannot read it ({err.strerror or err})") from None
-            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError, NaN, [[[[...
                 raise UserError(f"--peft-config {path}: not valid JSON ({err})") from None
         if self.config is None and not settings:
             raise UserError("--adapter peft needs the tuner's config: --peft-config FILE.json (a PEFT config with a "
@@ -52,15 +66,91 @@ class PeftTunerConfig:
         return replace(self, config=None, settings=settings)
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def _peft_config_class(settings: dict) -> type:
+    """PEFT's config class for ``settings["peft_type"]``, or a UserError naming what is supported."""
+    import peft
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    name = settings.get("peft_type")
+    classes = {str(getattr(k, "value", k)): v for k, v in PEFT_TYPE_TO_CONFIG_MAPPING.items()}
+    supported = sorted(k for k, v in classes.items()
+                       if k not in NOT_INJECTED and not issubclass(v, peft.PromptLearningConfig))
+    if not isinstance(name, str) or name not in classes:
+        raise UserError(f"peft config: unknown peft_type {name!r}; --adapter peft takes {', '.join(supported)}")
+    if issubclass(classes[name], peft.PromptLearningConfig) or name in NOT_INJECTED:
+        why = NOT_INJECTED.get(name, "is prompt learning: virtual tokens added to a language model's input")
+        raise UserError(f"peft config: peft_type {name} {why}, not layers of a vision backbone; --adapter peft "
+                        f"takes the tuners that inject into layers: {', '.join(supported)}")
+    return classes[name]
+
+
+def _field_kind(annotation: Any) -> tuple[str | None, bool]:
+    """(``int``|``float``|``bool``|None, None allowed) from a dataclass field's annotation text."""
+    text = str(annotation).replace(" ", "")
+    for kind in ("int", "float", "bool"):
+        if text == kind:
+            return kind, False
+        if text in (f"Optional[{kind}]", f"{kind}|None", f"None|{kind}"):
+            return kind, True
+    return None, True
+
+
+def _check_numbers(value: Any, where: str, size: bool) -> None:
+    """No NaN/Infinity anywhere; a size (an int that is not a seed or key) within the --rank bound."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value}")
+    if isinstance(value, int) and size and abs(value) > ADAPTER_INT_LIMIT:
+        raise UserError(f"{where} must be <= {ADAPTER_INT_LIMIT:,} (the bound --rank has), got {value:,}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{where}.{key}", size)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_numbers(item, where, size)
+
+
+def check_peft_settings(settings: dict) -> None:
+    """The config file's values, checked as the CLI checks its own options, before PEFT sees
+    them: the tuner is one that injects into layers, typed fields have their type (``"r": "4"``,
+    ``4.5`` or ``true`` are not a rank), no number is NaN or infinite, sizes are bounded."""
+    config_class = _peft_config_class(settings)
+    kinds = {f.name: _field_kind(f.type) for f in dataclasses.fields(config_class)}
+    name = settings["peft_type"]
+    for key, value in settings.items():
+        where = f"peft config {name}: {key}"
+        kind, nullable = kinds.get(key, (None, True))
+        if kind == "int" and any(part in key for part in _SCALINGS):
+            kind = "float"
+        if value is None and nullable:
+            continue
+        wrong = {"int": isinstance(value, bool) or not isinstance(value, int),
+                 "float": isinstance(value, bool) or not isinstance(value, (int, float)),
+                 "bool": not isinstance(value, bool)}.get(kind, False)
+        if wrong:
+            article = "an integer" if kind == "int" else "a number" if kind == "float" else "true or false"
+            raise UserError(f"{where} must be {article}, got {json.dumps(value)[:40]}")
+        _check_numbers(value, where, size=not any(part in key for part in _NOT_SIZES))
+    rank = settings.get("r")
+    if "r" in kinds and isinstance(rank, int) and rank < 1:
+        raise UserError(f"peft config {name}: r must be an integer >= 1, got {rank}")
+
+
 def build_peft_config(settings: dict):
     try:
         import peft
     except ImportError:
         raise UserError("the peft adapter needs HF PEFT: pip install peft") from None
+    check_peft_settings(settings)
     try:
         return peft.get_peft_config(dict(settings))
-    except (TypeError, ValueError, KeyError) as err:
-        raise UserError(f"peft config {settings.get('peft_type')!r}: {err}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise UserError(f"peft config {settings.get('peft_type')}: {err}") from None
 
 
 class SplitQKV(nn.Module):
@@ -103,10 +193,18 @@ def inject_peft(model: nn.Module, config: PeftTunerConfig) -> None:
             # our model (injected in place; its layers hold references to the shared tensors).
             peft.get_peft_model(model, peft_config, adapter_name="default")
     except ValueError as err:  # e.g. target modules not found
-        raise UserError(f"peft {peft_config.peft_type}: {err}") from None
+        raise UserError(f"peft {_type_name(peft_config)}: {err}") from None
+    except (TypeError, AttributeError, KeyError, NotImplementedError) as err:  # a tuner PEFT cannot put here
+        raise UserError(f"peft {_type_name(peft_config)}: cannot be applied to this backbone "
+                        f"({err.__class__.__name__}: {err})") from None
     model.peft_trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not model.peft_trainable:
-        raise UserError(f"peft {peft_config.peft_type}: the config adds no trainable parameter")
+        raise UserError(f"peft {_type_name(peft_config)}: the config adds no trainable parameter")
+
+
+def _type_name(peft_config: Any) -> str:
+    """``LORA``, not ``PeftType.LORA``."""
+    return str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
 
 
 def unfreeze_peft(model: nn.Module, config: PeftTunerConfig) -> None:

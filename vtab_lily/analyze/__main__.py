@@ -43,7 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {w.message}")
     if not runs:
         raise UserError(f"no complete runs under {' '.join(args.runs)}")
-    analyses = [analyze_run(run, fraction) for run in tqdm(runs, desc="analysing", disable=None)]
+    analyses = []
+    for run in tqdm(runs, desc="analysing", disable=None):
+        with warnings.catch_warnings(record=True) as caught:  # one bad file or run never ends the report
+            warnings.simplefilter("always")
+            try:
+                analysis = analyze_run(run, fraction)
+            except (UserError, TypeError, ValueError, KeyError) as err:  # e.g. a config.json edited by hand
+                warnings.warn(f"{run.run_dir}: skipped ({err})", stacklevel=1)
+                analysis = None
+        for w in caught:
+            print(f"warning: {w.message}")
+        if analysis is not None and analysis.snapshots:
+            analyses.append(analysis)
+        elif analysis is not None:
+            print(f"warning: {run.run_dir}: skipped (no usable trained state)")
+    if not analyses:
+        raise UserError(f"no run under {' '.join(args.runs)} has a usable trained state")
     pages = write_reports(analyses, Path(args.out))
     print(f"{len(pages)} report(s) from {len(runs)} run(s): {Path(args.out) / 'README.md'}")
     return 0

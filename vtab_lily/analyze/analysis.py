@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,7 @@ from vtab_lily.analyze.spectra import (
     router_entropy,
     weight_stats,
 )
+from vtab_lily.errors import UserError
 
 
 @dataclass
@@ -75,8 +77,12 @@ def analyze_run(run: RunRecord, fraction: float = RANK_FRACTION) -> RunAnalysis:
     model, base_known = build_model(run)
     initial = {k: v.clone() for k, v in model.state_dict().items()} if run.config["adapter"] == "full" else {}
     snapshots, skipped = [], []
-    for epoch, state in trained_states(run):
-        load_state(model, state)
+    for epoch, state, path in trained_states(run):
+        try:
+            load_state(model, state, path)
+        except UserError as err:
+            warnings.warn(f"{err}: skipped", stacklevel=2)
+            continue
         if run.config["adapter"] == "full":
             updates = full_updates(model, initial)
         else:

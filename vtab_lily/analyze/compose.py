@@ -11,9 +11,14 @@ is found the same way for every method:
   when the delta is linear in its input, which is checked (a non-linear delta is reported, not
   analysed).
 
-Parallel adapters around a whole sub-module (Lily's ``mlp`` target, AdaptFormer) have a ReLU
-inside: they add a function, not a weight update, and are listed as such. Full fine-tuning is
-compared against the weights it started from.
+A tuner HF PEFT injected (``--adapter peft``) states its update the same way
+(``get_delta_weight`` of its layer, e.g. LoRA on the ``q``/``v`` Linears split out of qkv).
+
+Every other trained adapter piece is listed, with what it is, under the sites without a dW:
+parallel and serial bottlenecks with a ReLU inside (Lily's ``mlp`` target, AdaptFormer,
+Houlsby, Pfeiffer, Convpass) add a function, not a weight update; SSF's scale-shift, RepAdapter's
+pre-layer map and VPT's prompts change features or tokens, not one Linear's weight. Full
+fine-tuning is compared against the weights it started from.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import torch
 from torch import nn
 
 from vtab_lily.adapters.lily import LilyDelta
-from vtab_lily.adapters.wrappers import AdaptedLinear, ParallelAdapter
+from vtab_lily.adapters.wrappers import AdaptedLinear, AdapterModule, ParallelAdapter
+
+# what an adapter piece that is not a Linear's weight update is, by its class name
+NOT_A_DW = {
+    "Bottleneck": "bottleneck with a ReLU: adds a function, not a weight update",
+    "ConvBypass": "convolutional bypass with a non-linearity: adds a function, not a weight update",
+    "ScaleShift": "scale and shift of the features after the layer, not a weight update",
+    "RepAdapter": "linear map of the layer's input (RepAdapter), not a weight update here",
+    "Prompts": "prompt tokens: extra inputs, not a weight update",
+}
 
 
 @dataclass
@@ -75,14 +89,19 @@ def weight_updates(model: nn.Module, router_weights: dict[str, list[float]] | No
     """All linear updates of ``model`` and the names of the sites that are not linear updates."""
     was_training = model.training
     model.eval()
-    updates, skipped = [], []
+    updates, skipped, seen = [], [], set()
     try:
         for path, module in model.named_modules():
             if isinstance(module, ParallelAdapter):
+                seen.add(id(module.delta))
                 skipped.append(f"{path} (parallel adapter: adds a function, not a weight update)")
+                continue
+            if _is_peft_layer(module):
+                updates += _peft_updates(path, module, skipped)
                 continue
             if not isinstance(module, AdaptedLinear):
                 continue
+            seen.update(id(d) for d in module.deltas.values())
             weight = module.base_layer.weight.detach()
             for name, delta in module.deltas.items():
                 start, stop = delta.out_slice or (0, module.out_features)
@@ -99,9 +118,47 @@ def weight_updates(model: nn.Module, router_weights: dict[str, list[float]] | No
                         skipped.append(f"{path}:{name} (not linear in its input)")
                         continue
                 updates.append(WeightUpdate(site, _layer_of(path), kind, dw.float(), weight[start:stop].float()))
+        skipped += _other_pieces(model, seen)
     finally:
         model.train(was_training)
     return updates, skipped
+
+
+def _is_peft_layer(module: nn.Module) -> bool:
+    """A layer HF PEFT injected (``BaseTunerLayer``), recognised without importing peft."""
+    return all(hasattr(module, name) for name in ("get_base_layer", "active_adapters", "get_delta_weight"))
+
+
+def _peft_updates(path: str, module: nn.Module, skipped: list[str]) -> list[WeightUpdate]:
+    base = getattr(module.get_base_layer(), "weight", None)
+    kind = path.rsplit(".", 1)[-1]
+    out = []
+    for name in module.active_adapters:
+        try:
+            dw = module.get_delta_weight(name)
+        except Exception as err:  # noqa: BLE001 - a tuner whose update is not one weight (IA3-like)
+            skipped.append(f"{path} (PEFT {type(module).__name__}: no weight update, {err.__class__.__name__})")
+            continue
+        if base is None or not isinstance(dw, torch.Tensor) or dw.shape != base.shape:
+            skipped.append(f"{path} (PEFT {type(module).__name__}: its update is not one weight of this layer)")
+            continue
+        out.append(WeightUpdate(f"{path.split('.', 1)[0]}.{_layer_of(path)}.{kind}", _layer_of(path), kind,
+                                dw.detach().float(), base.detach().float()))
+    return out
+
+
+def _other_pieces(model: nn.Module, seen: set[int]) -> list[str]:
+    """Every trained adapter piece not analysed above, with what it is (outermost pieces only)."""
+    out, inside = [], set()
+    for path, module in model.named_modules():
+        if not isinstance(module, AdapterModule) or id(module) in seen or id(module) in inside:
+            continue
+        inside.update(id(m) for m in module.modules())
+        if not any(p.requires_grad for p in module.parameters()):
+            continue
+        name = type(module).__name__
+        out.append(f"{path} ({NOT_A_DW.get(name, f'{name}: not a weight update of one Linear')})")
+    return out
 
 
 def full_updates(model: nn.Module, initial: dict[str, torch.Tensor]) -> list[WeightUpdate]:

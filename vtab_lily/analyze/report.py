@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from vtab_lily.analyze.analysis import RunAnalysis
 from vtab_lily.fsutil import atomic_write_bytes
+from vtab_lily.leaderboard.text import md_escape  # labels come from files: never a fake row or heading
 from vtab_lily.leaderboard.text import safe_component as slug  # file contents never choose a path outside --out
 
 
@@ -120,7 +121,7 @@ def experts_plot(a: RunAnalysis, path: Path) -> None:
 
 def _summary_row(a: RunAnalysis) -> list:
     sites = list(a.final.sites.values())
-    return [a.run.label, f"{a.run.adapter_params:,}" if a.run.adapter_params is not None else "-", len(sites),
+    return [md_escape(a.run.label), f"{a.run.adapter_params:,}" if a.run.adapter_params is not None else "-", len(sites),
             _fmt(_mean([s["effective_rank"] for s in sites])), _fmt(_mean([s["rank_above"] for s in sites]), 1),
             max((s["max_rank"] for s in sites), default="-"),
             _fmt(_mean([s["relative_norm"] for s in sites]), 4) if a.base_known else "n/a (no backbone weights)",
@@ -137,11 +138,13 @@ def task_page(key: tuple[str, str, str], analyses: list[RunAnalysis], folder: Pa
              "(Lily composed with the mean expert weights its routers gave at the final evaluation). "
              f"Effective rank = exp(entropy of the normalised singular values); rank>{analyses[0].fraction:g} "
              f"counts singular values above {analyses[0].fraction:g} x the largest; rel. norm = "
-             "||dW||_F / ||W0||_F. Adapters around a whole sub-module with a ReLU inside (Lily's mlp "
-             "target, AdaptFormer) add a function, not a weight update, and are counted under 'non-linear sites'.",
+             "||dW||_F / ||W0||_F. Adapter pieces that are not the update of one Linear's weight are counted "
+             "under 'sites without dW' and listed under each run: bottlenecks with a ReLU (Lily's mlp target, "
+             "AdaptFormer, Houlsby, Pfeiffer, Convpass) add a function; SSF scales and shifts features, "
+             "RepAdapter maps a layer's input, VPT adds prompt tokens.",
              "", tabulate([_summary_row(a) for a in analyses], headers=[
                  "method", "adapter params", "sites", "mean eff. rank", f"mean rank>{analyses[0].fraction:g}", "max rank",
-                 "mean rel. norm", "non-linear sites"], tablefmt="github"), ""]
+                 "mean rel. norm", "sites without dW"], tablefmt="github"), ""]
     if len(analyses) > 1 and any(_kinds(a) for a in analyses):  # a plot needs some method's dW
         methods_plot(analyses, folder / f"{stem}-methods.png")
         budgets = sorted({a.run.adapter_params for a in analyses if a.run.adapter_params})
@@ -150,7 +153,7 @@ def task_page(key: tuple[str, str, str], analyses: list[RunAnalysis], folder: Pa
                   (" (equal)" if len(budgets) == 1 else " (compare rows of equal budget)"), ""]
     for a in analyses:
         rs = _run_slug(a)
-        lines += [f"## {a.run.label}", "", f"Run: `{a.run.run_dir}`; states analysed at epochs "
+        lines += [f"## {md_escape(a.run.label)}", "", f"Run: {md_escape(a.run.run_dir)}; states analysed at epochs "
                   + ", ".join(str(s.epoch) for s in a.snapshots) + ".", ""]
         if a.final.sites:
             rank_heatmap(a, folder / f"{stem}-{rs}-rank.png")
@@ -176,7 +179,8 @@ def task_page(key: tuple[str, str, str], analyses: list[RunAnalysis], folder: Pa
                                 for s in a.snapshots], headers=["epoch", "mean eff. rank", "max B similarity"],
                                tablefmt="github"), ""]
         if a.skipped:
-            lines += ["Non-linear sites: " + "; ".join(a.skipped[:6]) + (" ..." if len(a.skipped) > 6 else ""), ""]
+            more = f" ... ({len(a.skipped)} in all)" if len(a.skipped) > 6 else ""
+            lines += [f"Sites without dW: {md_escape('; '.join(a.skipped[:6]))}{more}", ""]
     page = folder / f"{stem}.md"
     atomic_write_bytes(page, "\n".join(lines).encode())
     return page

@@ -20,7 +20,7 @@ from .datamarks import parse_fingerprints
 from .render import table_markdown, tables_csv, tables_json
 from .table import TABLE_METRICS
 from .taskview import task_view
-from .text import md_escape
+from .text import csv_cell, md_escape
 
 FORMATS = ("md", "csv", "json")
 MAX_WARNINGS_SHOWN = 20
@@ -76,7 +76,7 @@ def _show_task(args: argparse.Namespace, fmt: str) -> int:
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(headers)
-        writer.writerows(body)
+        writer.writerows([csv_cell(c) for c in line] for line in body)
     else:
         import json
 

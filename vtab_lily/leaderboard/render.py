@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from .datamarks import DIFFERS_MARK
 from .table import MEMORY_KINDS, Cell, Row, Table
-from .text import md_escape, round_half_up, setup_text
+from .text import csv_cell, md_escape, one_line, round_half_up, setup_text
 
 MISSING = "-"
 PARTIAL_MARK = "*"
@@ -231,7 +231,7 @@ def footnotes(table: Table) -> list[str]:
     ]
     kinds = sorted({kind for row in table.rows if row.memory_kind for kind in row.memory_kind.split("/")})
     if kinds:
-        notes[5] += " Measured as " + "; ".join(MEMORY_KINDS.get(k, k) for k in kinds) + "."
+        notes[5] += " Measured as " + "; ".join(MEMORY_KINDS.get(k, md_escape(k)) for k in kinds) + "."
     paper_runs = sum(row.paper_runs for row in table.rows)
     if paper_runs and table.metric == "final":
         notes.append(f"{paper_runs} of these runs were made with `--paper` (they report the test-selected number): "
@@ -247,7 +247,7 @@ def table_markdown(table: Table, heading_level: int = 2) -> str:
         tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
         "",
     ]
-    parts += [f"- {note}" for note in footnotes(table)]
+    parts += [f"- {one_line(note)}" for note in footnotes(table)]
     return "\n".join(parts) + "\n"
 
 
@@ -325,7 +325,7 @@ def tables_csv(tables: list[Table]) -> str:
             out.write("\n")
         writer = csv.DictWriter(out, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows({key: csv_cell(value) for key, value in record.items()} for record in records)
     return out.getvalue()
 
 

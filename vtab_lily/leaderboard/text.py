@@ -46,6 +46,32 @@ def md_escape(text: object) -> str:
     return value.replace("<", "&lt;").replace(">", "&gt;")
 
 
+# A spreadsheet treats a cell starting with one of these as a formula (=HYPERLINK(...), +cmd|...);
+# OWASP's CSV-injection advice: make such a cell text by putting a single quote in front.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that no spreadsheet runs as a formula: a string starting with ``= + - @``, tab or
+    CR gets a leading ``'``; numbers, and strings that are just a number (``-0.5``) or the
+    missing mark ``-``, are kept as they are. A carriage return becomes a newline: the csv module
+    quotes a cell holding the line terminator (``\\n`` here) but not a lone CR, which a reader
+    takes for the end of the row."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_START) and value != "-":
+        try:
+            float(value)  # a plain number, e.g. -0.5: not a formula
+        except ValueError:
+            value = "'" + value
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def one_line(text: object) -> str:
+    """A markdown note or list item on one line: a newline in it could start a fake table row."""
+    return " ".join(str(text).splitlines())
+
+
 def safe_component(text: object, fallback: str = "_") -> str:
     """A path component made from file contents: only ``[A-Za-z0-9._+=-]``, never ``.`` or
     ``..`` or hidden, at most 100 characters."""

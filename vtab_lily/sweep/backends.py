@@ -142,17 +142,32 @@ class LocalBackend:
             finally:
                 with self._cond:
                     self._busy -= 1
-                    self._running -= len(taken)
+                    self._running -= sum(not counted for counted in self._counted(taken))
 
     def _run_batch(self, taken: list[tuple[Future, list[str], str]], env: dict[str, str]) -> None:
         start = time.monotonic()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         batch_log = Path(taken[0][2]).parent / "batches" / f"batch-{stamp}-{next(self._batches):03d}.log"
+        def line_done(index: int, code: int) -> None:  # a trial reported as it ends, not at the batch's end
+            future = taken[index][0]
+            if not future.done():
+                with self._cond:
+                    self._running -= 1
+                future.counted = True
+                future.set_result(Outcome(code, time.monotonic() - start, str(batch_log),
+                                          tail_of(str(batch_log)) if code else ""))
+
         code = run_batch_process([(self._argv(argv), log) for _, argv, log in taken], str(batch_log), env,
-                                 package_root(), module=self.module)
+                                 package_root(), module=self.module, on_done=line_done)
         outcome = Outcome(code, time.monotonic() - start, str(batch_log), tail_of(str(batch_log)) if code else "")
         for future, _, _ in taken:
-            future.set_result(outcome)
+            if not future.done():
+                future.set_result(outcome)
+
+    @staticmethod
+    def _counted(taken: list[tuple[Future, list[str], str]]) -> list[bool]:
+        """For each taken trial: was it already taken off the running count (reported early)?"""
+        return [getattr(future, "counted", False) for future, _, _ in taken]
 
     def wait(self, handles: list[Future]) -> list[tuple[Future, Outcome]]:
         done, _ = wait(handles, return_when=FIRST_COMPLETED)

@@ -69,24 +69,40 @@ class SweepState:
 
 
 class Progress:
-    """The live line: done / running / failed / remaining trials (tqdm)."""
+    """The live line: done / running / failed / remaining trials (tqdm), and an ETA from the rate
+    at which trials that ran here finished (skipped ones take no time and would flatter it);
+    none until one has finished. tqdm's own estimate is left out: it counts skips as work."""
 
     def __init__(self, total: int, enabled: bool):
+        import time
+
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc="sweep", unit="trial", disable=not enabled, dynamic_ncols=True,
-                        file=sys.stderr)
-        self.done = self.failed = 0
+                        file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self.total = total
+        self.done = self.failed = self.skipped = 0
+        self.clock = time.monotonic
+        self.start = self.clock()
 
-    def update(self, running: int, finished: int = 0, failed: int = 0) -> None:
+    def update(self, running: int, finished: int = 0, failed: int = 0, skipped: int = 0) -> None:
         self.done += finished
         self.failed += failed
-        self.bar.update(finished + failed)
-        remaining = self.bar.total - self.done - self.failed - running
-        self.bar.set_postfix_str(f"done {self.done}, running {running}, failed {self.failed}, "
-                                 f"remaining {max(0, remaining)}", refresh=True)
+        self.skipped += skipped
+        self.bar.update(finished + failed + skipped)
+        left = max(0, self.total - self.done - self.failed - self.skipped)
+        self.bar.set_postfix_str(f"done {self.done + self.skipped}, running {running}, failed {self.failed}, "
+                                 f"remaining {max(0, left - running)}, eta {self.eta(left)}", refresh=True)
+
+    def eta(self, left: int) -> str:
+        ran = self.done + self.failed
+        if not ran:
+            return "?"
+        seconds = int(left * (self.clock() - self.start) / ran)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
     def shrink(self, count: int) -> None:
+        self.total -= count
         self.bar.total -= count
         self.bar.refresh()
 
@@ -170,7 +186,7 @@ class SweepDriver:
                         result = None  # start it: the runner decides, and the check below reports it
                     if result is not None:  # finished earlier: never started again
                         self._finish(trial, "skipped", result, pending, progress)
-                        progress.update(self.backend.running(), finished=1)
+                        progress.update(self.backend.running(), skipped=1)
                         continue
                     log = state.sweep_dir / "logs" / f"{trial.name}.log"
                     inflight[self.backend.submit(trial.run_argv(spec, self.out), str(log))] = trial

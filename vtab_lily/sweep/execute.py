@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,14 @@ def run_trial_process(argv: list[str], log_path: str, env: dict[str, str] | None
 
 
 def run_batch_process(trials: list[tuple[list[str], str]], batch_log: str, env: dict[str, str] | None = None,
-                      package_root: str | None = None, module: str = "vtab_lily.run") -> int:
+                      package_root: str | None = None, module: str = "vtab_lily.run",
+                      on_done: Callable[[int, int], None] | None = None) -> int:
     """Run several trials in one process: ``python -m vtab_lily.run --batch FILE`` (FILE: one
     JSON list of arguments per line), so imports, the CUDA context and the backbone weights are
     paid once. Each trial's own log gets a line pointing at the batch log. Returns the exit code
-    (the worst of its runs: the caller reads each trial's result.json to know which finished)."""
+    (the worst of its runs: the caller reads each trial's result.json to know which finished).
+    ``on_done(index, code)`` is called as each line of the batch ends (read from the batch's
+    report file, ``VTAB_LILY_BATCH_REPORT``), so progress moves while the process runs."""
     log = Path(batch_log)
     log.parent.mkdir(parents=True, exist_ok=True)
     jobs = log.with_suffix(".jsonl")
@@ -63,11 +67,33 @@ def run_batch_process(trials: list[tuple[list[str], str]], batch_log: str, env: 
         with open(trial_log, "a", encoding="utf-8") as f:
             f.write(f"\n$ {' '.join(command)}  # line {i} of {len(trials)}: {' '.join(argv)}\n"
                     f"(its output is in {log})\n")
+    report = log.with_suffix(".report")
+    report.write_text("", encoding="utf-8")
+    child_env = _child_env({**(env or {}), "VTAB_LILY_BATCH_REPORT": str(report)}, package_root)
+    seen = 0
+
+    def poll() -> None:
+        nonlocal seen
+        lines = report.read_text(encoding="utf-8", errors="replace").splitlines()
+        for line in lines[seen:]:
+            code = line.split("\t", 1)[0]
+            if on_done is not None and code.lstrip("-").isdigit() and seen < len(trials):
+                on_done(seen, int(code))
+            seen += 1
+
     with open(log, "ab") as f:
         f.write(f"\n$ {' '.join(command)}\n".encode())
         f.flush()
-        return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=_child_env(env, package_root),
-                              stdin=subprocess.DEVNULL).returncode
+        process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=child_env,
+                                   stdin=subprocess.DEVNULL)
+        while True:
+            try:
+                code = process.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                poll()
+        poll()
+        return code
 
 
 def tail_of(log_path: str) -> str:
