@@ -116,7 +116,7 @@ def test_cached_weights_with_pre_logits_give_the_same_head(tmp_path):
     torch.save(state, weights)
     config = run.check_args([*TINY, "--task", "colours", "--checkpoint", str(weights), "--pre-logits"])
     config, *_ = run.identify(config)
-    run._WEIGHTS.clear()
+    build._WEIGHTS.clear()
     first = run.build_model(config, weights)
     second = run.build_model(config, weights)  # from the cache
     assert first.pre_logits_kept and second.pre_logits_kept
