@@ -17,7 +17,7 @@ from vtab_lily.leaderboard.render import markdown_rows, table_markdown
 from vtab_lily.leaderboard.table import suite_groups
 
 GROUPS = suite_groups("vtab")
-# (printed average, printed kind) of every in21k row with per-task cells in REFERENCE.md section 10
+# (printed average, printed kind) of every in21k row with per-task cells, as the NOAH and FacT papers print them
 PRINTED_IN21K = {
     "in21k-linear": 57.6, "in21k-adapter": 73.9, "in21k-bitfit": 65.2, "in21k-lora": 74.5, "in21k-vpt-deep": 72.0,
     "in21k-noah": 75.5, "in21k-adaptformer": 72.32, "in21k-ssf": 75.7, "in21k-convpass": 76.6,

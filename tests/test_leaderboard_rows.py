@@ -170,6 +170,7 @@ def test_a_peft_row_never_reads_official(tmp_path: Path, capsys) -> None:
 
 def test_the_leaderboards_adapters_without_an_official_setup_are_the_adapters_own() -> None:
     from vtab_lily.adapters.official import NO_OFFICIAL_SETUP as adapters_side
-    from vtab_lily.official import NO_OFFICIAL_SETUP  # the torch-free copy the leaderboard reads
+    from vtab_lily.leaderboard.text import NO_OFFICIAL_SETUP as leaderboard_side
+    from vtab_lily.methods import NO_OFFICIAL_SETUP  # one torch-free set, below all of them
 
-    assert NO_OFFICIAL_SETUP == adapters_side == {"peft"}
+    assert NO_OFFICIAL_SETUP is adapters_side is leaderboard_side and NO_OFFICIAL_SETUP == {"peft"}

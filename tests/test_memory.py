@@ -144,7 +144,14 @@ def test_the_sweep_tells_runs_on_a_shared_gpu_and_the_result_records_it(monkeypa
     outcome = loop.TrainOutcome(1.0, 1.0, 1, [], 1.0, 1.0, 1.0, 1)
     config = {"backbone": "b", "adapter": "lily", "task": "t", "suite": "demo", "protocol": "test", "seed": 0,
               "method_name": "m", "adapter_config": {}, "eval_split": "test", "report": "final", "precision": "fp32"}
-    args = (config, {}, [], outcome)
+    from types import MappingProxyType
+
+    from vtab_lily.rundir import RunDir
+    from vtab_lily.runspec import RunSpec
+
+    spec = RunSpec(config=MappingProxyType(config), deviations=(), label="m", method_hash="0" * 8,
+                   config_hash="1" * 8, run_dir=RunDir("unused"), params=MappingProxyType({}))
+    args = (spec, outcome)
     monkeypatch.setenv(SHARED_GPU_ENV, "3")
     gpu = runexec.build_result(*args, torch.device("cuda"), None, {}, {"peak_mb": 1.0, "kind": "cuda_max_allocated"})
     assert gpu["time"]["trials_per_gpu"] == 3

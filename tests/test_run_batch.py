@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vtab_lily import backbones, run
+from vtab_lily import backbones, build, run
 from vtab_lily.data import ensure_demo
 
 TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--img-size", "16", "--epochs", "1",
@@ -95,7 +95,7 @@ def test_backbone_weights_are_loaded_once_and_give_the_same_model(tmp_path, spy)
     spy.clear()
     config = run.check_args([*TINY, "--task", "colours", "--checkpoint", str(weights)])
     config, *_ = run.identify(config)
-    run._WEIGHTS.clear()
+    build._WEIGHTS.clear()
     spy.clear()
     first = run.build_model(config, weights).state_dict()
     second = run.build_model(config, weights).state_dict()  # from the cache
@@ -116,7 +116,7 @@ def test_cached_weights_with_pre_logits_give_the_same_head(tmp_path):
     torch.save(state, weights)
     config = run.check_args([*TINY, "--task", "colours", "--checkpoint", str(weights), "--pre-logits"])
     config, *_ = run.identify(config)
-    run._WEIGHTS.clear()
+    build._WEIGHTS.clear()
     first = run.build_model(config, weights)
     second = run.build_model(config, weights)  # from the cache
     assert first.pre_logits_kept and second.pre_logits_kept

@@ -55,6 +55,9 @@ def scrambled_root(demo_root, tmp_path_factory):
     text = "".join(f"{line.rsplit(' ', 1)[0]} {label}\n" for line, label in zip(lines, labels))
     (root / TASK / "test.txt").write_text(text)
     assert text != "\n".join(lines) + "\n"
+    # the copy's manifest describes the unscrambled lists: a run would refuse the data (it differs
+    # from its manifest); without one the runs train on it and record no fingerprint
+    (root / TASK / "manifest.json").unlink()
     return root
 
 

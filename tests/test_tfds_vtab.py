@@ -191,7 +191,7 @@ def test_eurosat_config_folder(data_dir):
 
 
 # Split sizes of the pinned TFDS versions (TFDS catalog); the val200 / test boundaries they give
-# are REFERENCE.md section 8's, and the test sizes are the task registry's.
+# are task_adaptation's (google-research/task_adaptation, data/*.py), and the test sizes are the task registry's.
 SIZES = {"cifar": {"train": 50000, "test": 10000}, "caltech101": {"train": 3060, "test": 6084},
          "dtd": {"train": 1880, "validation": 1880, "test": 1880},
          "oxford_flowers102": {"train": 1020, "validation": 1020, "test": 6149},

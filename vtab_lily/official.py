@@ -1,6 +1,7 @@
 """The official setups the harness reproduces by default, and what a run changes from them.
 
-The recipe values come from the official Lily code (REFERENCE.md sections 3 and 7): timm cosine
+The recipe values come from the official Lily code (github.com/yibozhong/lily,
+``visual-adaptation-benchmark/vit/main.py`` and ``vtab.py``; ``vim/main.py``): timm cosine
 schedule stepped after each epoch, batch 64 with ``drop_last``, test every 10 epochs at batch
 256, no input normalisation, the in21k npz's frozen ``pre_logits`` kept; float32 compute whose
 matmul/convolution precision depends on the family's torch and the device
@@ -19,6 +20,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import options
+from .options import COMPILE_MODES, PRECISIONS, TF32_PRECISIONS  # noqa: F401 - declared with the options
+from .methods import NO_OFFICIAL_SETUP  # noqa: F401 - re-exported (the runner reads it here)
+
 # The VTAB-1K recipe per backbone family: AdamW, cosine with linear warmup from warmup_lr to lr,
 # then down to min_lr.
 RECIPES = {
@@ -30,9 +35,6 @@ WARMUP_LR, MIN_LR = 1e-6, 1e-5
 COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
           "lr_schedule": "official", "drop_last": True, "eval_batch_size": 256, "precision": "fp32",  # on a CPU
           "normalize": False, "eval_limit": None, "compile": False, "warmup_lr": WARMUP_LR, "min_lr": MIN_LR}
-# torch.compile modes a run may ask for (config "compile": false, true = "default", or another
-# name); the mode can change the numbers a little, so a non-default one shows in the label.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # --demo: the generated demo suite and tiny random-init backbones, a schedule short enough for
 # all demo tasks to finish on 2 CPU cores in a few minutes. The frozen tiny backbones are random,
 # so the adapters need a higher lr, and no warmup epoch.
@@ -52,33 +54,21 @@ DEMO_ADAPTER = {
     ("vit", "lily"): {"scale": 0.1},
     ("vit", "full"): {"lr": 1e-3, "epochs": 30},
 }
-# Adapters whose settings are wholly the user's (``peft``: a PEFT config file). Their runs have an
-# official recipe but no official adapter setup, so ``deviations`` holds the recipe's alone and an
-# empty list does not mean "official" (the leaderboard says ``peft config``). The adapters layer
-# keeps the same set (``adapters.official.NO_OFFICIAL_SETUP``); this copy needs no torch.
-NO_OFFICIAL_SETUP = frozenset({"peft"})
 # Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
 PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
 
-# Compute precisions (``--precision``), by what a float32 matmul and a cuDNN convolution run in:
-#   fp32       both in full fp32 (the only float32 a CPU has)
-#   tf32       both in TF32 on GPUs with TF32 tensor cores (torch < 1.12's default on CUDA)
-#   tf32-conv  matmuls in full fp32, cuDNN convolutions in TF32 (torch >= 1.12's default on CUDA)
-#   bf16       bf16 autocast; what runs outside it (the fp32 head) in full fp32
-PRECISIONS = ("fp32", "tf32", "tf32-conv", "bf16")
-TF32_PRECISIONS = ("tf32", "tf32-conv")  # need a GPU with TF32 (compute capability 8.0 or newer)
 # What each family's official code ran in on a GPU with TF32, without autocast in either: the ViT
 # code pins torch 1.10.0 (visual-adaptation-benchmark/vit/requirements.txt), whose CUDA matmuls
 # and cuDNN convolutions defaulted to TF32 on Ampere and newer; the Vim code installs torch 2.1.1
 # (hustvl/Vim README) and trains with --no_amp, and from torch 1.12 on matmuls default to full
-# fp32 while cuDNN convolutions (Vim's patch embedding) stay TF32.
+# fp32 while cuDNN convolutions (Vim's patch embedding) stay TF32. (PRECISIONS, the names, are
+# declared with --precision in ``options``.)
 OFFICIAL_TF32 = {"vit": "tf32", "vim": "tf32-conv"}
 
-# Order of the recipe deviations in labels (the adapter's come first, then these).
-RECIPE_KEYS = ("epochs", "batch_size", "accum_steps", "lr", "wd", "warmup", "warmup_lr", "min_lr", "drop_path",
-               "lr_schedule", "drop_last", "img_size", "eval_every", "eval_batch_size", "eval_limit",
-               "precision", "normalize", "pre_logits", "compile")
+# The recipe deviations, in label order (the adapter's come first, then these): the options
+# declared with the recipe and setup roles, in their declaration order.
+RECIPE_KEYS = options.names("recipe", "setup")
 
 
 def official_recipe(family: str, demo: bool = False, adapter: str | None = None) -> dict:
@@ -248,3 +238,10 @@ def method_label(adapter: str, adapter_config: dict, deviation_list: list[str] =
     if precision != "fp32" and not any(d.startswith("precision=") for d in extra):
         extra.append(f"precision={precision}")
     return " ".join([core, *extra])
+
+
+def run_label(config: dict, devs: list[str]) -> str:
+    """The method label of a resolved config: its ``--method-name``, else the adapter's settings,
+    the deviations and a precision other than fp32."""
+    return config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs,
+                                                 config["precision"])

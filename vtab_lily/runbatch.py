@@ -2,7 +2,7 @@
 
 FILE holds one JSON list of arguments per line (the arguments of ``python -m vtab_lily.run``);
 blank lines and lines starting with ``#`` are skipped. The runs go in order in this process,
-so imports, the CUDA context and the backbone weights (cached by ``run.build_model``) are paid
+so imports, the CUDA context and the backbone weights (cached by ``build.build_model``) are paid
 once; a finished run is skipped before any model is built. A bad line or a failing run is
 reported and the rest continue. One status line per run, then a summary.
 
@@ -25,6 +25,7 @@ from typing import Callable
 from .errors import UserError
 from .fetch import ensure_ready
 from .runconfig import check_args
+from .runspec import finished as run_is_finished
 
 # one run from its arguments -> (exit code, one-line status); ``run.execute``, handed in by
 # ``run.main`` so that this module never imports the runner back
@@ -68,10 +69,11 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path, execute: Execute, *, finished: Callable[[dict], bool] = lambda config: False,
-              fetch: bool = False, preflight_only: bool = False) -> int:
+def run_batch(path: Path, execute: Execute, *, finished: Callable[[dict], bool] = run_is_finished, fetch: bool = False,
+              preflight_only: bool = False) -> int:
     """Run every line of ``path`` with ``execute`` (the runner's, passed in so this module never
-    imports it); ``finished(config)`` says which runs the pre-flight may skip."""
+    imports it); ``finished(config)`` says which runs the pre-flight may skip (``runspec.finished``:
+    a complete run needs neither weights nor data)."""
     lines = read_batch(path)
     bad = preflight(path, lines, fetch, finished)  # every missing checkpoint and data piece, once, before any run
     if preflight_only:

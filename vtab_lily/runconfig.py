@@ -14,147 +14,26 @@ import json
 import math
 import sys
 import typing
-from pathlib import Path
 from typing import Any
 
+from . import options
+from .build import checkpoint_has_pre_logits, resolve_checkpoint
 from .errors import UserError, unknown_name
-from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
-from .official import COMPILE_MODES, DEMO, MIN_LR, PRECISIONS, RECIPES, WARMUP_LR, demo_adapter_options, official_recipe
+from .official import DEMO, RECIPES, demo_adapter_options, official_recipe
 from .tasks import PROTOCOLS, get_task
 
-# Adapter options with their own flag; any other dataclass field goes through --adapter-opt.
-ADAPTER_FLAGS = ("rank", "ne", "ne_a", "ne_b", "scale", "targets", "router", "routing", "alpha", "variant",
-                 "placement", "dropout")
-SEED_LIMIT = 2**32  # numpy's seed range
+# Adapter settings with a flag of their own (declared in ``options``); any other field: --adapter-opt.
+ADAPTER_FLAGS = tuple(n for n in options.names("adapter") if n not in ("peft_config", "adapter_opt"))
+# The flags that take the word ``paper`` (a per-task table's value): their reader says so.
+PAPER_FLAGS = tuple(f.name for f in options.declarations() if getattr(f.metadata["read"], "takes_paper", False))
+_is_paper_word = options.is_paper_word
+build_parser = options.build_parser
 
 
 def adapter_names() -> list[str]:
     from .adapters import ADAPTERS
 
     return list(ADAPTERS)
-
-
-def _targets_flag(text: str) -> tuple[str, ...]:
-    targets = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not targets:  # never the adapter's default in disguise: leave the flag out for that
-        raise argparse.ArgumentTypeError(f"{text!r} names no target; give at least one (e.g. k,v,mlp) or leave "
-                                         "--targets out for the adapter's default targets")
-    return targets
-
-
-def _compile_flag(text: str) -> bool | str:
-    """``--compile MODE``: the default mode is recorded as ``true`` (as plain ``--compile``)."""
-    mode = text.strip().lower()
-    if mode not in COMPILE_MODES:
-        raise argparse.ArgumentTypeError(f"unknown compile mode {text!r}: choose one of {', '.join(COMPILE_MODES)}")
-    return True if mode == "default" else mode
-
-
-def _number_or_paper(kind: type) -> Any:
-    """A flag's type that also takes the word ``paper`` (the published per-task value; which
-    adapters have one is checked in :func:`adapter_options`)."""
-    def convert(text: str) -> Any:
-        return "paper" if _is_paper_word(text) else kind(text)
-
-    convert.__name__ = kind.__name__  # argparse: "invalid int value: 'x'"
-    return convert
-
-
-def _is_paper_word(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "paper"  # adapters.pertask.PAPER
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vtab_lily.run", allow_abbrev=False,
-                                description="One fine-tuning run (see the module docstring of vtab_lily.run).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backbone", default="vit", help="backbone name, or the short names vit (vit-b16-in21k; "
-                   "demo: vit-tiny-test) and vim (vim-s; demo: vim-tiny-test)")
-    p.add_argument("--adapter", default="lily", help="lily, lora, adaptformer, linear (head only), full, ...")
-    p.add_argument("--task", help="task folder name (python -m vtab_lily.tasks lists them)")
-    a = p.add_argument_group("adapter options (unset ones take the adapter's official defaults)")
-    a.add_argument("--rank", type=_number_or_paper(int))
-    a.add_argument("--ne", type=int, help="Lily: A groups and B experts")
-    a.add_argument("--ne-a", type=int, help="Lily: number of A groups")
-    a.add_argument("--ne-b", type=int, help="Lily: number of B experts")
-    a.add_argument("--scale", type=_number_or_paper(float),
-                   help="a number, or paper: the published per-task value (vpt-deep, fact-tt/tk, repadapter)")
-    a.add_argument("--targets", type=_targets_flag, help="comma-separated targets, e.g. k,v,mlp")
-    a.add_argument("--router", help="Lily: per_site | single | none")
-    a.add_argument("--routing", help="Lily: batch (official ViT) | token (official Vim) | sample | eq2")
-    a.add_argument("--alpha", type=float, help="LoRA alpha")
-    a.add_argument("--variant", help="LoRA: noah (official 74.5 row) | lily | custom; Lily on Vim: l (official) | s "
-                   "(the paper's Lily-S) | custom")
-    a.add_argument("--placement", help="AdaptFormer: official (pre-norm x, outside drop_path) | paper")
-    a.add_argument("--dropout", type=float, help="adapter dropout (Lily, LoRA, AdaptFormer)")
-    a.add_argument("--peft-config", metavar="FILE.json", help="--adapter peft: an HF PEFT config (LoRA, LoHa, LoKr, "
-                   "OFT, VeRA, IA3, ...; its contents are part of the run's identity)")
-    a.add_argument("--adapter-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other adapter config field, coerced to the field's type (repeatable; tuples "
-                   "a,b; dicts a=1;b=2 or JSON; nested dicts t.key=1)")
-    r = p.add_argument_group("recipe (unset: the official setup of the backbone family)")
-    r.add_argument("--epochs", type=int, default=None,
-                   help="default 100 (demo: %d, or the method's own demo setting)" % DEMO["epochs"])
-    r.add_argument("--batch-size", type=int, default=None, help="micro-batch size, default 64")
-    r.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    r.add_argument("--lr", type=float,
-                   help="ViT 1e-3, Vim 1.25e-3 (demo: %g, or the method's own demo setting)" % DEMO["lr"])
-    r.add_argument("--wd", type=float, help="ViT 1e-4, Vim 1e-3")
-    r.add_argument("--warmup", type=int, help="warmup epochs: ViT 10, Vim 5")
-    r.add_argument("--drop-path", type=float, help="ViT 0.1, Vim 0.05")
-    r.add_argument("--lr-schedule", choices=("official", "aligned"), default="official",
-                   help="official: the lr steps after each epoch (epoch e runs at f(e-1)); aligned: at f(e)")
-    r.add_argument("--no-drop-last", dest="drop_last", action="store_false",
-                   help="keep the last, smaller batch of each epoch (official: dropped)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=False,
-                   help="ImageNet mean/std normalisation of the inputs (official: none, inputs in [0, 1])")
-    r.add_argument("--pre-logits", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the checkpoint's frozen pre_logits Linear+tanh (default: when it has one)")
-    r.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="default: what the official code ran in on this device (CPU: fp32; a CUDA GPU with TF32: "
-                   "tf32 for ViT, tf32-conv for Vim); fp32: full fp32 matmuls and convolutions; bf16: autocast "
-                   "(see docs/gpu.md)")
-    r.add_argument("--compile", nargs="?", const=True, default=False, type=_compile_flag, metavar="MODE",
-                   help="torch.compile the model (train and eval); MODE: default, or reduce-overhead / "
-                        "max-autotune (CUDA graphs on a GPU); see docs/gpu.md")
-    r.add_argument("--img-size", type=int, help="default 224 (demo: 32)")
-    r.add_argument("--protocol", choices=sorted(PROTOCOLS), default="test",
-                   help="test: train800val200 -> test; val: train800 -> val200")
-    r.add_argument("--eval-every", type=int, default=None, help="epochs between evaluations, default 10")
-    r.add_argument("--eval-batch-size", type=int, help="evaluation batch (official 256; unset: the loop may "
-                   "use larger ones on a GPU where the routing allows)")
-    r.add_argument("--eval-limit", type=int, help="intermediate evaluations use only the first N eval images "
-                   "(the final one is always full; changes the test-selected number)")
-    w = p.add_argument_group("where and how")
-    w.add_argument("--data-root", help="suite root, default data/vtab-1k (demo: data/vtab-demo)")
-    w.add_argument("--checkpoint", help="backbone weights file; default: the backbone's file under backbones/ "
-                   "(see backbones/README.md); 'none' for random init (demo and tests)")
-    w.add_argument("--out", default="runs", help="runs folder")
-    w.add_argument("--method-name", help="label of the method in result.json and the leaderboard (default: "
-                   "the adapter settings then the differences from the official setup); part of the run's identity")
-    w.add_argument("--paper", action="store_true", help="report the paper's number (best test accuracy over the "
-                   "evaluations, 'test-selected') beside the final one")
-    w.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    w.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; demo: 1)")
-    w.add_argument("--demo", action="store_true", help="demo suite (generated on demand), tiny backbone, "
-                   "32 px, short schedule, Lily on ViT at s=0.1 (docs/demo.md)")
-    w.add_argument("--dry-run", action="store_true", help="print the resolved setup, its differences from the "
-                   "official one and the parameter counts (no weights or data needed)")
-    w.add_argument("--check", action="store_true", help="only validate the options (exit 0 or 2)")
-    w.add_argument("--force", action="store_true", help="redo a finished or failed run from scratch")
-    w.add_argument("--allow-stale-data", action="store_true",
-                   help="train even when the task's list files or images differ from its manifest.json; the "
-                        "result records the fingerprint of the data as read, marked stale (default: refuse)")
-    w.add_argument("--fetch", action="store_true", help="download missing backbone weights and VTAB-1K first "
-                   "(python -m vtab_lily.fetch); without it a missing piece stops the run(s) before any work")
-    w.add_argument("--preflight", action="store_true", help="only check that the weights and data of the run(s) are "
-                   "there (with --fetch: fetch them); exit 0, or 2 naming every missing piece")
-    w.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
-    w.add_argument("--list-tasks", action="store_true", help="check the other arguments, print the task names")
-    w.add_argument("--batch", metavar="FILE", help="run many: FILE has one JSON list of arguments per line")
-    w.add_argument("--debug", action="store_true", help="full tracebacks")
-    return p
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -237,21 +116,21 @@ def _number(text: str) -> Any:
     return text
 
 
-def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
+def adapter_options(args: argparse.Namespace | options.RunOptions, adapter: str) -> dict:
+    """The adapter settings given (flags and ``--adapter-opt``), each read as its field's type."""
     from .adapters import ADAPTERS
 
-    options = {k: getattr(args, k) for k in ADAPTER_FLAGS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ADAPTER_FLAGS if getattr(args, k) is not None}
     if args.peft_config is not None:
         if adapter != "peft":
             raise UserError(f"--peft-config goes with --adapter peft, not --adapter {adapter}")
-        options["config"] = args.peft_config
+        given["config"] = args.peft_config
     cls = ADAPTERS[adapter]
     hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)} if hints else {}  # not ClassVars
-    for key, value in options.items():
-        # --rank paper, --scale paper; a text field's word is its own (AdaptFormer's --placement paper)
-        if _is_paper_word(value) and hints.get(key) is not str:
-            options[key] = paper_option(adapter, key, f"--{key.replace('_', '-')} paper")
+    for key, value in given.items():
+        if key in PAPER_FLAGS and _is_paper_word(value):  # --rank paper, --scale paper (never --placement paper)
+            given[key] = paper_option(adapter, key, f"--{key.replace('_', '-')} paper")
     for item in args.adapter_opt:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -262,10 +141,10 @@ def adapter_options(args: argparse.Namespace, adapter: str) -> dict:
 
             raise UserError(f"--adapter-opt {key}: adapter {adapter!r} has no option {key!r}{suggest(key, hints)}; "
                             f"options: {', '.join(hints) or 'none'}")
-        if key in options:
+        if key in given:
             raise UserError(f"--adapter-opt {key}: {key} is given twice (flag or --adapter-opt); give it once")
-        options[key] = adapter_option_value(adapter, key, value, hints[key])
-    return options
+        given[key] = adapter_option_value(adapter, key, value, hints[key])
+    return given
 
 
 def adapter_option_value(adapter: str, key: str, text: str, hint: Any) -> Any:
@@ -298,15 +177,11 @@ def paper_option(adapter: str, key: str, where: str) -> str:
 
 
 # --- checks on numbers ------------------------------------------------------------------------
-def _at_least(name: str, value: Any, minimum: float) -> None:
-    if value is None or not math.isfinite(value) or value < minimum:
-        raise UserError(f"--{name.replace('_', '-')} must be >= {minimum:g}, got {value}")
+ADAPTER_INT_LIMIT = options.SIZE  # ranks, lengths, expert counts (and PEFT config sizes: adapters.checks)
 
 
 def _finite_numbers(value: Any, where: str) -> None:
     """Every float inside an adapter option (nested too) is finite and not negative."""
-    from .adapters.checks import ADAPTER_INT_LIMIT  # shared with PEFT config files (adapters import torch)
-
     if isinstance(value, bool):
         return
     if isinstance(value, (int, float)):
@@ -322,80 +197,30 @@ def _finite_numbers(value: Any, where: str) -> None:
             _finite_numbers(item, where)
 
 
-# Upper bounds far beyond any real use: a typo (an extra digit run) fails here, not hours later.
-UPPER = {"epochs": 100_000, "batch_size": 1_000_000, "accum_steps": 100_000, "img_size": 4096,
-         "eval_every": 100_000, "eval_batch_size": 1_000_000, "threads": 4096, "eval_limit": 10**9}
-
-
 def check_numbers(config: dict, warmup_given: bool = True) -> None:
-    for key in ("epochs", "batch_size", "accum_steps", "img_size", "eval_every", "eval_batch_size"):
-        _at_least(key, config[key], 1)
-    for key, limit in UPPER.items():
-        if config[key] is not None and config[key] > limit:
-            raise UserError(f"--{key.replace('_', '-')} must be <= {limit:,}, got {config[key]:,}")
-    for key in ("threads", "eval_limit"):
-        if config[key] is not None:
-            _at_least(key, config[key], 1)
-    if not 0 <= config["seed"] < SEED_LIMIT:
-        raise UserError(f"--seed must be in [0, 2**32), got {config['seed']}")
-    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
-        raise UserError(f"--lr must be a finite number > 0, got {config['lr']}")
-    _at_least("wd", config["wd"], 0)
-    _at_least("warmup", config["warmup"], 0)
+    """The declared bounds of every run option, then the adapter settings' (see :func:`check_adapter_numbers`)."""
+    options.check_bounds(config)
     if config["warmup"] > config["epochs"]:
         if warmup_given:
             raise UserError(f"--warmup {config['warmup']} is longer than --epochs {config['epochs']}")
         # the family's default warmup with a short --epochs (quick tries, the sweep's tests): allowed, said
         print(f"warning: the default warmup of {config['warmup']} epochs is longer than --epochs {config['epochs']}: "
               "the lr never reaches --lr (pass --warmup)", file=sys.stderr)
-    _at_least("drop_path", config["drop_path"], 0)
-    if config["drop_path"] >= 1:
-        raise UserError(f"--drop-path must be below 1, got {config['drop_path']}")
-    for key, value in config["adapter_options"].items():
-        # named as given: --rank (a flag), --adapter-opt states (no flag of its own)
-        _finite_numbers(value, f"--{key.replace('_', '-')}" if key in ADAPTER_FLAGS else f"--adapter-opt {key}")
-    if config["adapter_options"].get("dropout", 0) >= 1:
-        raise UserError(f"--dropout must be below 1, got {config['adapter_options']['dropout']}")
+    check_adapter_numbers(config["adapter_options"])
 
 
-# --- weights (only their index is read here) --------------------------------------------------
-def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
-    """The backbone weights file (None: random init); UserError when it is missing and needed,
-    naming the command that fetches it (``vtab_lily.fetch``) and the way by hand."""
-    path, _ = checkpoint_path(config["backbone"], config["checkpoint"])
-    if must_exist and path is not None and not path.is_file():
-        raise UserError(missing_message(missing_pieces([{**config, "task": None}])))
-    return path
-
-
-def checkpoint_has_pre_logits(path: Path) -> bool | None:
-    """Whether a weights file holds a pre_logits layer (None: cannot tell without it). Reads
-    only the file's index (npz directory, safetensors header, memory-mapped torch file)."""
-    if not path.is_file():
-        return None
-    try:
-        if path.suffix == ".npz":
-            import numpy as np
-
-            with np.load(path) as npz:
-                keys = list(npz.files)
-        elif path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                keys = list(f.keys())
-        else:
-            import torch
-
-            try:  # memory-mapped: reads the index only
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # a legacy (non-zip) torch file cannot be mapped
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else {}
-            keys = list(state) if isinstance(state, dict) else []
-    except Exception as err:  # noqa: BLE001 - the real load reports the file's problem in detail
-        raise UserError(f"backbone checkpoint {path} is unreadable: {err.__class__.__name__}: {err}") from None
-    return any("pre_logits" in key for key in keys)
+def check_adapter_numbers(given: dict) -> None:
+    """Every number in the adapter settings given (flags and --adapter-opt, nested too) is finite and
+    >= 0, sizes at most ADAPTER_INT_LIMIT, and within the bounds of the shared flag (``--dropout``);
+    the bounds an adapter's own fields declare are checked when its config is made
+    (``adapters.make_config``, for the CLI, the API and the sweep alike)."""
+    flags = {f.name: f.metadata for f in options.declarations() if f.metadata["role"] == "adapter"}
+    for key, value in given.items():
+        where = f"--{key.replace('_', '-')}" if key in ADAPTER_FLAGS else f"--adapter-opt {key}"  # as given
+        _finite_numbers(value, where)
+        problem = options.bound_problem(value, flags.get(key, {}))
+        if problem:
+            raise UserError(f"{where} {problem}")
 
 
 def official_pre_logits(config: dict) -> bool:
@@ -421,56 +246,59 @@ def resolve_pre_logits(config: dict, asked: bool | None) -> bool:
     return official if asked is None else bool(asked)
 
 
-def resolve_config(args: argparse.Namespace) -> dict:
-    """Every option after defaults, with the task optional (``--list-tasks``). No I/O."""
+VTAB_ROOT = "data/vtab-1k"  # the suite root when --data-root is not given (demo: DEMO["data_root"])
+
+
+def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
+    """Every option after defaults, with the task optional (``--list-tasks``). No I/O.
+
+    The recipe and setup options (``options`` roles) take the family's official value when unset,
+    the local ones the demo's or their own default; the rest are named here one by one because
+    each becomes something else (``--demo``: the suite, ``--paper``: the reported number)."""
     from .backbones import backbone_family, resolve_backbone_name
     from .precision import resolve_precision
 
-    backbone = resolve_backbone_name(args.backbone, demo=args.demo)  # vit / vim short names
-    if args.adapter not in adapter_names():
-        raise unknown_name("adapter", args.adapter, adapter_names())
-    suite_name = "demo" if args.demo else "vtab"
-    if args.task is not None and not args.task.strip():
-        raise UserError(f"--task {args.task!r} names no task (python -m vtab_lily.tasks lists them)")
-    task = get_task(args.task, suite_name) if args.task else None
+    opts = args if isinstance(args, options.RunOptions) else options.RunOptions(**vars(args))
+    backbone = resolve_backbone_name(opts.backbone, demo=opts.demo)  # vit / vim short names
+    if opts.adapter not in adapter_names():
+        raise unknown_name("adapter", opts.adapter, adapter_names())
+    suite_name = "demo" if opts.demo else "vtab"
+    if opts.task is not None and not opts.task.strip():
+        raise UserError(f"--task {opts.task!r} names no task (python -m vtab_lily.tasks lists them)")
+    task = get_task(opts.task, suite_name) if opts.task else None
     family = backbone_family(backbone)
-    recipe = official_recipe(family, demo=args.demo, adapter=args.adapter)
-    local = DEMO if args.demo else {}
-    pick = lambda key, default: default if getattr(args, key) is None else getattr(args, key)  # noqa: E731
-    train_split, eval_split = PROTOCOLS[args.protocol]
-    if args.method_name is not None and (not args.method_name.strip()
-                                         or any(ord(c) < 32 or ord(c) == 127 for c in args.method_name)):
-        raise UserError(f"--method-name {args.method_name!r}: a label needs visible text and no control "
+    recipe = official_recipe(family, demo=opts.demo, adapter=opts.adapter)
+    local = {"data_root": VTAB_ROOT, **(DEMO if opts.demo else {})}
+    train_split, eval_split = PROTOCOLS[opts.protocol]
+    if opts.method_name is not None and (not opts.method_name.strip()
+                                         or any(ord(c) < 32 or ord(c) == 127 for c in opts.method_name)):
+        raise UserError(f"--method-name {opts.method_name!r}: a label needs visible text and no control "
                         "characters (newlines, tabs)")
-    if args.paper and args.protocol != "test":
+    if opts.paper and opts.protocol != "test":
         raise UserError("--paper reports the best test accuracy: it needs --protocol test")
-    options = adapter_options(args, args.adapter)
-    if args.demo:  # the demo's adapter settings, where the user gave none
-        options = {**demo_adapter_options(family, args.adapter), **options}
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(opts, name)
+        return default if value is None else value
+
+    given = adapter_options(opts, opts.adapter)
+    if opts.demo:  # the demo's adapter settings, where the user gave none
+        given = {**demo_adapter_options(family, opts.adapter), **given}
     config = {
-        "backbone": backbone, "adapter": args.adapter, "adapter_options": options,
-        "method_name": args.method_name, "task": task.name if task else None, "suite": suite_name,
+        "backbone": backbone, "adapter": opts.adapter, "adapter_options": given,
+        "method_name": opts.method_name, "task": task.name if task else None, "suite": suite_name,
         "num_classes": task.num_classes if task else None,
-        "protocol": args.protocol, "train_split": train_split, "eval_split": eval_split,
-        "epochs": pick("epochs", recipe["epochs"]), "batch_size": pick("batch_size", recipe["batch_size"]),
-        "accum_steps": args.accum_steps, "lr": pick("lr", recipe["lr"]), "wd": pick("wd", recipe["wd"]),
-        "warmup": pick("warmup", recipe["warmup"]), "warmup_lr": WARMUP_LR, "min_lr": MIN_LR,
-        "drop_path": pick("drop_path", recipe["drop_path"]), "seed": args.seed, "normalize": args.normalize,
-        "img_size": pick("img_size", recipe["img_size"]), "eval_every": pick("eval_every", recipe["eval_every"]),
-        "lr_schedule": args.lr_schedule, "drop_last": args.drop_last,
-        "precision": resolve_precision(args.precision, family, args.device),  # the device's official one by default
-        "eval_batch_size": pick("eval_batch_size", recipe["eval_batch_size"]),
-        "eval_batch_auto": args.eval_batch_size is None, "eval_limit": args.eval_limit, "compile": args.compile,
-        "pre_logits": args.pre_logits,  # resolved against the checkpoint below, before hashing
-        "report": "test-selected" if args.paper else "final",
-        # machine-local (not hashed): where things are and where it runs
-        "data_root": pick("data_root", local.get("data_root", "data/vtab-1k")), "out": args.out,
-        "device": args.device, "threads": pick("threads", local.get("threads")),
-        "checkpoint": pick("checkpoint", local.get("checkpoint")), "tensorboard": args.tensorboard,
+        "protocol": opts.protocol, "train_split": train_split, "eval_split": eval_split, "seed": opts.seed,
+        **{name: pick(name, recipe.get(name)) for name in options.names("recipe", "setup")},
+        # the device's official precision by default (fp32 on a CPU)
+        "precision": resolve_precision(opts.precision, family, opts.device),
+        "eval_batch_auto": opts.eval_batch_size is None,
+        "report": "test-selected" if opts.paper else "final",
+        **{name: pick(name, local.get(name)) for name in options.names("local")},  # not hashed
     }
     config = unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
-    check_numbers(config, warmup_given=args.warmup is not None)
-    config["pre_logits"] = resolve_pre_logits(config, args.pre_logits)
+    check_numbers(config, warmup_given=opts.warmup is not None)
+    config["pre_logits"] = resolve_pre_logits(config, opts.pre_logits)  # against the weights, before hashing
     return config
 
 
@@ -486,15 +314,21 @@ def unsigned_zero(value: Any) -> Any:
     return value
 
 
-def check_args(argv: list[str]) -> dict:
-    """Validate one run's arguments without running or writing anything; returns the config
-    (``pre_logits`` and ``adapter_config`` are resolved later, against the model). UserError
-    (exit 2) names the bad argument. The adapter option names are checked too."""
+def checked_config(opts: options.RunOptions) -> dict:
+    """The config of ``opts`` after defaults and every check, before the model names the adapter's
+    settings (``runspec.identify``); ``--list-tasks`` needs no task. The adapter's option names and
+    declared bounds are checked by making its config."""
     from .adapters import make_config
 
-    config = resolve_config(parse(argv))
+    config = resolve_config(opts)
     make_config(config["adapter"], **dict(config["adapter_options"]))
     return config
 
 
-__all__ = ["RECIPES", "DEMO", "build_parser", "check_args", "parse", "resolve_config"]
+def check_args(argv: list[str]) -> dict:
+    """Validate one run's arguments without running or writing anything; returns the config.
+    UserError (exit 2) names the bad argument (the sweep calls it on each grid point)."""
+    return checked_config(options.RunOptions(**vars(parse(argv))))
+
+
+__all__ = ["RECIPES", "DEMO", "build_parser", "check_args", "checked_config", "parse", "resolve_config"]

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import options
 from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 
 # Options that say where things are or how to run, not what is computed: they never change a
@@ -34,13 +35,12 @@ from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
 # ``adapter_options`` (what the user typed) is hashed through ``adapter_config`` (resolved), so
 # ``--rank 32`` and the default rank 32 are the same run.
 # ``report`` only says which accuracy the CLI prints and the leaderboard exports.
-# ``checkpoint_sha256`` is the weights file's hash (provenance: which bytes were loaded), recorded
-# per run; the method is the same whichever copy of the published file was read.
-LOCAL_KEYS = ("data_root", "out", "device", "threads", "checkpoint", "tensorboard", "adapter_options", "report",
-              "checkpoint_sha256")
-# Setup switches (round 2) that a named method's row must not mix.
-SETUP_KEYS = ("precision", "normalize", "pre_logits", "lr_schedule", "drop_last", "eval_batch_size", "eval_limit",
-              "compile", "pretrained")
+# The local options are declared as such in ``options``. ``checkpoint_sha256`` is the weights
+# file's hash (provenance: which bytes were loaded), recorded per run; the method is the same
+# whichever copy of the published file was read.
+LOCAL_KEYS = (*options.names("local"), "adapter_options", "report", "checkpoint_sha256")
+# Setup switches (the ``setup`` options, and the weights file's name) that a named method's row must not mix.
+SETUP_KEYS = (*options.names("setup"), "pretrained")
 # method_hash also drops what varies inside one method's group of runs (``adapter_task_settings``:
 # the values a ``paper`` setting took for this task, which the task determines).
 PER_RUN_KEYS = ("task", "seed", "num_classes", "adapter_task_settings")

@@ -13,9 +13,9 @@ from typing import Any
 
 from . import __version__, provenance
 from .memory import MemoryMeter
-from .official import method_label
 from .precision import use_precision
-from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, config_hash, method_hash, trials_per_gpu
+from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, trials_per_gpu
+from .runspec import RunSpec
 
 EXIT_FAILED = 1
 
@@ -113,17 +113,19 @@ def data_provenance(config: dict, loaded: tuple = (), allow_stale: bool = False)
     return check_read_data(config["data_root"], config["task"], loaded, allow=allow_stale)
 
 
-def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, devs: list[str],
-               train_set: Any, eval_set: Any, device: Any, data: dict | None = None) -> tuple[int, str]:
-    """``data``: the checked provenance of the loaded splits (:func:`data_provenance`)."""
+def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device: Any,
+               data: dict | None = None) -> tuple[int, str]:
+    """Train and record the run ``spec`` names, holding its folder's lock (resume, fail, succeed).
+    ``data``: the checked provenance of the loaded splits (:func:`data_provenance`)."""
     from .train import RunFailed, train
     from .train_setup import on_device
 
+    run, config = spec.run_dir, spec.config
     done = run.read_result()
-    if done and not args.force:  # another process finished it while we were loading
+    if done and not spec.force:  # another process finished it while we were loading
         print(f"already complete: {run / RESULT}")
         return 0, "skipped (complete)"
-    if args.force:
+    if spec.force:
         run.reset()
     run.remove_stale_temp_files()  # we hold the lock: their writers are dead
     failed = run.read_failed()
@@ -131,9 +133,9 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
         print(f"previous attempt failed at epoch {failed.get('epoch')}: {failed.get('reason')}; "
               "resuming from its last good checkpoint (--force starts clean)", file=sys.stderr)
         run.clear_failed()
-    run.write_config(config)
+    run.write_config(spec.config_dict())
     checkpoint = run.load_checkpoint()
-    if checkpoint is not None and checkpoint.get("config_hash") != config_hash(config):
+    if checkpoint is not None and checkpoint.get("config_hash") != spec.config_hash:
         print(f"warning: {run / CHECKPOINT} belongs to another config; starting from scratch", file=sys.stderr)
         checkpoint = None
     progress = checkpoint["progress"] if checkpoint else {}
@@ -141,13 +143,13 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
     state = "new" if not checkpoint else (f"resuming in epoch {start + 1} at step {step + 1}" if step
                                           else f"resuming after epoch {start}")
     print(f"run {run} ({state}): {config['backbone']} {config['adapter']} on {config['task']}, "
-          f"{params['total']:,} trainable parameters, {device}")
+          f"{spec.params['total']:,} trainable parameters, {device}")
     if config.get("adapter_task_settings"):
         from .adapters.pertask import describe
 
         print(f"per-task settings: {describe(config['adapter_task_settings'])}")
     if data is None:
-        data = data_provenance(config, (train_set, eval_set), getattr(args, "allow_stale_data", False))
+        data = data_provenance(config, (train_set, eval_set), spec.options.allow_stale_data)
     if data.get("stale_manifest"):
         print(f"warning: --allow-stale-data: recording the data as read ({data['fingerprint']}), not the "
               f"manifest's {data['stale_manifest']['fingerprint']}", file=sys.stderr)
@@ -164,7 +166,7 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
 
         writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
     recorder = EvalRecorder(model, run, writer, config, start)
-    recipe = dict(config, config_hash=config_hash(config))
+    recipe = dict(spec.config_dict(), config_hash=spec.config_hash)
     try:
         with use_precision(config["precision"]):  # torch's TF32 switches for this run only
             outcome = train(model, train_dev, eval_dev, recipe, run, device, checkpoint, writer, recorder.on_eval,
@@ -172,7 +174,7 @@ def run_locked(args: Any, config: dict, run: RunDir, model: Any, params: dict, d
         routers = router_weights_json(model) if config["adapter"] == "lily" else None
         if routers:
             run.write_router_weights(routers)
-        run.write_result(build_result(config, params, devs, outcome, device, kernels, data, meter.record()))
+        run.write_result(build_result(spec, outcome, device, kernels, data, meter.record()))
     except RunFailed as err:
         _record_failure(run, err.reason, err.epoch)
         print(f"error: run failed at epoch {err.epoch}: {err.reason} (recorded in {run / FAILED})", file=sys.stderr)
@@ -204,21 +206,19 @@ def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
         print(f"warning: could not write {run / FAILED}: {err}", file=sys.stderr)
 
 
-def build_result(config: dict, params: dict, devs: list[str], outcome: Any, device: Any,
-                 kernels: dict | None, data: dict, memory: dict) -> dict:
+def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None, data: dict, memory: dict) -> dict:
     """result.json as specified in ARCHITECTURE.md (schema 1, round-2 keys optional for readers)."""
+    config = spec.config_dict()
     result = {
         "schema": 1, "status": "complete",
         "backbone": config["backbone"], "adapter": config["adapter"], "task": config["task"],
         "suite": config["suite"], "protocol": config["protocol"], "seed": config["seed"],
-        "method": config["method_name"] or method_label(config["adapter"], config["adapter_config"], devs,
-                                                        config["precision"]),
-        "method_hash": method_hash(config), "deviations": list(devs),
-        "config": config, "config_hash": config_hash(config),
+        "method": spec.label, "method_hash": spec.method_hash, "deviations": list(spec.deviations),
+        "config": config, "config_hash": spec.config_hash,
         "accuracy": {"final": outcome.final_acc, "best": outcome.best_acc, "best_epoch": outcome.best_epoch,
                      "eval_split": config["eval_split"], "best_is_test_selected": config["eval_split"] == "test",
                      "reported": config["report"]},
-        "params": params, "precision": config["precision"], "data": data,
+        "params": dict(spec.params), "precision": config["precision"], "data": data,
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
                  "train_images_per_s": round(outcome.train_images_per_s, 2),
                  "eval_images_per_s": round(outcome.eval_images_per_s, 2), "eval_batch_size": outcome.eval_batch_size},

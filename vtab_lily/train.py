@@ -1,6 +1,6 @@
 """The training loop: one function, :func:`train`, readable top to bottom.
 
-The recipe defaults to the official Lily / VTAB-1K code (REFERENCE.md section 7); every
+The recipe defaults to the official Lily / VTAB-1K code (github.com/yibozhong/lily); every
 difference is a config key (:class:`LoopOptions`). AdamW over the trainable parameters and
 timm's cosine schedule with linear warmup, set once per epoch: ``lr_schedule="official"``
 reproduces the official ``scheduler.step(epoch)`` called *after* each epoch (epoch e, 0-based,

@@ -30,6 +30,7 @@ from torch import nn
 from vtab_lily.adapters.targets import BLOCKS_ATTR, model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter
 from vtab_lily.errors import UserError, unknown_name
+from vtab_lily.options import SIZE, setting
 
 PLACEMENTS = ("official", "paper")
 # The sub-module of each block that the "paper" placement runs beside.
@@ -41,21 +42,13 @@ class AdaptFormerConfig:
     """``rank`` (bottleneck width), ``scale`` s (0.1), ``dropout`` after the ReLU (0.1),
     ``placement`` ``official`` (pre-norm x, outside drop_path) or ``paper`` (LN(x), inside)."""
 
-    rank: int = 8
-    scale: float = 0.1
-    dropout: float = 0.1
-    placement: str = "official"
+    rank: int = setting(8, integer=True, at_least=1, at_most=SIZE, help="bottleneck width")
+    scale: float = setting(0.1, at_least=0, help="multiplies the bottleneck's output")
+    dropout: float = setting(0.1, at_least=0, below=1, help="after the ReLU")
+    placement: str = setting("official", help="official (pre-norm x, outside drop_path) or paper (LN(x), inside)")
 
     def resolve(self, model: nn.Module) -> "AdaptFormerConfig":
-        model_family(model)
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise UserError(f"adaptformer: rank must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
-                or not 0 <= self.scale < float("inf"):
-            raise UserError(f"adaptformer: scale must be >= 0, got {self.scale}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"adaptformer: dropout must be in [0, 1), got {self.dropout}")
+        model_family(model)  # the bounds of the numbers are checked from their declarations (make_config)
         if self.placement not in PLACEMENTS:
             raise unknown_name("adaptformer placement", self.placement, PLACEMENTS)
         return replace(self, scale=float(self.scale), dropout=float(self.dropout))

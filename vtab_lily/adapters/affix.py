@@ -37,7 +37,7 @@ row, which with its ~9K head would be ~116.99M: 1.3M more than its code gives (n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ from vtab_lily.adapters.checks import check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily.errors import UserError
+from vtab_lily.options import setting
 
 
 @dataclass
@@ -55,7 +56,8 @@ class AffixConfig:
     length: int = 3
     init_std: float = 1.0
     # recorded only when true: runs from before the option keep their hashes and labels
-    projection: bool = field(default=False, metadata={"unrecorded_default": True})
+    projection: bool = setting(False, unrecorded_default=True, help="all layers' tokens made by one MLP "
+                               "(MambaPEFT's best Affix row)")
 
     def resolve(self, model: nn.Module) -> "AffixConfig":
         if model_family(model) != "vim":

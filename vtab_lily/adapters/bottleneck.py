@@ -25,6 +25,7 @@ from vtab_lily.adapters.checks import check_scale_dropout, check_sizes
 from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter
 from vtab_lily.errors import UserError
+from vtab_lily.options import setting
 
 
 @dataclass
@@ -35,6 +36,9 @@ class HoulsbyConfig:
     scale: float = 1.0
     dropout: float = 0.0
     places: tuple[str, ...] = ("attn", "mlp")
+    init_std: float = setting(0.0, at_least=0, at_most=1, unrecorded_default=True,
+                              help="std of the up projection's initial weights (normal); 0: zeros, so the "
+                              "adapter starts as the identity; > 0: a near-identity start, as Houlsby et al.")
 
     def resolve(self, model: nn.Module) -> "HoulsbyConfig":
         if model_family(model) != "vit":
@@ -72,6 +76,8 @@ def inject_serial(model: nn.Module, config: HoulsbyConfig) -> None:
         for place in config.places:
             width = block.norm1.normalized_shape[0]
             adapter = Bottleneck(width, config.rank, config.scale, config.dropout)
+            if config.init_std > 0:
+                nn.init.normal_(adapter.up.weight, std=config.init_std)
             set_submodule(model, f"blocks.{i}.{place}", Serial(block.get_submodule(place), adapter))
 
 

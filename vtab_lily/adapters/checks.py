@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 from vtab_lily.errors import UserError
-
+from vtab_lily.options import SIZE
 
 # ranks, lengths, expert counts: far beyond any real use (a typo, an extra digit, an int64 overflow);
-# the CLI's --rank and --adapter-opt and a PEFT config file's sizes share it
-ADAPTER_INT_LIMIT = 1_000_000
+# the CLI's --rank and --adapter-opt and a PEFT config file's sizes share it (declared in options)
+ADAPTER_INT_LIMIT = SIZE
 
 
 def check_sizes(method: str, **sizes: Any) -> None:

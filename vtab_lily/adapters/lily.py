@@ -20,7 +20,7 @@ per-token weights (``token`` routing) each token's features are spread over the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from vtab_lily.adapters.targets import (
 )
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
+from vtab_lily.options import setting
 
 ROUTERS = ("per_site", "single", "none")
 ROUTINGS = ("token", "batch", "sample", "eq2")
@@ -103,7 +104,8 @@ class LilyConfig:
     per_target: dict[str, dict[str, Any]] | None = None
     # Added after runs were recorded with balanced groups: runs whose ne_a divides the depth
     # (the same groups under both rules) keep their hashes; for other ne_a the default changed.
-    a_grouping: str = field(default="stride", metadata={"unrecorded_default": True})
+    a_grouping: str = setting("stride", unrecorded_default=True,
+                              help="stride (the official depth // ne_a rule) or balanced (exactly ne_a groups)")
 
     def resolve(self, model: nn.Module) -> "LilyConfig":
         """A copy with every default filled in for ``model`` and ``per_target`` covering all targets."""

@@ -17,13 +17,11 @@ from typing import Any
 
 from torch import nn
 
+from vtab_lily.adapters.registry import ADAPTERS, make_config
 from vtab_lily.errors import UserError, unknown_name
+from vtab_lily.methods import NO_OFFICIAL_SETUP
 
 PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
-# Adapters whose settings are wholly the user's (a PEFT config file): no official setup to differ
-# from, and no default that resolves without the user's file. ``vtab_lily.official`` keeps the same
-# set for readers without torch (the leaderboard); a test checks they agree.
-NO_OFFICIAL_SETUP = frozenset({"peft"})
 
 
 def official_adapter_settings(family: str, adapter: str, model: nn.Module | None = None) -> dict[str, Any]:
@@ -32,8 +30,6 @@ def official_adapter_settings(family: str, adapter: str, model: nn.Module | None
     With ``model``, the defaults are resolved against that model instead of the paper backbone
     (settings that follow the depth, such as Vim's ne_a, then match a smaller test backbone).
     """
-    from vtab_lily.adapters import ADAPTERS, make_config
-
     if family not in PAPER_BACKBONE:
         raise unknown_name("backbone family", family, PAPER_BACKBONE)
     if adapter not in ADAPTERS:

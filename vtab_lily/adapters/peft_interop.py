@@ -29,6 +29,7 @@ from torch import nn
 
 from vtab_lily.adapters.lily import LilyDelta, a_groups
 from vtab_lily.adapters.lora import LoraDelta
+from vtab_lily.adapters.registry import apply_adapter
 from vtab_lily.adapters.targets import BLOCKS_ATTR, TARGETS, model_depth, model_family
 from vtab_lily.adapters.wrappers import AdaptedLinear
 from vtab_lily.errors import UserError
@@ -219,8 +220,6 @@ def load_peft(model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
     (target names are matched by their last components, e.g. ``attn.qkv`` -> ``qkv``).
     """
     from safetensors.torch import load_file
-
-    from vtab_lily.adapters import apply_adapter
 
     folder = Path(adapter_dir)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE

@@ -20,6 +20,8 @@ from typing import Iterator
 
 import torch
 
+from vtab_lily.build import build_model as build_run_model
+from vtab_lily.build import resolve_checkpoint
 from vtab_lily.errors import UserError
 
 SNAPSHOTS = "snapshots"
@@ -78,9 +80,6 @@ def find_runs(paths: list[str | Path]) -> list[RunRecord]:
 def build_model(run: RunRecord) -> tuple[torch.nn.Module, bool]:
     """The run's backbone + adapter at initialisation, on the CPU, with the run's own seed, and
     whether its frozen weights are the run's (False: the checkpoint file is not on this machine)."""
-    from vtab_lily.run import build_model as build_run_model
-    from vtab_lily.run import resolve_checkpoint
-
     config = dict(run.config, adapter_options=run.config["adapter_config"])
     try:
         weights, known = resolve_checkpoint(config), True

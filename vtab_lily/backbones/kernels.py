@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .scan_ref import causal_conv1d_torch, selective_scan_ref
 
 SCAN_ENV, CONV_ENV, KERNELS_ENV = "VTAB_LILY_SCAN", "VTAB_LILY_CONV", "VTAB_LILY_KERNELS"
 SCAN_PATHS = ("mamba_ssm", "triton", "pytorch")
@@ -147,8 +148,6 @@ def _cuda_index(device: torch.device) -> int:
 def _trial(path: str, device: torch.device) -> str | None:
     """Run ``path`` once on ``device`` (forward + backward, the mixer's grouped layout) against the
     PyTorch reference; None when it works, else why not."""
-    from .scan import causal_conv1d_torch, selective_scan_ref
-
     loader = {"mamba_ssm": mamba_scan_fn, "triton": triton_scan_fn, "causal_conv1d": causal_conv_fn}[path]
     if loader() is None:
         return _notes.get(path, f"{path} does not import")

@@ -28,72 +28,9 @@ from torch import Tensor
 
 from . import kernels
 from .kernels import KERNELS_ENV
+from .scan_ref import causal_conv1d_torch, check_shapes, selective_scan_ref
 
 __all__ = ["KERNELS_ENV", "causal_conv1d", "causal_conv1d_torch", "selective_scan", "selective_scan_ref"]
-
-
-# --------------------------------------------------------------------------------------
-# Reference: the recurrence written out, one time step at a time.
-# --------------------------------------------------------------------------------------
-
-
-def _per_channel(BC: Tensor, d: int) -> Tensor:
-    """(b, N, L) or (b, G, N, L) -> (b, d, N, L): the B or C row each channel uses."""
-    if BC.dim() == 3:
-        return BC.unsqueeze(1).expand(-1, d, -1, -1)
-    groups = BC.shape[1]
-    return BC.repeat_interleave(d // groups, dim=1)
-
-
-def selective_scan_ref(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-) -> Tensor:
-    """The selective scan as a plain loop over time (slow; the ground truth for tests)."""
-    _check_shapes(u, delta, A, B, C)
-    dtype = u.dtype
-    u, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    batch, d, length = u.shape
-    B, C = _per_channel(B.float(), d), _per_channel(C.float(), d)
-    A = A.float()
-    h = u.new_zeros(batch, d, A.shape[1])
-    ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, :, :, t]
-        ys.append((h * C[:, :, :, t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype)
-
-
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be (batch, d, L); got {tuple(u.shape)}, {tuple(delta.shape)}")
-    batch, d, length = u.shape
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f"A must be (d={d}, N); got {tuple(A.shape)}")
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() not in (3, 4) or t.shape[0] != batch or t.shape[-1] != length or t.shape[-2] != A.shape[1]:
-            raise ValueError(f"{name} must be (batch, N, L) or (batch, G, N, L); got {tuple(t.shape)}")
-        if t.dim() == 4 and d % t.shape[1]:
-            raise ValueError(f"{name} has {t.shape[1]} groups, which do not divide d={d}")
-    if B.shape != C.shape:
-        raise ValueError(f"B and C must have the same shape; got {tuple(B.shape)}, {tuple(C.shape)}")
 
 
 # --------------------------------------------------------------------------------------
@@ -250,7 +187,7 @@ def selective_scan(
     For CUDA tensors: the path ``kernels.scan_path`` picks (mamba-ssm, Triton, or PyTorch);
     the PyTorch and Triton paths compute in fp32 whatever the autocast state.
     """
-    _check_shapes(u, delta, A, B, C)
+    check_shapes(u, delta, A, B, C)
     if u.is_cuda or kernels.forced("scan") not in (None, "pytorch"):
         path = _kernel_path("scan", u.device)
         if path == "triton":  # a custom op: one call inside a torch.compile graph
@@ -299,10 +236,3 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activat
     if x.is_cuda and _kernel_path("conv", x.device) == "causal_conv1d":
         return _conv_kernel(x, weight.reshape(d, k), bias, activation)
     return causal_conv1d_torch(x, weight, bias, activation)
-
-
-def causal_conv1d_torch(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None) -> Tensor:
-    """The PyTorch causal conv (any device): a grouped conv1d padded on both sides, cut to L."""
-    d, k = weight.shape[0], weight.shape[-1]
-    y = F.conv1d(x, weight.reshape(d, 1, k), bias, padding=k - 1, groups=d)[..., : x.shape[-1]]
-    return F.silu(y) if activation else y

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .scan_ref import check_shapes
+
 BLOCK_D = 8  # channels per program: 8 x 16 states x 16 steps per tile keeps the backward's ~7 live tiles in registers
 CHUNK = 16  # time steps per chunk (a power of two)
 NUM_WARPS = 4
@@ -290,9 +292,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
                           z: Tensor | None = None, delta_bias: Tensor | None = None,
                           delta_softplus: bool = False) -> Tensor:
     """The selective scan on the Triton kernels; output (b, d, L) in u's dtype."""
-    from .scan import _check_shapes  # late: scan imports the dispatcher that imports this module
-
-    _check_shapes(u, delta, A, B, C)
+    check_shapes(u, delta, A, B, C)
     grouped = B.dim() == 4
     B4, C4 = (B, C) if grouped else (B.unsqueeze(1), C.unsqueeze(1))
     with torch.autocast(u.device.type, enabled=False):

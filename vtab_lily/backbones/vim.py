@@ -1,6 +1,7 @@
 """Vision Mamba (Vim): bidirectional "v2" Mamba blocks with a middle class token.
 
-Written from the Vim paper and the facts in REFERENCE.md section 4; the parameter names
+Written from the Vim paper (Zhu et al. 2024, arXiv 2401.09417) and the model definition of
+the public hustvl/Vim code; the parameter names
 and shapes match the official ``vim_s_midclstok_80p5acc.pth`` exactly (415 keys for
 Vim-S), so the official file loads with ``strict=True``.
 

@@ -27,7 +27,7 @@ from .timing import Stats, measure, paired_ratio
 from .train_steps import NUM_CLASSES, make_step
 
 REF_TARGET = 10.0  # forward+backward speed-up over the reference loop (CPU)
-VIM_PEER_STEP_S = 57.0  # REFERENCE.md section 6: mambapy's Vim block, extrapolated to a Vim-S step (batch 8, CPU)
+VIM_PEER_STEP_S = 57.0  # mambapy's Vim block timed on a 2-core CPU, extrapolated to a Vim-S step (batch 8)
 
 
 def scan_inputs(ctx: Context, requires_grad: bool) -> dict[str, torch.Tensor]:
@@ -166,7 +166,7 @@ def run(ctx: Context) -> Section:
             f"{fmt_time(vim_time)} = {s.vim_batch / vim_time.median:.2f} images/s.")
     if not ctx.cuda and s.vim == "vim-s" and s.vim_batch == 8:
         section.notes.append(f"For scale: mambapy's bidirectional Vim block extrapolates to ~{VIM_PEER_STEP_S:.0f} s "
-                             "per Vim-S step at batch 8 on this kind of CPU (REFERENCE.md section 6, not re-measured).")
+                             "per Vim-S step at batch 8 on this kind of CPU (an earlier measurement, not re-measured here).")
     return section
 
 

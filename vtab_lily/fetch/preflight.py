@@ -54,7 +54,8 @@ def _weights_piece(config: dict) -> Piece | None:
         return None
     if config.get("checkpoint"):  # the user's own file: nothing to fetch
         return Piece("weights", f"{config['backbone']} weights {path} ({how})", path, None,
-                     "pass an existing file to --checkpoint (or leave it out for the published weights)")
+                     "pass an existing file to --checkpoint (or leave it out for the published weights; "
+                     "backbones/README.md says where to get them)")
     source = weights_source(config["backbone"])
     return Piece("weights", f"{config['backbone']} weights {path} (~{human_size(source.approx_bytes)})", path,
                  f"python -m vtab_lily.fetch weights {source.name}",

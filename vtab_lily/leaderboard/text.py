@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
 from ..errors import UserError
-from ..official import NO_OFFICIAL_SETUP
+from ..methods import NO_OFFICIAL_SETUP
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 

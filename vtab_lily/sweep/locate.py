@@ -3,7 +3,7 @@
 The runner names a directory by the hash of its full config, which includes values it only
 knows after building the model (the resolved adapter config, the weights file). So instead
 of recomputing that hash, we resolve the trial's command line with the runner's own parser
-and ``resolve_config`` (cheap: no model, no data) and look for the run directory whose saved
+and ``checked_config`` (cheap: no model, no data) and look for the run directory whose saved
 ``config.json`` agrees on every one of those options. The runner's own skip rule stays the
 last word: a trial we failed to find is started, and the runner skips it if it is finished.
 """
@@ -37,7 +37,8 @@ class RunLocator:
         """The runner's resolved config for ``python -m vtab_lily.run ARGV``; UserError if invalid."""
         key = tuple(argv)
         if key not in self._configs:
-            from ..run import build_parser, resolve_config
+            from ..options import RunOptions
+            from ..run import build_parser, checked_config
 
             parser = build_parser()
 
@@ -45,7 +46,8 @@ class RunLocator:
                 raise UserError(f"bad run options ({message}) in: python -m vtab_lily.run {shlex.join(argv)}")
 
             parser.error = error  # type: ignore[method-assign]
-            self._configs[key] = resolve_config(parser.parse_args(argv))
+            # every check the runner makes before building a model, the adapter's declared bounds included
+            self._configs[key] = checked_config(RunOptions(**vars(parser.parse_args(argv))))
         return self._configs[key]
 
     def find(self, argv: list[str]) -> Path | None:

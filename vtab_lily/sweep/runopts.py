@@ -20,6 +20,7 @@ import functools
 import math
 from typing import Any
 
+from .. import options
 from ..errors import UserError, suggest
 
 # option -> what to use instead (the sweep's own flag), for the error message
@@ -30,7 +31,10 @@ RESERVED = {"backbone": "the sweep's --backbone", "adapter": "the sweep's --adap
             "batch": "the sweep's --backend", "dry-run": "the sweep's --dry-run", "list-tasks": "--dry-run",
             "help": "python -m vtab_lily.run --help", "fetch": "the sweep's --fetch",
             "preflight": "the sweep checks weights and data before any trial"}
-MACHINE = ("threads", "device", "data-root", "checkpoint", "tensorboard", "no-tensorboard", "debug")
+# Where or how a run executes, or what the command does (``options`` roles local and action): both
+# spellings of a --no-x switch, less what the sweep sets itself.
+MACHINE = tuple(dict.fromkeys(n for f in options.declarations() if f.metadata["role"] in ("local", "action")
+                              for n in (f.name.replace("_", "-"), options.flag_of(f)[2:]) if n not in RESERVED))
 ADAPTER_OPT = "adapter-opt"
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 

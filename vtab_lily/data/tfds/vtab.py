@@ -2,7 +2,8 @@
 
 Facts from google-research/task_adaptation (data/*.py, the version with train800/val200):
 split boundaries are computed from dataset_info counts exactly as there (``P * n // 100``),
-so the pinned versions give the absolute numbers in REFERENCE.md section 8. Label rules:
+so the pinned versions (those the published VTAB-1K numbers were made from) give the same
+images. Label rules:
 
 - clevr count: ``len(objects) - 3``; clevr dist: ``objects/pixel_coords[:, 2]`` (the depth
   coordinate of the *pixel* coords, not ``3d_coords``), closest object, bucketed by
@@ -34,7 +35,7 @@ class TfdsTask:
     task: str
     builder: str
     config: str | None
-    version: str  # the pinned version (REFERENCE section 8)
+    version: str  # the pinned TFDS version
     splits: Callable[[BuiltDataset], dict[str, str]]
     label: Callable[[dict], int]
     image: str = "rgb"  # "rgb" | "gray" (tile) | "binary" (0/1 -> 0/255, tile)
