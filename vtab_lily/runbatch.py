@@ -69,13 +69,12 @@ def _label(argv: list[str]) -> str:
     return f"{value('--backbone', 'vit')} {value('--adapter', 'lily')} {value('--task', '?')}"
 
 
-def run_batch(path: Path, execute: Execute, *, finished: Callable[[dict], bool] = run_is_finished, fetch: bool = False,
-              preflight_only: bool = False) -> int:
+def run_batch(path: Path, execute: Execute, *, fetch: bool = False, preflight_only: bool = False) -> int:
     """Run every line of ``path`` with ``execute`` (the runner's, passed in so this module never
-    imports it); ``finished(config)`` says which runs the pre-flight may skip (``runspec.finished``:
-    a complete run needs neither weights nor data)."""
+    imports it). The pre-flight skips complete runs (``runspec.finished``): they need neither
+    weights nor data."""
     lines = read_batch(path)
-    bad = preflight(path, lines, fetch, finished)  # every missing checkpoint and data piece, once, before any run
+    bad = preflight(path, lines, fetch)  # every missing checkpoint and data piece, once, before any run
     if preflight_only:
         if bad:  # a line that cannot run is not "ready" either
             raise UserError(f"--batch {path}: {len(bad)} bad line{'s' if len(bad) > 1 else ''}:\n  " + "\n  ".join(bad))
@@ -121,8 +120,7 @@ def run_batch(path: Path, execute: Execute, *, finished: Callable[[dict], bool] 
     return max((c for c, _, _ in codes), default=0)
 
 
-def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool,
-              finished: Callable[[dict], bool]) -> list[str]:
+def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch: bool) -> list[str]:
     """UserError naming every missing weights file and data task of the batch's valid lines;
     ``fetch`` fetches them first. Returns the bad lines as ``FILE:LINE: what`` (a run reports its
     own when its turn comes)."""
@@ -143,7 +141,7 @@ def preflight(path: Path, lines: list[tuple[int, list[str] | None, str]], fetch:
             forced.add(id(config))
         configs.append(config)
     try:
-        ensure_ready(configs, fetch=fetch, skip=lambda c: id(c) not in forced and finished(c))
+        ensure_ready(configs, fetch=fetch, skip=lambda c: id(c) not in forced and run_is_finished(c))
     except UserError as err:
         raise UserError(f"--batch {path}: {err}") from None
     return bad
