@@ -302,6 +302,16 @@ def _router_rows(path: Path, sites: Any, experts: Any, weights: Any, what: str) 
     return [[float(v) for v in row] for row in weights]
 
 
+def _router_object(path: Path) -> dict | None:
+    """A router file's JSON object; None when the file is absent."""
+    if not path.exists():
+        return None
+    obj = _read_json_quietly(path)
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a JSON object (truncated?)")
+    return obj
+
+
 def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     """The run's router_weights.json when present and well formed, else None.
 
@@ -309,11 +319,9 @@ def read_router_weights(run_dir: str | os.PathLike) -> dict | None:
     ``{"sites": [...], "experts": ne, "weights": [[ne floats] per site]}``.
     """
     path = Path(run_dir) / ROUTER_FILE
-    if not path.exists():
+    obj = _router_object(path)
+    if obj is None:
         return None
-    obj = _read_json_quietly(path)
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a JSON object (truncated?)")
     sites, experts = obj.get("sites"), obj.get("experts")
     weights = _router_rows(path, sites, experts, obj.get("weights"), "weights")
     return {"sites": [str(s) for s in sites], "experts": experts, "weights": weights}
@@ -324,11 +332,9 @@ def read_router_history(run_dir: str | os.PathLike) -> dict | None:
     naming the file when it does not match ``{"sites", "experts", "epochs": [int, ...],
     "weights": [one router_weights-like table per epoch]}``."""
     path = Path(run_dir) / ROUTER_HISTORY_FILE
-    if not path.exists():
+    obj = _router_object(path)
+    if obj is None:
         return None
-    obj = _read_json_quietly(path)
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: not a JSON object (truncated?)")
     sites, experts, epochs, tables = obj.get("sites"), obj.get("experts"), obj.get("epochs"), obj.get("weights")
     if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs):
         raise UserError(f"{path}: 'epochs' must be a list of epoch numbers")
