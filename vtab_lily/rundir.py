@@ -3,7 +3,8 @@
 Layout (see ARCHITECTURE.md): ``<out>/<backbone>/<adapter>/<task>/<config hash>/`` holding
 ``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json`` (Lily: the
 final evaluation's mean expert weights), ``router_history.json`` (Lily: one entry per evaluation),
-``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), and
+``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), ``predictions.npz`` (the
+predicted class of every evaluated example, written just before the result), and
 either ``result.json`` (success, written last) or ``failed.json``. Every file except the
 append-only ``metrics.jsonl`` is written atomically (``vtab_lily.fsutil``), so a process killed
 at any point leaves the previous version or the new one, never a torn file.
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import options
-from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
+from .fsutil import atomic_write, atomic_write_bytes, atomic_write_json, dir_lock, read_json
+from .predictions import FILE as PREDICTIONS  # that module holds the file's format
 
 # Options that say where things are or how to run, not what is computed: they never change a
 # run's identity, so moving the data or resuming on another device finds the same directory.
@@ -160,7 +162,7 @@ class RunDir:
     # --- writing -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything of a previous attempt (``--force``); keeps the lock file."""
-        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, ROUTER_HISTORY, CONFIG):
+        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, ROUTER_HISTORY, PREDICTIONS, CONFIG):
             (self / name).unlink(missing_ok=True)
         shutil.rmtree(self / TB, ignore_errors=True)
         shutil.rmtree(self / SNAPSHOTS, ignore_errors=True)
@@ -246,6 +248,10 @@ class RunDir:
         path = self / SNAPSHOTS / f"epoch_{epoch:04d}.pt"
         atomic_write(path, lambda f: torch.save(state, f))
         return path
+
+    def write_predictions(self, data: bytes) -> None:
+        """``predictions.npz`` (bytes from ``predictions.encode``), atomically, before result.json."""
+        atomic_write_bytes(self / PREDICTIONS, data)
 
     def write_result(self, result: dict) -> None:
         """Atomic, and always the last file a successful run writes."""
