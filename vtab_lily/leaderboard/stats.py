@@ -44,7 +44,7 @@ KIND_EXAMPLES = "test examples"
 KIND_SEEDS = "test examples and seeds"
 VERDICTS = ("better", "worse", "indistinguishable")
 BOOTSTRAP_RESAMPLES = 9999
-MAX_SEEDS = 10_000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
+MAX_SEEDS = 1000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
 
 
 @dataclass(frozen=True)
@@ -265,17 +265,22 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
         se = math.sqrt(max((a_only + b_only) / n - diff**2, 0.0) / n)
         return Paired(100 * diff, 100 * lo, 100 * hi, p, "exact McNemar; paired bootstrap interval",
                       se=100 * se, n_seeds=1, n_examples=n)
-    mean, var, dof = two_way(a.astype(np.int8) - b.astype(np.int8))
-    diff, se, df = float(mean), math.sqrt(float(var)), float(dof)
-    if se == 0:
-        p = 1.0 if diff == 0 else 0.0
-        half = 0.0
-    else:
-        p = float(2 * sps.t.sf(abs(diff) / se, df))
-        half = float(_quantile(level, df)) * se
+    diff, se, df, p = (float(x) for x in paired_t(a, b))
+    half = float(_quantile(level, df)) * se
     return Paired(100 * diff, 100 * (diff - half), 100 * (diff + half), p,
                   "t over images and seeds (variance components, Satterthwaite df)",
                   se=100 * se, df=df, n_seeds=seeds, n_examples=n)
+
+
+def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised several-seed test of :func:`paired_task` on (..., seeds, n) booleans:
+    (difference, standard error, df, two-sided p), as fractions. A zero standard error (the
+    two never differ in a way that varies) gives p = 1 for no difference, else 0."""
+    mean, var, df = two_way(np.asarray(a).astype(np.int8) - np.asarray(b).astype(np.int8))
+    se = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(se > 0, 2 * sps.t.sf(np.abs(mean) / np.where(se > 0, se, 1.0), df), np.where(mean == 0, 1.0, 0.0))
+    return mean, se, df, p
 
 
 def bootstrap_pairs(a_only: int, b_only: int, n: int, level: float, seed: int,
@@ -295,32 +300,36 @@ def bootstrap_pairs(a_only: int, b_only: int, n: int, level: float, seed: int,
 
 
 def two_way(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of (..., seeds, images) matrices with the variance of that mean over both factors
-    (seeds and images both random) and Satterthwaite's df, vectorised over leading axes.
+    """Mean of (..., seeds, images) matrices of 0/1 or -1/0/1 values with the variance of that
+    mean over both factors (seeds and images both random) and Satterthwaite's df, vectorised
+    over leading axes.
 
     Var = s2_images/n + s2_seeds/S - s2_residual/(nS), from the expected mean squares of a
-    two-way layout without replication; never below the images-only term s2_images/n (the
-    variance with the trained models held fixed)."""
-    d = np.asarray(d, dtype=float)
+    two-way layout without replication: the images' term plus the seeds' own component
+    s2_seeds/S - s2_residual/(nS) when that is positive (else the seeds add nothing beyond the
+    images). Sums run on the small integers, so a (seeds, n) matrix is never copied as floats."""
+    d = np.asarray(d)
+    d = d.astype(np.int8) if d.dtype == bool else d
     seeds, n = d.shape[-2:]
-    grand = d.mean(axis=(-2, -1))
-    by_image = d.mean(axis=-2)
-    by_seed = d.mean(axis=-1)
-    images_term = by_image.var(axis=-1, ddof=1) / n if n > 1 else np.zeros_like(grand)
-    seeds_term = by_seed.var(axis=-1, ddof=1) / seeds
+    by_image = d.sum(axis=-2, dtype=np.float64) / seeds
+    by_seed = d.sum(axis=-1, dtype=np.float64) / n
+    grand = by_seed.mean(axis=-1)
+    ss_images = seeds * ((by_image - grand[..., None]) ** 2).sum(axis=-1)
+    ss_seeds = n * ((by_seed - grand[..., None]) ** 2).sum(axis=-1)
+    ss_total = np.count_nonzero(d, axis=(-2, -1)) - seeds * n * grand**2  # values are -1, 0 or 1: d^2 = |d|
+    images_term = ss_images / seeds / (n - 1) / n if n > 1 else np.zeros_like(grand)
+    seeds_term = ss_seeds / n / (seeds - 1) / seeds if seeds > 1 else np.zeros_like(grand)
     dof_resid = (n - 1) * (seeds - 1)
     if dof_resid > 0:
-        # sum of squared residuals = total SS - images SS - seeds SS (no (..., S, n) temporary)
-        total_ss = ((d - grand[..., None, None]) ** 2).sum(axis=(-2, -1))
-        ss = total_ss - seeds * (n - 1) * by_image.var(axis=-1, ddof=1) - n * (seeds - 1) * by_seed.var(axis=-1, ddof=1)
-        resid_term = np.maximum(ss, 0.0) / dof_resid / (n * seeds)
+        resid_term = np.maximum(ss_total - ss_images - ss_seeds, 0.0) / dof_resid / (n * seeds)
     else:
         resid_term = np.zeros_like(grand)
-    var = np.maximum(images_term + seeds_term - resid_term, images_term)
-    denom = np.zeros_like(grand)
-    for term, dof in ((images_term, n - 1), (seeds_term, seeds - 1), (resid_term, dof_resid)):
-        if dof > 0:
-            denom = denom + term * term / dof
+    seed_part = seeds_term - resid_term
+    used = seed_part > 0
+    var = images_term + np.where(used, seed_part, 0.0)
+    denom = images_term**2 / (n - 1) if n > 1 else np.zeros_like(grand)
+    if dof_resid > 0:
+        denom = denom + np.where(used, seeds_term**2 / (seeds - 1) + resid_term**2 / dof_resid, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
     return grand, var, df
@@ -358,6 +367,7 @@ class TaskRuns:
     n: tuple[int, ...]
     matrix: np.ndarray | None = field(default=None, compare=False, repr=False)
     list_sha256: str | None = None
+    unpaired_reason: str = "no predictions"  # why ``matrix`` is None (shown as "not paired: ...")
 
     def estimate(self, level: float = 0.95) -> Estimate:
         return task_estimate(self.correct, self.n, level, self.matrix)
@@ -384,6 +394,8 @@ class Difference:
     hi: float
     n_tasks: int
     unpaired: int
+    a: Estimate | None = None  # each side's own average over the same tasks
+    b: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -412,15 +424,26 @@ def pair_seeds(a: TaskRuns, b: TaskRuns) -> tuple[list[int], list[int], str]:
 def _pair_task(task: str, a: TaskRuns, b: TaskRuns, level: float, seed: int) -> TaskComparison:
     ea, eb = a.estimate(level), b.estimate(level)
     if a.matrix is None or b.matrix is None:
-        side = "A" if a.matrix is None else "B"
-        if a.matrix is None and b.matrix is None:
-            side = "A and B"
-        return TaskComparison(task, ea, eb, None, note=f"not paired: no predictions ({side})")
+        reasons = [f"{r} ({side})" for side, runs in (("A", a), ("B", b)) if runs.matrix is None
+                   for r in [runs.unpaired_reason]]
+        return TaskComparison(task, ea, eb, None, note="not paired: " + "; ".join(reasons))
     if a.list_sha256 != b.list_sha256 or a.matrix.shape[1] != b.matrix.shape[1]:
-        return TaskComparison(task, ea, eb, None, note="not paired: different test lists")
+        return TaskComparison(task, ea, eb, None, note="not paired: different test lists (list_sha256)")
     ia, ib, how = pair_seeds(a, b)
     paired = paired_task(a.matrix[ia], b.matrix[ib], level, seed)
     return TaskComparison(task, ea, eb, paired, note=how, seeds=tuple(a.seeds[i] for i in ia))
+
+
+def unpaired_difference(a: Estimate, b: Estimate, level: float) -> tuple[float, float, float, float, float]:
+    """(diff, lo, hi, se, df) of A - B treated as independent (Welch-Satterthwaite df): for tasks
+    that cannot be paired. Conservative: on the same images the two sides are positively correlated."""
+    va, vb = a.se**2, b.se**2
+    denom = (va**2 / a.df if math.isfinite(a.df) else 0.0) + (vb**2 / b.df if math.isfinite(b.df) else 0.0)
+    df = (va + vb) ** 2 / denom if denom > 0 else math.inf
+    se = math.sqrt(va + vb)
+    half = float(_quantile(level, df)) * se
+    diff = a.mean - b.mean
+    return diff, diff - half, diff + half, se, df
 
 
 def compare(a_runs: Mapping[str, TaskRuns], b_runs: Mapping[str, TaskRuns], groups: Mapping[str, str] | None = None,
@@ -450,18 +473,15 @@ def _average_difference(rows: list[TaskComparison], groups: Mapping[str, str] | 
             ses.append(r.paired.se)
             dfs.append(r.paired.df)
         else:
-            means.append(r.a.mean - r.b.mean)
-            ses.append(math.hypot(r.a.se, r.b.se))
-            dfs.append(_welch_df(r.a, r.b))
+            diff, _, _, se, df = unpaired_difference(r.a, r.b, level)
+            means.append(diff)
+            ses.append(se)
+            dfs.append(df)
     weights = task_weights([r.task for r in rows], groups)
     mean, lo, hi, _, _ = combine(np.array(means), np.array(ses), np.array(dfs), weights, level)
-    return Difference(float(mean), float(lo), float(hi), len(rows), sum(r.paired is None for r in rows))
-
-
-def _welch_df(a: Estimate, b: Estimate) -> float:
-    va, vb = a.se**2, b.se**2
-    denom = (va**2 / a.df if math.isfinite(a.df) else 0.0) + (vb**2 / b.df if math.isfinite(b.df) else 0.0)
-    return (va + vb) ** 2 / denom if denom > 0 else math.inf
+    a = average_estimate({r.task: r.a for r in rows}, groups, level)
+    b = average_estimate({r.task: r.b for r in rows}, groups, level)
+    return Difference(float(mean), float(lo), float(hi), len(rows), sum(r.paired is None for r in rows), a, b)
 
 
 @dataclass(frozen=True)
@@ -476,25 +496,28 @@ class Mark:
 
 
 def indistinguishable_from_best(rows: Mapping[Hashable, Mapping[str, TaskRuns]], groups: Mapping[str, str] | None = None,
-                                level: float = 0.95, seed: int = 0) -> dict[Hashable, Mark]:
-    """For rows that have the same tasks as the best (highest average; mean of group means when
-    ``groups`` is given): whether the best's lead over the row is within noise (its interval
-    contains 0). Paired on predictions where both rows have them on every task, else from the
-    two averages' intervals (``paired`` False: unpaired, conservative). Each row is tested
-    against the best alone (no correction for the number of rows). Rows with other task sets
-    get no mark (absent from the result)."""
-    if not rows:
-        return {}
+                                level: float = 0.95, seed: int = 0,
+                                tasks: Sequence[str] | None = None) -> dict[Hashable, Mark]:
+    """For the rows that have every task in ``tasks`` (default: every task any row has), the best
+    (highest average; the mean of group means when ``groups`` is given) and whether the best's
+    lead over each other row is within noise (its interval contains 0). Paired on predictions
+    where both rows have them on every task, else from the two averages' intervals (``paired``
+    False: unpaired tasks enter as independent, which is conservative). Each row is tested
+    against the best alone (no correction for the number of rows). Rows missing a task get no
+    mark (they are absent from the result)."""
     level = _check_level(level)
-    averages = {key: average_estimate({t: runs.estimate(level) for t, runs in by_task.items()}, groups, level)
-                for key, by_task in rows.items() if by_task}
-    if not averages:
+    wanted = set(tasks) if tasks is not None else {t for by_task in rows.values() for t in by_task}
+    complete = {key: {t: by_task[t] for t in sorted(wanted)} for key, by_task in rows.items()
+                if wanted and wanted <= set(by_task)}
+    if not complete:
         return {}
+    averages = {key: average_estimate({t: r.estimate(level) for t, r in by_task.items()}, groups, level)
+                for key, by_task in complete.items()}
     best_key = max(averages, key=lambda k: averages[k].mean)
-    best = rows[best_key]
+    best = complete[best_key]
     marks = {best_key: Mark(True, True, True, 0.0, 0.0)}
-    for key, by_task in rows.items():
-        if key == best_key or set(by_task) != set(best):
+    for key, by_task in complete.items():
+        if key == best_key:
             continue
         comparison = compare(best, by_task, groups, level, seed)
         diff = comparison.avg_groups if groups is not None else comparison.avg_tasks
