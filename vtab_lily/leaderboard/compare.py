@@ -214,7 +214,7 @@ def _avg_line(name: str, d: Difference | None, total: int) -> str:
 
 def format_comparison(c: Comparison, metric: str, total_tasks: int) -> str:
     level = f"{100 * c.level:g}%"
-    headers = ["task", "A", "B", f"A - B ({level} CI)", "seeds", "images", "p", "p (Holm)", "verdict", "test / note"]
+    headers = ["task", "A", "B", f"A - B ({level} CI)", "seeds", "images", "p", "p (Holm)", "verdict", "test, note"]
     body = []
     for r in c.tasks:
         if r.paired is None:
@@ -229,6 +229,8 @@ def format_comparison(c: Comparison, metric: str, total_tasks: int) -> str:
     lines = [f"A: {c.a_name}", f"B: {c.b_name}",
              f"metric: {'final-epoch' if metric == 'final' else 'test-selected (best evaluation)'} accuracy (%); "
              f"per task A - B in points on the same test images; verdict from the Holm-adjusted p at {1 - c.level:g}",
+             "tests: one seed, exact McNemar (interval: paired bootstrap over the images); several seeds paired by "
+             "seed id, t over images and seeds (variance components); see docs/statistics.md",
              "", tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), "",
              f"A is better on {counts['better']}, worse on {counts['worse']}, indistinguishable on "
              f"{counts['indistinguishable']} task(s); not paired: {counts['not paired']}.",

@@ -47,7 +47,8 @@ def forest_plot(comparison: Comparison, path: str | os.PathLike) -> int:
     ax.grid(True, axis="x", alpha=0.3)
     if not labels:
         ax.text(0.5, 0.5, "no task that both methods ran", transform=ax.transAxes, ha="center")
-    fig.text(0.01, -0.01, "green: better, red: worse, dark grey: indistinguishable (Holm-adjusted, over the paired "
-             "tasks); hollow: not paired (no predictions or another test list), unpaired interval", fontsize=6, wrap=True)
+    ax.annotate("green: better, red: worse, dark grey: indistinguishable (Holm-adjusted, over the paired tasks);\n"
+                "hollow grey: not paired (no predictions, or another test list), with the wider unpaired interval",
+                xy=(0, 0), xycoords="axes fraction", xytext=(0, -42), textcoords="offset points", fontsize=6, va="top")
     _save(fig, path)
     return len(labels)
