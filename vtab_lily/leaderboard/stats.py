@@ -50,6 +50,7 @@ KIND_SEEDS = "test examples and seeds"
 VERDICTS = ("better", "worse", "indistinguishable")
 MAX_SEEDS = 1000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
 
+
 @dataclass(frozen=True)
 class Estimate:
     """An accuracy (percent) with a ``level`` interval [lo, hi]; ``kind`` says what it covers.
