@@ -267,8 +267,12 @@ def _pair_task(task: str, a: TaskRuns, b: TaskRuns, level: float, seed: int) -> 
     if a.list_sha256 != b.list_sha256 or a.matrix.shape[1] != b.matrix.shape[1]:
         return TaskComparison(task, ea, eb, None, note="not paired: different test lists (list_sha256)")
     ia, ib, how = pair_seeds(a, b)
+    paired_seeds = tuple(a.seeds[i] for i in ia)
+    if not how and (len(ia) < len(a.seeds) or len(ib) < len(b.seeds)):
+        shown = ", ".join(map(str, paired_seeds[:5])) + (", ..." if len(paired_seeds) > 5 else "")
+        how = f"paired on seed{'s' if len(ia) > 1 else ''} {shown} only (A has {len(a.seeds)}, B {len(b.seeds)})"
     paired = paired_task(a.matrix[ia], b.matrix[ib], level, seed)
-    return TaskComparison(task, ea, eb, paired, note=how, seeds=tuple(a.seeds[i] for i in ia))
+    return TaskComparison(task, ea, eb, paired, note=how, seeds=paired_seeds)
 
 
 def unpaired_difference(a: Estimate, b: Estimate, level: float) -> tuple[float, float, float, float, float]:
