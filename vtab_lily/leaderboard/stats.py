@@ -182,7 +182,8 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
                       se=100 * se, n_seeds=1, n_examples=n)
     diff, se, df, p = (float(x) for x in paired_t(a, b))
     half = float(quantile(level, df)) * se
-    return Paired(100 * diff, 100 * (diff - half), 100 * (diff + half), p,
+    # a difference of two accuracies lies in [-100, 100] points; so does its interval
+    return Paired(100 * diff, 100 * max(diff - half, -1.0), 100 * min(diff + half, 1.0), p,
                   "t over images and seeds",
                   se=100 * se, df=df, n_seeds=seeds, n_examples=n)
 
