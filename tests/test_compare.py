@@ -177,3 +177,10 @@ def test_hand_edited_results_and_seeds_only_one_side_has(tmp_path: Path, capsys)
     assert f"skipped: {edited / 'result.json'}" in err and "accuracy.'final'" in err  # never silently
     assert "B: lora r=8 $x$ | [aaaa1111 vit-tiny]" in out  # one line
     assert "paired on seed 0 only (A has 3, B 1)" in out
+
+
+def test_an_adapter_name_stands_for_its_one_method(demo_runs: Path) -> None:
+    comparison, a, _ = run_comparison(demo_runs, "lily", "aaaa1111")
+    assert a.method_hash == "bbbb2222" and len(comparison.tasks) == 4
+    with pytest.raises(UserError, match="'lora' names 2 methods: lora r=8 \\[aaaa1111 vit-tiny\\]; old lora \\[cccc3333"):
+        run_comparison(demo_runs, "lily", "lora")

@@ -237,3 +237,12 @@ def test_holm_keeps_the_family_wise_rate() -> None:
     assert np.mean((p < 0.05).any(axis=1)) > 0.5
     adjusted = np.array([stats.holm(row) for row in p])
     assert np.mean((adjusted < 0.05).any(axis=1)) <= 0.06
+
+
+def test_intervals_stay_inside_percentages() -> None:
+    perfect = {t: stats.task_estimate([300], [300]) for t in ("t1", "t2")}
+    assert all(e.hi == pytest.approx(100.0) and e.lo < 100 for e in perfect.values())
+    average = stats.average_estimate(perfect)
+    assert average.mean == 100.0 and average.lo < 100 and average.hi == 100.0
+    one_image = stats.paired_task(np.array([[True], [True], [False]]), np.array([[False], [True], [False]]))
+    assert -100 <= one_image.lo <= one_image.diff <= one_image.hi <= 100

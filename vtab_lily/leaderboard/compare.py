@@ -1,9 +1,10 @@
 """``python -m vtab_lily.leaderboard compare A B``: is method A better than method B, task by task?
 
-A and B each name one method (one leaderboard row) in three ways, tried in this order:
+A and B each name one method (one leaderboard row) in four ways, tried in this order:
 a run folder (``runs/vit-b16-in21k/lora/dtd/1a2b3c4d``: the method that run belongs to), the
-method label exactly as the leaderboard prints it (``"lora r=8"``), or a prefix of its method
-hash (at least 4 hex digits). A name that matches several methods (the same label on two
+method label exactly as the leaderboard prints it (``"lora r=8 alpha=8 qkv"``), an adapter name
+(``lora``: when one method of that adapter was run), or a prefix of its method hash (at least 4
+hex digits). A name that matches several methods (the same label on two
 backbones, a short hash prefix) or none is an error listing the candidates; ``--backbone``
 narrows the search. Per task both methods' runs are paired on the same test images through
 their ``predictions.npz`` (by seed id where both have the seed); a task where a side has no
@@ -42,6 +43,7 @@ class Method:
 
     label: str
     method_hash: str
+    adapter: str
     backbone: str
     suite: str
     protocol: str
@@ -58,7 +60,7 @@ def methods_of(results: list[dict]) -> list[Method]:
     for r in results:
         key = (row_key(r), r["backbone"], r["suite"], r["protocol"])
         if key not in groups:
-            groups[key] = Method(r["method"], r["method_hash"], r["backbone"], r["suite"], r["protocol"], [])
+            groups[key] = Method(r["method"], r["method_hash"], r["adapter"], r["backbone"], r["suite"], r["protocol"], [])
         groups[key].results.append(r)
     return list(groups.values())
 
@@ -78,6 +80,8 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
                             "its method is compared with the runs found there")
         return found[0]
     matches = [m for m in methods if m.label == spec]
+    if not matches:  # an adapter name stands for its one method (``compare lily lora`` after the demo)
+        matches = [m for m in methods if m.adapter == spec]
     if not matches and folder.is_dir():
         raise UserError(f"{which} {spec}: a folder without {RESULT_FILE}; give one run's folder "
                         "(runs/<backbone>/<adapter>/<task>/<config hash>)")
@@ -90,7 +94,7 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
         raise UserError(f"{which} {spec!r} names {len(matches)} methods: {listing}. Give a longer method hash "
                         "prefix (the hex in brackets), --backbone, or a run folder")
     hint = suggest(spec, [m.label for m in methods])
-    raise UserError(f"{which}: no method {spec!r}{hint} (a label, a method hash prefix of at least "
+    raise UserError(f"{which}: no method {spec!r}{hint} (a label, an adapter, a method hash prefix of at least "
                     f"{MIN_HASH_PREFIX} hex digits, or a run folder); methods: {listing or 'none'}")
 
 
@@ -253,8 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard compare", allow_abbrev=False,
                                      description="Paired per-task comparison of method A against baseline B "
                                                  "(see docs/statistics.md).")
-    parser.add_argument("a", metavar="A", help="method: a label as the leaderboard prints it, a method hash prefix "
-                                               f"(>= {MIN_HASH_PREFIX} hex digits) or a run folder")
+    parser.add_argument("a", metavar="A", help="method: a label as the leaderboard prints it, an adapter name (when "
+                                               f"one method of it was run), a method hash prefix (>= {MIN_HASH_PREFIX} "
+                                               "hex digits) or a run folder")
     parser.add_argument("b", metavar="B", help="the baseline, named the same ways")
     parser.add_argument("--runs", default="runs", help="runs directory to read (default: runs)")
     parser.add_argument("--backbone", default=None, help="only this backbone's results")
