@@ -133,8 +133,12 @@ def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[
     if metric not in METRICS:
         raise unknown_name("--metric", metric, METRICS)
     latest: dict[str, dict[int, dict]] = {}
-    for r in sorted(results, key=finished_utc):
-        latest.setdefault(r["task"], {})[r["seed"]] = r
+    for r in sorted(results, key=finished_utc):  # UTC order: the latest of one seed's results wins
+        by_seed = latest.setdefault(r["task"], {})
+        if r["seed"] in by_seed:
+            warnings.append(f"{r['method']} {r['task']} seed {r['seed']}: several results "
+                            f"({by_seed[r['seed']]['run_dir']}, {r['run_dir']}); using the latest")
+        by_seed[r["seed"]] = r
     out = {}
     for task, by_seed in latest.items():
         seeds, correct, sizes, vectors, lists, reasons = [], [], [], [], set(), set()

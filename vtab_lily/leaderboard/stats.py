@@ -343,7 +343,9 @@ class Mark:
 def indistinguishable_from_best(rows: Mapping[Hashable, Mapping[str, TaskRuns]], groups: Mapping[str, str] | None = None,
                                 level: float = 0.95, seed: int = 0,
                                 tasks: Sequence[str] | None = None) -> dict[Hashable, Mark]:
-    """For the rows that have every task in ``tasks`` (default: every task any row has), the best
+    """``rows``: any hashable key (a row index) -> task -> TaskRuns (``compare.runs_by_task``).
+
+    For the rows that have every task in ``tasks`` (default: every task any row has), the best
     (highest average; the mean of group means when ``groups`` is given) and whether the best's
     lead over each other row is within noise (its interval contains 0). Paired on predictions
     where both rows have them on every task, else from the two averages' intervals (``paired``
