@@ -109,6 +109,8 @@ def load(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     if size > MAX_BYTES:
         raise UserError(f"{path}: {size:,} bytes is larger than any predictions file ({MAX_BYTES:,} at most)")
+    if not zipfile.is_zipfile(path):  # else np.load would take it for a pickle (and refuse it, less clearly)
+        raise UserError(f"{path}: not an .npz archive; truncated or overwritten?")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
@@ -120,7 +122,8 @@ def load(path: Path) -> dict[str, np.ndarray]:
     except UserError:
         raise
     except ValueError as err:  # an object array (would need pickle), a bad header
-        raise UserError(f"{path}: not a predictions file ({str(err)[:120]}); pickled arrays are never loaded") from None
+        what = "an array of Python objects (never unpickled)" if "allow_pickle" in str(err) else str(err)[:100]
+        raise UserError(f"{path}: not a predictions file: {what}") from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise UserError(f"{path}: unreadable ({err.__class__.__name__}: {str(err)[:100]}); truncated or edited?") from None
 
