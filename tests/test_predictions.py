@@ -26,7 +26,7 @@ from vtab_lily.results import iter_results, read_predictions
 from vtab_lily.tasks import get_task
 
 TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--img-size", "16",
-        "--epochs", "2", "--eval-every", "1", "--batch-size", "100", "--no-tensorboard"]
+        "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
 STEPS_PER_EPOCH = 10  # 1000 training images / 100
 
 
@@ -116,6 +116,8 @@ def resume(stopped: dict[str, Path], where: str, demo_root: Path, tmp_path: Path
 @pytest.mark.parametrize("where", STOPS)
 def test_a_stopped_run_resumes_to_the_same_predictions(reference, stopped, demo_root, tmp_path, where):
     run_dir = resume(stopped, where, demo_root, tmp_path)
+    # TensorBoard: the resumed run went on writing the one run named by its method and seed
+    assert [p.name for p in (run_dir / "tb").iterdir()] == [p.name for p in (reference / "tb").iterdir()]
     expected, got = arrays(reference), arrays(run_dir)
     assert got.keys() == expected.keys()
     for name in ("labels", "final", "selected"):

@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, predictions, provenance
 from .memory import MemoryMeter
 from .precision import use_precision
-from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, TB, RunDir, trials_per_gpu
+from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, RunDir, trials_per_gpu
 from .runspec import RunSpec
 
 EXIT_FAILED = 1
@@ -164,7 +164,8 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
     if config["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
+        tb_dir = run.tensorboard_dir(spec.label, config["seed"])  # named by method and seed
+        writer = SummaryWriter(str(tb_dir), purge_step=start + 1)  # drop a killed attempt's later events
     recorder = EvalRecorder(model, run, writer, config, start)
     recipe = dict(spec.config_dict(), config_hash=spec.config_hash)
     try:
