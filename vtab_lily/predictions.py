@@ -112,6 +112,9 @@ def load(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):  # else np.load would take it for a pickle (and refuse it, less clearly)
         raise UserError(f"{path}: not an .npz archive; truncated or overwritten?")
     try:
+        with zipfile.ZipFile(path) as archive:  # a small compressed member may claim gigabytes
+            if sum(info.file_size for info in archive.infolist()) > MAX_BYTES:
+                raise UserError(f"{path}: its arrays unpack to more than {MAX_BYTES:,} bytes; not a predictions file")
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
             unknown = names - set(CLASS_ARRAYS) - set(TEXT_ARRAYS)
@@ -124,7 +127,7 @@ def load(path: Path) -> dict[str, np.ndarray]:
     except ValueError as err:  # an object array (would need pickle), a bad header
         what = "an array of Python objects (never unpickled)" if "allow_pickle" in str(err) else str(err)[:100]
         raise UserError(f"{path}: not a predictions file: {what}") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+    except (OSError, EOFError, KeyError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise UserError(f"{path}: unreadable ({err.__class__.__name__}: {str(err)[:100]}); truncated or edited?") from None
 
 
