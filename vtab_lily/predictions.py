@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +105,12 @@ def _text(arrays: dict, name: str, path: Path) -> str:
 def load(path: Path) -> dict[str, np.ndarray]:
     """The file's arrays, never unpickling; every failure a UserError naming ``path``."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise UserError(f"{path}: not a regular file")
+    size = info.st_size
     if size > MAX_BYTES:
         raise UserError(f"{path}: {size:,} bytes is larger than any predictions file ({MAX_BYTES:,} at most)")
     if not zipfile.is_zipfile(path):  # else np.load would take it for a pickle (and refuse it, less clearly)

@@ -208,10 +208,13 @@ def write_predictions(run: RunDir, spec: RunSpec, outcome: Any, eval_set: Any) -
     from .data.manifest import list_sha256
 
     final, best, n = outcome.final_predictions, outcome.best_predictions, len(eval_set)
-    why = ("resumed from a checkpoint that predates them" if final is None or len(final) != n else
-           "the evaluation split was not loaded from a list file" if eval_set.origin is None else
-           f"{spec.config['num_classes']} classes do not fit int16" if (spec.config.get("num_classes") or 0) > 2**15
-           else "")
+    why = ""
+    if final is None or len(final) != n:
+        why = "resumed from a checkpoint that predates them"
+    elif eval_set.origin is None:
+        why = "the evaluation split was not loaded from a list file"
+    elif (spec.config.get("num_classes") or 0) > predictions.MAX_CLASS + 1:
+        why = f"{spec.config['num_classes']} classes do not fit int16"
     if why:
         (run / PREDICTIONS).unlink(missing_ok=True)  # a killed earlier attempt's file is not this result's
         print(f"note: no per-example predictions recorded ({why})", file=sys.stderr)
