@@ -184,3 +184,15 @@ def test_an_adapter_name_stands_for_its_one_method(demo_runs: Path) -> None:
     assert a.method_hash == "bbbb2222" and len(comparison.tasks) == 4
     with pytest.raises(UserError, match="'lora' names 2 methods: lora r=8 \\[aaaa1111 vit-tiny\\]; old lora \\[cccc3333"):
         run_comparison(demo_runs, "lily", "lora")
+
+
+def test_same_label_and_hash_apart_by_precision_and_result_json_as_a_name(demo_runs: Path) -> None:
+    run = write_run(demo_runs, np.ones(N, bool), task=DEMO[0], seed=5)
+    result = json.loads((run / "result.json").read_text())
+    result["precision"] = "bf16"
+    (run / "result.json").write_text(json.dumps(result))
+    with pytest.raises(UserError, match=r"names 2 methods: lora r=8 \[aaaa1111 vit-tiny bf16 \?\]; "
+                                        r"lora r=8 \[aaaa1111 vit-tiny precision \? \?\]"):
+        run_comparison(demo_runs, "lily", "aaaa1111")
+    comparison, _, b = run_comparison(demo_runs, "lily", str(run / "result.json"))
+    assert b.tag and [r.task for r in comparison.tasks] == [DEMO[0]]

@@ -30,7 +30,7 @@ from ..results import (METRICS, RESULT_FILE, accuracy, finished_utc, read_predic
 from ..tasks import get_task
 from .stats import MAX_SEEDS, Comparison, Difference, TaskRuns, compare
 from .table import known_results, suite_groups
-from .text import round_half_up
+from .text import round_half_up, setup_text
 
 MIN_HASH_PREFIX = 4
 MAX_WARNINGS_SHOWN = 20
@@ -48,11 +48,12 @@ class Method:
     suite: str
     protocol: str
     results: list[dict]
+    tag: str = ""  # what else tells it apart from a method of the same label and hash (precision, setup)
 
     @property
     def name(self) -> str:
         """One line, whatever the label holds (result files are hand-editable)."""
-        return " ".join(f"{self.label} [{self.method_hash} {self.backbone}]".split())
+        return " ".join(f"{self.label} [{self.method_hash} {self.backbone}{self.tag}]".split())
 
 
 def methods_of(results: list[dict]) -> list[Method]:
@@ -62,7 +63,15 @@ def methods_of(results: list[dict]) -> list[Method]:
         if key not in groups:
             groups[key] = Method(r["method"], r["method_hash"], r["adapter"], r["backbone"], r["suite"], r["protocol"], [])
         groups[key].results.append(r)
-    return list(groups.values())
+    methods = list(groups.values())
+    names: dict[str, int] = {}
+    for m in methods:
+        names[m.name] = names.get(m.name, 0) + 1
+    for key, m in groups.items():
+        if names[m.name] > 1:  # older results: the same hash with another precision or setup
+            _, deviations, precision = key[0]
+            m.tag = f" {precision or 'precision ?'} {setup_text(m.adapter, deviations, sep=',')}"
+    return methods
 
 
 def resolve(spec: str, methods: list[Method], which: str) -> Method:
@@ -70,6 +79,8 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
     if not spec or not spec.strip():
         raise UserError(f"{which}: empty method name; give a label, a method hash prefix or a run folder")
     folder = Path(spec)
+    if folder.name == RESULT_FILE and folder.is_file():  # the run's result.json named instead of its folder
+        folder = folder.parent
     if folder.is_dir() and (folder / RESULT_FILE).exists():
         status = run_status(folder)
         if status.state != "complete":
