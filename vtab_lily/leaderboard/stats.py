@@ -178,7 +178,7 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
         b_only = int(np.count_nonzero(~a[0] & b[0]))
         p = 1.0 if a_only + b_only == 0 else float(sps.binomtest(a_only, a_only + b_only).pvalue)
         diff = (a_only - b_only) / n
-        lo, hi = bootstrap_pairs(a_only, b_only, n, level, seed)
+        lo, hi = (float(x) for x in bootstrap_pairs(a_only, b_only, n, level, seed))
         se = math.sqrt(max((a_only + b_only) / n - diff**2, 0.0) / n)
         return Paired(100 * diff, 100 * lo, 100 * hi, p, "exact McNemar",
                       se=100 * se, n_seeds=1, n_examples=n)
