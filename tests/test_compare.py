@@ -196,3 +196,13 @@ def test_same_label_and_hash_apart_by_precision_and_result_json_as_a_name(demo_r
         run_comparison(demo_runs, "lily", "aaaa1111")
     comparison, _, b = run_comparison(demo_runs, "lily", str(run / "result.json"))
     assert b.tag and [r.task for r in comparison.tasks] == [DEMO[0]]
+
+
+def test_old_runs_count_on_the_protocols_evaluation_split() -> None:
+    from vtab_lily.leaderboard.compare import evaluated_size
+
+    old = {"task": "dtd", "suite": "vtab", "protocol": "val", "config": {}}
+    assert evaluated_size(old, "final") == 200  # val200, not dtd's 1,880 test images
+    assert evaluated_size({**old, "protocol": "test"}, "final") == 1880
+    assert evaluated_size({**old, "protocol": "test", "config": {"eval_limit": 500}}, "best") == 500
+    assert evaluated_size({**old, "predictions": {"n": 77}}, "final") == 77

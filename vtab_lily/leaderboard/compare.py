@@ -27,7 +27,7 @@ from tabulate import tabulate
 from ..errors import UserError, run_cli, suggest, unknown_name
 from ..results import (METRICS, RESULT_FILE, accuracy, finished_utc, read_predictions, row_key, run_status,
                        scan_runs)
-from ..tasks import get_task
+from ..tasks import PROTOCOLS, get_task
 from .stats import MAX_SEEDS, Comparison, Difference, TaskRuns, compare
 from .table import known_results, suite_groups
 from .text import round_half_up, setup_text
@@ -111,12 +111,13 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
 
 def evaluated_size(result: dict, metric: str) -> int:
     """How many test images the accuracy was measured on, for a run without predictions: the
-    recorded count, else the task's test size (for the best evaluation of a run with
+    recorded count, else the size of the protocol's evaluation split (for the best evaluation of a run with
     ``eval_limit``, the limit: intermediate evaluations score only the first images)."""
     recorded = (result.get("predictions") or {}).get("n")
     if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
         return recorded
-    size = get_task(result["task"], result["suite"]).test_size
+    split = PROTOCOLS.get(result["protocol"], ("", "test"))[1]  # a protocol this version does not know: test
+    size = get_task(result["task"], result["suite"]).expected_size(split)
     limit = (result.get("config") or {}).get("eval_limit")
     if metric == "best" and isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         return min(size, limit)
