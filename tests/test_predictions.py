@@ -6,6 +6,7 @@ never unpickles anything."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,10 @@ def damage(run_dir: Path, how: str, other: Path) -> str:
     if how == "other-list":
         savez(path, **{**good, "list_sha256": text("0" * 64)})
         return "another list"
+    if how == "fifo":  # opening it would block: refused before any read
+        path.unlink()
+        os.mkfifo(path)
+        return "not a regular file"
     if how == "missing":
         path.unlink()
         return "missing"
@@ -231,7 +236,7 @@ def damage(run_dir: Path, how: str, other: Path) -> str:
 
 
 DAMAGE = ["truncated", "not-a-zip", "bad-member", "pickle", "int64", "short", "class-out-of-range", "edited-prediction",
-          "extra-array", "other-run", "other-list", "missing", "field-missing"]
+          "extra-array", "other-run", "other-list", "fifo", "missing", "field-missing"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--ta
         "--img-size", "16", "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
 RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
                "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
-               "versions", "git_commit", "finished_at", "deviations", "data", "precision"}
+               "versions", "git_commit", "finished_at", "deviations", "data", "precision", "predictions"}
 
 
 @pytest.fixture(scope="session")

@@ -122,15 +122,16 @@ def experts_figure(a: RunAnalysis):
     import matplotlib.pyplot as plt
 
     kinds = sorted(a.final.experts)
-    fig, axes = plt.subplots(1, 2 + len(kinds), figsize=(4 * (2 + len(kinds)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 + len(kinds), figsize=(4 * (2 + len(kinds)), 3.6), squeeze=False,
+                             layout="constrained")  # room for each heat map's labels beside the colour bars
     ax = axes[0][0]
     sites = list(a.routers)
     ax.barh(range(len(sites)), [a.routers[s]["entropy"] for s in sites])
     for i, ne in enumerate(sorted({len(a.routers[s]["weights"]) for s in sites})):
         ax.axvline(math.log(ne), color="k", linestyle=("--", ":", "-.")[i % 3], linewidth=1,
                    label=f"uniform router, {ne} experts (log {ne} = {math.log(ne):.2f})")
-    if sites:
-        ax.legend(fontsize=6, loc="lower right")
+    if sites:  # below the axis: the bars fill the panel
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_yticks(range(len(sites)), sites, fontsize=6)
     ax.set_xlabel("router entropy (nats)")
     ax.set_title("routers, final evaluation", fontsize=9)
