@@ -18,7 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import predictions as _predictions
 from .errors import UserError, unknown_name
+from .predictions import Predictions
+from .tasks import get_task
 
 RESULT_SCHEMA = 1
 RESULT_FILE = "result.json"
@@ -164,6 +167,8 @@ def _check_optional(obj: dict, where: str) -> None:
     for key, value in (obj.get("data") or {}).items():
         if key in ("fingerprint", "encoding", "source") and value is not None and not isinstance(value, str):
             raise UserError(f"{where}: data.{key} must be a string or null, got {_short(value)}")
+    if obj.get("predictions") is not None:
+        _predictions.check_record(obj["predictions"], where)
 
 
 def _check_fields(obj: dict, spec: dict[str, Any], where: str, prefix: str) -> None:
@@ -344,6 +349,35 @@ def read_router_history(run_dir: str | os.PathLike) -> dict | None:
         raise UserError(f"{path}: 'weights' must have one table per epoch ({len(epochs)})")
     weights = [_router_rows(path, sites, experts, table, f"weights[{i}]") for i, table in enumerate(tables)]
     return {"sites": [str(s) for s in sites], "experts": experts, "epochs": epochs, "weights": weights}
+
+
+def read_predictions(run_dir: str | os.PathLike) -> Predictions | None:
+    """The run's per-example predictions (``predictions.npz``), checked against its result.json
+    (n, classes, run, list, both accuracies); None for a run made before they were kept (neither
+    the file nor result.json's ``predictions``). Anything else wrong is a UserError naming the file."""
+    run_dir = Path(run_dir)
+    result = load_result(run_dir / RESULT_FILE)
+    path = run_dir / _predictions.FILE
+    if result.get("predictions") is None:
+        if path.exists():
+            raise UserError(f"{path}: result.json records no predictions, so this file is not the run's "
+                            "(copied in?); remove it")
+        return None
+    if not path.exists():
+        raise UserError(f"{path}: missing, though {run_dir / RESULT_FILE} records it")
+    return _predictions.check(path, _predictions.load(path), result, _num_classes(result))
+
+
+def _num_classes(result: dict) -> int | None:
+    """The task's class count: the run's config, else the task registry; None when unknown."""
+    config = result.get("config") if isinstance(result.get("config"), dict) else {}
+    count = config.get("num_classes")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        return count
+    try:
+        return get_task(result["task"], result["suite"]).num_classes
+    except UserError:
+        return None
 
 
 # ---- Fields added in round 2 (older results lack them): read them in one place ----

@@ -1,9 +1,10 @@
 """One run's directory: layout, config hashing, checkpoints, metrics, result and failure files.
 
 Layout (see ARCHITECTURE.md): ``<out>/<backbone>/<adapter>/<task>/<config hash>/`` holding
-``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json`` (Lily: the
+``config.json``, ``metrics.jsonl``, ``tb/<label>_seed<seed>/`` (TensorBoard events), ``checkpoint.pt``, ``router_weights.json`` (Lily: the
 final evaluation's mean expert weights), ``router_history.json`` (Lily: one entry per evaluation),
-``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), and
+``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), ``predictions.npz`` (the
+predicted class of every evaluated example, written just before the result), and
 either ``result.json`` (success, written last) or ``failed.json``. Every file except the
 append-only ``metrics.jsonl`` is written atomically (``vtab_lily.fsutil``), so a process killed
 at any point leaves the previous version or the new one, never a torn file.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import options
-from .fsutil import atomic_write, atomic_write_json, dir_lock, read_json
+from .fsutil import atomic_write, atomic_write_bytes, atomic_write_json, dir_lock, read_json
+from .predictions import FILE as PREDICTIONS  # that module holds the file's format
 
 # Options that say where things are or how to run, not what is computed: they never change a
 # run's identity, so moving the data or resuming on another device finds the same directory.
@@ -160,7 +163,7 @@ class RunDir:
     # --- writing -------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything of a previous attempt (``--force``); keeps the lock file."""
-        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, ROUTER_HISTORY, CONFIG):
+        for name in (RESULT, FAILED, CHECKPOINT, METRICS, ROUTER, ROUTER_HISTORY, PREDICTIONS, CONFIG):
             (self / name).unlink(missing_ok=True)
         shutil.rmtree(self / TB, ignore_errors=True)
         shutil.rmtree(self / SNAPSHOTS, ignore_errors=True)
@@ -247,6 +250,20 @@ class RunDir:
         atomic_write(path, lambda f: torch.save(state, f))
         return path
 
+    def write_predictions(self, data: bytes) -> None:
+        """``predictions.npz`` (bytes from ``predictions.encode``), atomically, before result.json."""
+        atomic_write_bytes(self / PREDICTIONS, data)
+
+    def tensorboard_dir(self, label: str, seed: int) -> Path:
+        """Where the run's TensorBoard events go: ``tb/<label>_seed<seed>/``, so that
+        ``tensorboard --logdir runs`` names each run by its method and seed (TensorBoard names a
+        run by its folder), and a resumed run writes to the same one. A run whose events already
+        lie in ``tb/`` itself (started before runs were named) keeps writing there."""
+        folder = self / TB
+        if any(folder.glob("events.out.tfevents.*")):
+            return folder
+        return folder / tensorboard_name(label, seed)
+
     def write_result(self, result: dict) -> None:
         """Atomic, and always the last file a successful run writes."""
         text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
@@ -256,6 +273,19 @@ class RunDir:
             fault_point("result_write")
 
         atomic_write(self / RESULT, write, mode="w")
+
+
+_TB_NAME_CHARS = 120  # a folder name: well under the 255 bytes file systems allow
+
+
+def tensorboard_name(label: str, seed: int) -> str:
+    """``"lily r=32 ne=4 s=1 k,v,mlp"``, seed 0 -> ``"lily_r=32_ne=4_s=1_k,v,mlp_seed0"``: characters
+    other than letters, digits and ``.,=+-`` become ``_``; a long label is cut and keeps a hash of
+    itself, so two labels never share a name."""
+    name = re.sub(r"[^A-Za-z0-9.,=+-]+", "_", label).strip("._") or "run"
+    if len(name) > _TB_NAME_CHARS:
+        name = f"{name[:_TB_NAME_CHARS - 9]}_{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+    return f"{name}_seed{seed}"
 
 
 def _parse_lines(path: Path) -> Iterator[dict]:

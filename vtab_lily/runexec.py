@@ -11,10 +11,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__, provenance
+from . import __version__, predictions, provenance
 from .memory import MemoryMeter
 from .precision import use_precision
-from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, trials_per_gpu
+from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, RunDir, trials_per_gpu
 from .runspec import RunSpec
 
 EXIT_FAILED = 1
@@ -164,7 +164,8 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
     if config["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
+        tb_dir = run.tensorboard_dir(spec.label, config["seed"])  # named by method and seed
+        writer = SummaryWriter(str(tb_dir), purge_step=start + 1)  # drop a killed attempt's later events
     recorder = EvalRecorder(model, run, writer, config, start)
     recipe = dict(spec.config_dict(), config_hash=spec.config_hash)
     try:
@@ -174,7 +175,8 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
         routers = router_weights_json(model) if config["adapter"] == "lily" else None
         if routers:
             run.write_router_weights(routers)
-        run.write_result(build_result(spec, outcome, device, kernels, data, meter.record()))
+        predicted = write_predictions(run, spec, outcome, eval_set)  # before result.json: a result names it
+        run.write_result(build_result(spec, outcome, device, kernels, data, meter.record(), predicted))
     except RunFailed as err:
         _record_failure(run, err.reason, err.epoch)
         print(f"error: run failed at epoch {err.epoch}: {err.reason} (recorded in {run / FAILED})", file=sys.stderr)
@@ -199,6 +201,37 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
     return 0, f"done: final {outcome.final_acc:.2f}%, {selected}"
 
 
+def write_predictions(run: RunDir, spec: RunSpec, outcome: Any, eval_set: Any) -> dict | None:
+    """Write ``predictions.npz`` (:mod:`vtab_lily.predictions`) and return result.json's entry for it;
+    None, with no file left behind, when the final evaluation's classes are unknown (a run resumed
+    from a checkpoint written before they were kept, after its last evaluation)."""
+    from .data.manifest import list_sha256
+
+    final, best, n = outcome.final_predictions, outcome.best_predictions, len(eval_set)
+    why = ""
+    if final is None or len(final) != n:
+        why = "resumed from a checkpoint that predates them"
+    elif eval_set.origin is None:
+        why = "the evaluation split was not loaded from a list file"
+    elif (spec.config.get("num_classes") or 0) > predictions.MAX_CLASS + 1:
+        why = f"{spec.config['num_classes']} classes do not fit int16"
+    if why:
+        (run / PREDICTIONS).unlink(missing_ok=True)  # a killed earlier attempt's file is not this result's
+        print(f"note: no per-example predictions recorded ({why})", file=sys.stderr)
+        return None
+    note = ""
+    if best is None:
+        note = "resumed from a checkpoint written before predictions were kept, after the selected evaluation"
+    elif len(best) != n:
+        note = f"the selected evaluation covered only the first {len(best)} of {n} examples (eval_limit)"
+        best = None
+    digest = list_sha256(eval_set.origin.split_list)
+    labels = eval_set.labels.numpy()
+    run.write_predictions(predictions.encode(labels, final.numpy(), None if best is None else best.numpy(),
+                                             spec.config_hash, digest))
+    return predictions.record(n, spec.config["eval_split"], digest, note)
+
+
 def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
     try:
         run.write_failed(reason, epoch)
@@ -206,7 +239,8 @@ def _record_failure(run: RunDir, reason: str, epoch: int | None) -> None:
         print(f"warning: could not write {run / FAILED}: {err}", file=sys.stderr)
 
 
-def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None, data: dict, memory: dict) -> dict:
+def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None, data: dict, memory: dict,
+                 predicted: dict | None = None) -> dict:
     """result.json as specified in ARCHITECTURE.md (schema 1, round-2 keys optional for readers)."""
     config = spec.config_dict()
     result = {
@@ -231,6 +265,8 @@ def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None,
         result["time"]["trials_per_gpu"] = shared
     if kernels:
         result["kernels"] = kernels
+    if predicted is not None:  # predictions.npz (absent: a resumed run that could not know them)
+        result["predictions"] = predicted
     if getattr(outcome, "compile", None) is not None:  # what torch.compile did (train_setup.compile_counters)
         result["compile"] = outcome.compile
     return result

@@ -16,9 +16,10 @@ On a GPU nothing waits for the device inside an epoch: the order is moved once p
 per-step losses and gradient norms go into two small device buffers read once at the epoch's
 end, where a non-finite value ends the run with :class:`RunFailed` (the checkpoint on disk is
 the last good one). Evaluation reads the split from the device in contiguous slices, counts
-correct predictions there and reads the count once. Every evaluation saves a checkpoint
-(trainable weights, optimizer, scheduler, RNG, progress) that :func:`train` resumes from
-exactly. SIGINT/SIGTERM finish the current step, save, and raise ``KeyboardInterrupt``.
+correct predictions there and reads the count and the predicted classes once. Every evaluation
+saves a checkpoint (trainable weights, optimizer, scheduler, RNG, progress, the predicted classes
+of the latest and the best evaluation) that :func:`train` resumes from exactly. SIGINT/SIGTERM
+finish the current step, save, and raise ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class TrainOutcome:
     eval_batch_size: int = OFFICIAL_EVAL_BATCH  # the batch the evaluations used
     eval_images_per_s: float = 0.0
     compile: dict | None = None  # compile_counters() at the end, when compiled
+    # predicted classes (int16, host) at the final and at the best evaluation; None when a run
+    # resumed from a checkpoint written before predictions were kept never saw that evaluation
+    final_predictions: torch.Tensor | None = None
+    best_predictions: torch.Tensor | None = None
 
 
 class _StopRequest:
@@ -165,23 +170,29 @@ def new_step(model: torch.nn.Module) -> None:
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: Any, batch_size: int, device: torch.device, *,
-             bf16: bool = False, limit: int | None = None) -> float:
+             bf16: bool = False, limit: int | None = None) -> tuple[float, torch.Tensor]:
     """Top-1 accuracy (%) over the first ``limit`` (default all) images of ``data``, in fixed
     order and contiguous batches (Lily's batch routing mixes experts per batch: keep it
-    reproducible). The count stays on the device until the end: one host sync per evaluation.
+    reproducible), and the predicted class of each image (int16, on the host, in ``data``'s order).
+    Count and predictions stay on the device until the end: one host sync per evaluation.
     The batch size is marked dynamic, so a compiled model runs the smaller last batch in the
     same graph as the others."""
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    predicted = torch.empty(n, dtype=torch.int16, device=device)  # class counts fit int16 (sun397: 397)
     for start in range(0, n, batch_size):
-        images, labels = data.batch(slice(start, min(start + batch_size, n)), device)
+        end = min(start + batch_size, n)
+        images, labels = data.batch(slice(start, end), device)
         torch._dynamo.maybe_mark_dynamic(images, 0)
         new_step(model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)
-        correct += (logits.float().argmax(-1) == labels).sum()
-    return 100.0 * correct.item() / n
+        classes = logits.float().argmax(-1)
+        predicted[start:end] = classes
+        correct += (classes == labels).sum()
+    predicted = predicted.cpu()  # the one wait for the device; the count below is ready by then
+    return 100.0 * correct.item() / n, predicted
 
 
 def _synchronized_elapsed(t0: float, device: torch.device) -> float:
@@ -253,6 +264,9 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=cfg["min_lr"],
                                   warmup_t=cfg["warmup"], warmup_lr_init=cfg["warmup_lr"])
     progress = Progress()
+    # predicted classes of the latest and of the best evaluation (a checkpoint keeps both, so the
+    # best survives a resume; one written before they were kept has none)
+    predicted: dict[str, torch.Tensor] = {}
     if checkpoint is not None:  # resume exactly where the checkpoint was taken
         _load_trainable(model, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -263,6 +277,7 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
         progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         set_device_rng_state(checkpoint["rng"].get("cuda"), device)
+        predicted = {k: v for k, v in checkpoint.get("predictions", {}).items() if torch.is_tensor(v)}
     run.truncate_metrics(progress.global_step)  # drop lines of a killed attempt after the checkpoint
 
     def save_checkpoint() -> None:
@@ -273,9 +288,10 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
             "model": trainable_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "progress": vars(progress).copy(),
             "rng": {"torch": torch.get_rng_state(), "cuda": device_rng_state(device)},
+            "predictions": predicted,
         })
 
-    def evaluate_now(epoch: int, limit: int | None) -> float:
+    def evaluate_now(epoch: int, limit: int | None) -> tuple[float, torch.Tensor]:
         nonlocal eval_batch
         while True:
             if before_eval is not None:
@@ -358,11 +374,13 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
                 final = epoch + 1 == epochs
                 limit = None if final or opts.eval_limit is None else min(opts.eval_limit, len(eval_set))
                 t0 = time.perf_counter()
-                record["eval_acc"] = evaluate_now(epoch + 1, limit)
+                record["eval_acc"], predicted["last"] = evaluate_now(epoch + 1, limit)
                 progress.eval_s += time.perf_counter() - t0
                 progress.eval_images += limit or len(eval_set)
                 record["eval_images"] = limit or len(eval_set)
                 progress.evals.append([epoch + 1, record["eval_acc"]])
+                if progress.best[1] == epoch + 1:  # the new best (ties keep the earlier one, as best does)
+                    predicted["best"] = predicted["last"]
                 if on_eval is not None:
                     on_eval(epoch + 1, record["eval_acc"])
             if writer is not None:
@@ -394,4 +412,5 @@ def train(model: torch.nn.Module, train_set: Any, eval_set: Any, cfg: dict, run:
                         evals=progress.evals, train_s=progress.train_s, eval_s=progress.eval_s,
                         train_images_per_s=progress.train_images / max(progress.train_s, 1e-9),
                         steps=progress.global_step, eval_batch_size=eval_batch,
-                        eval_images_per_s=progress.eval_images / max(progress.eval_s, 1e-9), compile=compiled)
+                        eval_images_per_s=progress.eval_images / max(progress.eval_s, 1e-9), compile=compiled,
+                        final_predictions=predicted.get("last"), best_predictions=predicted.get("best"))
