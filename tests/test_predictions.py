@@ -291,3 +291,29 @@ def test_the_command_with_eval_limit_records_every_example(demo_root, tmp_path):
         assert pred.selected is None and "first 50 of 300" in pred.note
     else:
         assert np.array_equal(pred.selected, pred.final)
+
+
+@pytest.mark.parametrize("best_len, final_len, expected", [
+    (50, 300, "first 50 of 300 examples (eval_limit)"),  # the best evaluation was a limited one
+    (None, 300, "before predictions were kept"),  # resumed from an older checkpoint after it
+    (300, None, None),  # resumed from an older checkpoint after the final evaluation: no file at all
+])
+def test_the_writer_says_what_it_could_not_keep(demo_root, tmp_path, best_len, final_len, expected):
+    from types import SimpleNamespace
+
+    from vtab_lily.data import load_split
+    from vtab_lily.runexec import write_predictions
+
+    eval_set = load_split(demo_root, get_task("colours", "demo"), "test", img_size=16)
+    classes = (eval_set.labels.to(torch.int16) + 1) % 8
+    outcome = SimpleNamespace(final_predictions=None if final_len is None else classes[:final_len],
+                              best_predictions=None if best_len is None else classes[:best_len])
+    spec = SimpleNamespace(config={"eval_split": "test", "num_classes": 8}, config_hash="0123abcd")
+    run_dir = rundir.RunDir(tmp_path)
+    (tmp_path / "predictions.npz").write_bytes(b"left by a killed attempt")
+    entry = write_predictions(run_dir, spec, outcome, eval_set)
+    if expected is None:
+        assert entry is None and not (tmp_path / "predictions.npz").exists()
+        return
+    assert expected in entry["selected_missing"] and entry["n"] == 300
+    assert set(arrays(tmp_path)) == {"labels", "final", "config_hash", "list_sha256"}
