@@ -1,7 +1,8 @@
 """CLI: ``python -m vtab_lily.leaderboard --runs runs --out leaderboards [--metric best|both]``.
 
 Without ``--format`` it writes the leaderboard files; ``--format md|csv|json`` prints the
-tables instead, and ``--task NAME`` prints every run of one task.
+tables instead, and ``--task NAME`` prints every run of one task. ``python -m
+vtab_lily.leaderboard compare A B`` compares two methods task by task (leaderboard/compare.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ MAX_WARNINGS_SHOWN = 20
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard", description=__doc__.splitlines()[0], allow_abbrev=False,
+                                     epilog="python -m vtab_lily.leaderboard compare A B [--runs ...]: paired per-task "
+                                            "comparison of two methods (compare --help)")
     parser.add_argument("--runs", default="runs", help="runs directory to read (default: runs)")
     parser.add_argument("--out", default="leaderboards", help="folder for the files (default: leaderboards)")
     parser.add_argument("--metric", default="final", help="final (default): last-epoch accuracy; best: best evaluation, selected on the "
@@ -86,6 +89,11 @@ def _show_task(args: argparse.Namespace, fmt: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "compare":
+        from . import compare
+
+        return compare.main(argv[1:])
     args = parse_args(argv)
     if args.metric not in TABLE_METRICS:
         raise unknown_name("--metric", args.metric, TABLE_METRICS)

@@ -1,109 +1,184 @@
-"""The table side of the statistics: counts per run -> per-task intervals and the best-row mark.
-
-Each run of a cell gives a count of correct test examples out of n: from its
-``predictions.npz`` when it kept one (then the per-example correctness too, so two rows can be
-compared on the same images), otherwise from ``round(accuracy * n / 100)`` with n the split's
-size, so runs made before predictions were kept still get an interval (never a paired test).
-``stats.py`` turns the counts into intervals and decides the mark; this module only gathers.
+"""The numbers behind leaderboard/stats.py, vectorised over leading axes so that simulations over
+thousands of synthetic test sets (tests/test_stats.py) run the same code as a report: Wilson's
+interval, the two-way (images x seeds) variance components, weighted sums of task estimates, the
+exact McNemar p, the paired bootstrap over images, Holm's adjustment. Fractions, not percent.
+numpy + scipy.stats only; the API with its dataclasses and checks is in stats.py.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats as sps
 
 from ..errors import UserError
-from ..results import accuracy, read_predictions
-from ..tasks import PROTOCOLS, get_task
-from .stats import Mark, TaskRuns, indistinguishable_from_best
 
-LEVEL = 0.95
-MARK_SEED = 0  # the paired bootstrap's seed: the same runs always give the same marks
+BOOTSTRAP_RESAMPLES = 9999
 
 
-@dataclass(frozen=True)
-class RunCounts:
-    """One run's score on its evaluation split: ``correct`` of ``n``; ``hits`` (n booleans,
-    list-file order) and the list's hash when the run kept its predictions."""
-
-    correct: int
-    n: int
-    hits: np.ndarray | None = None
-    list_sha256: str | None = None
+def quantile(level: float, df: float | np.ndarray) -> np.ndarray:
+    """Two-sided quantile: normal for infinite df, else Student's t."""
+    df = np.asarray(df, dtype=float)
+    upper = (1 + level) / 2
+    return np.where(np.isinf(df), sps.norm.ppf(upper), sps.t.ppf(upper, np.where(np.isinf(df), 1.0, df)))
 
 
-def split_size(result: dict, metric: str) -> int | None:
-    """How many examples the run's ``metric`` accuracy was measured on, without its predictions:
-    result.json's ``predictions.n``, else the registry's size of the evaluation split (the
-    final evaluation is always complete; with ``eval_limit`` an earlier, selected one may have
-    seen only the first ``eval_limit`` examples: the smaller n, the wider and safer interval)."""
-    recorded = (result.get("predictions") or {}).get("n")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
-        return recorded
-    try:
-        size = get_task(result["task"], result["suite"]).expected_size(PROTOCOLS[result["protocol"]][1])
-    except (UserError, KeyError):
-        return None
-    limit = (result.get("config") or {}).get("eval_limit")
-    if metric == "best" and isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        return min(size, limit)
-    return size
+def wilson(p: np.ndarray, n: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson's score interval for a proportion ``p`` from ``n`` trials at quantile ``q``
+    (vectorised; with a normal q and integer n it is scipy's ``proportion_ci(method='wilson')``,
+    which tests check). ``n`` may be an effective, non-integer sample size."""
+    p, n, q = (np.asarray(x, dtype=float) for x in (p, n, q))
+    q2n = q * q / n
+    centre = (p + q2n / 2) / (1 + q2n)
+    half = q / (1 + q2n) * np.sqrt(p * (1 - p) / n + q2n / (4 * n))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
 
 
-def run_counts(result: dict, metric: str, warnings: list[str]) -> RunCounts | None:
-    """The run's counts under ``metric`` (None when even its split size is unknown)."""
-    predictions = None
-    if result.get("run_dir") is not None:
-        try:
-            predictions = read_predictions(result["run_dir"])
-        except UserError as err:
-            warnings.append(f"{err}; its interval comes from the accuracy instead (never paired)")
-    if predictions is not None:
-        predicted = predictions.final if metric == "final" else predictions.selected
-        if predicted is not None:
-            hits = np.asarray(predicted) == np.asarray(predictions.labels)
-            return RunCounts(int(hits.sum()), int(hits.size), hits, predictions.list_sha256)
-    n, value = split_size(result, metric), accuracy(result, metric)
-    if n is None or value is None or not math.isfinite(value):
-        return None
-    return RunCounts(min(max(round(value * n / 100), 0), n), n)
+def task_intervals(correct: np.ndarray, n: np.ndarray, level: float = 0.95,
+                   matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Vectorised core of :func:`task_estimate`: ``correct`` and ``n`` shaped (..., seeds);
+    ``matrix`` (optional, (..., seeds, images) booleans) the per-image correctness they count.
+
+    Returns arrays (shape ``...``) ``mean``, ``lo``, ``hi`` as fractions plus ``se`` (fraction)
+    and ``df``. With several seeds and a matrix, the images' share of the variance is measured
+    (two-way variance components); from counts alone it is bounded by p(1-p)/n."""
+    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
+    seeds = correct.shape[-1]
+    n_min = n.min(axis=-1)
+    if matrix is not None and seeds > 1:
+        p, total, df = two_way(matrix)
+    else:
+        acc = correct / n
+        p = acc.mean(axis=-1)
+        # The images' share: at most p(1-p)/n because every seed is scored on the same images.
+        v_images = p * (1 - p) / n_min
+        v_seeds = acc.var(axis=-1, ddof=1) / seeds if seeds > 1 else np.zeros_like(p)
+        total = v_images + v_seeds
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df = np.where(v_seeds > 0, total**2 * (seeds - 1) / np.where(v_seeds > 0, v_seeds, 1.0) ** 2, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        usable = (total > 0) & (p > 0) & (p < 1)
+        n_eff = np.where(usable, p * (1 - p) / np.where(usable, total, 1.0), n_min)
+    q = quantile(level, df)
+    lo, hi = wilson(p, n_eff, q)
+    return {"mean": p, "lo": lo, "hi": hi, "se": (hi - lo) / (2 * q), "df": df}
 
 
-def task_runs(results: list[dict], metric: str, warnings: list[str]) -> TaskRuns | None:
-    """One cell's runs (one per seed) as stats' ``TaskRuns``: counts for every seed, and the
-    correctness matrix only when every seed kept predictions on the same list (else unpaired).
-    None when some seed has no count (no interval is better than one over part of the seeds)."""
-    counts = [run_counts(r, metric, warnings) for r in results]
-    if not counts or any(c is None for c in counts):
-        return None
-    seeds = tuple(r["seed"] for r in results)
-    matrix, sha = None, None
-    hashes = {c.list_sha256 for c in counts}
-    if all(c.hits is not None for c in counts) and len(hashes) == 1 and len({c.n for c in counts}) == 1:
-        matrix, sha = np.stack([c.hits for c in counts]), hashes.pop()
-    return TaskRuns(seeds, tuple(c.correct for c in counts), tuple(c.n for c in counts), matrix, sha)
+def task_weights(tasks: Sequence[str], groups: Mapping[str, str] | None) -> np.ndarray:
+    """Each task's weight in the plain mean (groups None) or in the mean of group means."""
+    if groups is None:
+        return np.full(len(tasks), 1 / len(tasks))
+    missing = [t for t in tasks if t not in groups]
+    if missing:
+        raise UserError(f"no group given for task(s) {', '.join(missing)}")
+    sizes: dict[str, int] = {}
+    for t in tasks:
+        sizes[groups[t]] = sizes.get(groups[t], 0) + 1
+    return np.array([1 / (len(sizes) * sizes[groups[t]]) for t in tasks])
 
 
-def best_marks(rows: list, groups: dict[str, list[str]]) -> dict[int, Mark]:
-    """``stats.indistinguishable_from_best`` over the rows that can be tested: run rows with
-    every task of the table and counts on each (reported rows have no counts; a partial row's
-    average is over other tasks). Keys are indices into ``rows``."""
-    all_tasks = {t for members in groups.values() for t in members}
-    group_of = {t: g for g, members in groups.items() for t in members}
-    testable = {}
-    for i, row in enumerate(rows):
-        if row.kind != "run" or set(row.cells) != all_tasks:
-            continue
-        runs = {t: cell.runs for t, cell in row.cells.items()}
-        if all(r is not None for r in runs.values()):
-            testable[i] = runs
-    if not testable:
-        return {}
-    return indistinguishable_from_best(testable, group_of, LEVEL, MARK_SEED)
+def combine(means: np.ndarray, ses: np.ndarray, dfs: np.ndarray, weights: np.ndarray,
+            level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted sum of independent estimates along the last axis: (mean, lo, hi, se, df).
+
+    Variances add with squared weights (the tasks' test sets and runs are independent); the
+    degrees of freedom follow Satterthwaite; the interval is symmetric (a sum of many tasks)."""
+    parts = (weights * ses) ** 2
+    var = parts.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        finite = np.isfinite(dfs)
+        denom = np.where(finite, parts**2 / np.where(finite, dfs, 1.0), 0.0).sum(axis=-1)
+        df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
+    mean = (weights * means).sum(axis=-1)
+    se = np.sqrt(var)
+    half = quantile(level, df) * se
+    return mean, mean - half, mean + half, se, df
 
 
-def has_predictions(cell) -> bool:
-    """The cell's every seed kept its per-example predictions (so it can be paired)."""
-    return cell is not None and cell.runs is not None and cell.runs.matrix is not None
+def mcnemar_p(a_only: np.ndarray, b_only: np.ndarray) -> np.ndarray:
+    """Exact two-sided McNemar p from the discordant counts (vectorised): under the null each
+    discordant image is A-only right with probability 1/2, so the smaller count is binomial;
+    the same p as ``scipy.stats.binomtest(a_only, a_only + b_only).pvalue`` (tests check)."""
+    a_only, b_only = np.asarray(a_only), np.asarray(b_only)
+    m = a_only + b_only
+    p = 2 * sps.binom.cdf(np.minimum(a_only, b_only), m, 0.5)
+    return np.where(m == 0, 1.0, np.minimum(p, 1.0))
+
+
+def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised several-seed test of :func:`paired_task` on (..., seeds, n) booleans:
+    (difference, standard error, df, two-sided p), as fractions. A zero standard error (the
+    two never differ in a way that varies) gives p = 1 for no difference, else 0."""
+    mean, var, df = two_way(np.asarray(a).astype(np.int8) - np.asarray(b).astype(np.int8))
+    se = np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(se > 0, 2 * sps.t.sf(np.abs(mean) / np.where(se > 0, se, 1.0), df), np.where(mean == 0, 1.0, 0.0))
+    return mean, se, df, p
+
+
+def bootstrap_pairs(a_only: int, b_only: int, n: int, level: float, seed: int,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """Percentile interval of (A-only - B-only)/n over paired bootstrap resamples of the n images.
+
+    Drawing n images with replacement draws the three kinds of pair with their observed
+    frequencies, i.e. one multinomial per resample; the interval is the same as resampling the
+    images themselves, in O(resamples) instead of O(resamples * n)."""
+    rng = np.random.default_rng(seed)
+    probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
+    draws = rng.multinomial(n, probs, size=resamples)
+    diffs = (draws[:, 0] - draws[:, 1]) / n
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(diffs, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def two_way(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of (..., seeds, images) matrices of 0/1 or -1/0/1 values with the variance of that
+    mean over both factors (seeds and images both random) and Satterthwaite's df, vectorised
+    over leading axes.
+
+    Var = s2_images/n + s2_seeds/S - s2_residual/(nS), from the expected mean squares of a
+    two-way layout without replication: the images' term plus the seeds' own component
+    s2_seeds/S - s2_residual/(nS) when that is positive (else the seeds add nothing beyond the
+    images). Sums run on the small integers, so a (seeds, n) matrix is never copied as floats."""
+    d = np.asarray(d)
+    d = d.astype(np.int8) if d.dtype == bool else d
+    seeds, n = d.shape[-2:]
+    by_image = d.sum(axis=-2, dtype=np.float64) / seeds
+    by_seed = d.sum(axis=-1, dtype=np.float64) / n
+    grand = by_seed.mean(axis=-1)
+    ss_images = seeds * ((by_image - grand[..., None]) ** 2).sum(axis=-1)
+    ss_seeds = n * ((by_seed - grand[..., None]) ** 2).sum(axis=-1)
+    ss_total = np.count_nonzero(d, axis=(-2, -1)) - seeds * n * grand**2  # values are -1, 0 or 1: d^2 = |d|
+    images_term = ss_images / seeds / (n - 1) / n if n > 1 else np.zeros_like(grand)
+    seeds_term = ss_seeds / n / (seeds - 1) / seeds if seeds > 1 else np.zeros_like(grand)
+    dof_resid = (n - 1) * (seeds - 1)
+    if dof_resid > 0:
+        resid_term = np.maximum(ss_total - ss_images - ss_seeds, 0.0) / dof_resid / (n * seeds)
+    else:
+        resid_term = np.zeros_like(grand)
+    seed_part = seeds_term - resid_term
+    used = seed_part > 0
+    var = images_term + np.where(used, seed_part, 0.0)
+    denom = images_term**2 / (n - 1) if n > 1 else np.zeros_like(grand)
+    if dof_resid > 0:
+        denom = denom + np.where(used, seeds_term**2 / (seeds - 1) + resid_term**2 / dof_resid, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
+    return grand, var, df
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order; NaN entries (tasks not tested)
+    stay NaN and do not count in the family."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return out.tolist()

@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any
 
-from .intervals import LEVEL, has_predictions
+from .counts import LEVEL, has_predictions
 from .stats import Estimate
 from .table import Averages, Cell, Row, Table
 from .text import csv_cell

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from .datamarks import DIFFERS_MARK
-from .intervals import has_predictions
+from .counts import has_predictions
 from .stats import Estimate
 from .table import MEMORY_KINDS, Averages, Cell, Row, Table
 from .text import md_escape, one_line, round_half_up, setup_text

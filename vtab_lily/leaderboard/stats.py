@@ -7,11 +7,14 @@ resampling takes a seed, so a report is reproducible. What each interval covers:
 - one seed of a task: the test images are a sample of the task's images, so the accuracy has a
   binomial spread; a Wilson score interval (Wilson 1927; scipy's ``binomtest.proportion_ci``).
 - several seeds: the seeds are a sample of training runs and all of them are scored on the same
-  images. The variance of the seed mean is the seeds' spread (sample variance of the per-seed
-  accuracies / S) plus the images' share, bounded by p(1-p)/n (exact when the seeds agree on
-  every image, conservative otherwise); the quantile is Student's t with Satterthwaite's degrees
-  of freedom (few seeds make the seed variance uncertain), and the interval is Wilson's with the
-  effective sample size p(1-p)/variance (with one seed it is exactly the Wilson interval).
+  images, so the seed mean varies with both. With the runs' predictions (a seeds x images
+  correctness matrix) the two shares are measured by the variance components of a two-way
+  layout (images and seeds random; ``intervals.two_way``); from counts alone (old runs) the
+  seeds' share is the per-seed accuracies' sample variance / S and the images' share is bounded
+  by p(1-p)/n (exact when the seeds agree on every image, conservative otherwise). The quantile
+  is Student's t with Satterthwaite's degrees of freedom (few seeds make the seed variance itself
+  uncertain); the interval is Wilson's at the effective sample size p(1-p)/variance, so with one
+  seed, or seeds that agree, it is the plain Wilson interval.
 - averages over tasks: the task set is fixed (it is the benchmark), so the average's variance
   is the weighted sum of the tasks' variances; plain mean (1/T each) or mean of group means
   (1/(G * tasks in the group) each).
@@ -39,13 +42,13 @@ import numpy as np
 from scipy import stats as sps
 
 from ..errors import UserError
+from .intervals import (bootstrap_pairs, combine, holm, mcnemar_p, paired_t, quantile, task_intervals,  # noqa: F401
+                        task_weights, two_way, wilson)
 
 KIND_EXAMPLES = "test examples"
 KIND_SEEDS = "test examples and seeds"
 VERDICTS = ("better", "worse", "indistinguishable")
-BOOTSTRAP_RESAMPLES = 9999
-MAX_SEEDS = 10_000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
-
+MAX_SEEDS = 1000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
 
 @dataclass(frozen=True)
 class Estimate:
@@ -90,54 +93,6 @@ def _check_level(level: float) -> float:
     return float(level)
 
 
-def _quantile(level: float, df: float | np.ndarray) -> np.ndarray:
-    """Two-sided quantile: normal for infinite df, else Student's t."""
-    df = np.asarray(df, dtype=float)
-    upper = (1 + level) / 2
-    return np.where(np.isinf(df), sps.norm.ppf(upper), sps.t.ppf(upper, np.where(np.isinf(df), 1.0, df)))
-
-
-def wilson(p: np.ndarray, n: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson's score interval for a proportion ``p`` from ``n`` trials at quantile ``q``
-    (vectorised; with a normal q and integer n it is scipy's ``proportion_ci(method='wilson')``,
-    which tests check). ``n`` may be an effective, non-integer sample size."""
-    p, n, q = (np.asarray(x, dtype=float) for x in (p, n, q))
-    q2n = q * q / n
-    centre = (p + q2n / 2) / (1 + q2n)
-    half = q / (1 + q2n) * np.sqrt(p * (1 - p) / n + q2n / (4 * n))
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
-
-
-def task_intervals(correct: np.ndarray, n: np.ndarray, level: float = 0.95,
-                   matrix: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Vectorised core of :func:`task_estimate`: ``correct`` and ``n`` shaped (..., seeds);
-    ``matrix`` (optional, (..., seeds, images) booleans) the per-image correctness they count.
-
-    Returns arrays (shape ``...``) ``mean``, ``lo``, ``hi`` as fractions plus ``se`` (fraction)
-    and ``df``. With several seeds and a matrix, the images' share of the variance is measured
-    (two-way variance components); from counts alone it is bounded by p(1-p)/n."""
-    correct, n = np.asarray(correct, dtype=float), np.asarray(n, dtype=float)
-    seeds = correct.shape[-1]
-    n_min = n.min(axis=-1)
-    if matrix is not None and seeds > 1:
-        p, total, df = two_way(matrix)
-    else:
-        acc = correct / n
-        p = acc.mean(axis=-1)
-        # The images' share: at most p(1-p)/n because every seed is scored on the same images.
-        v_images = p * (1 - p) / n_min
-        v_seeds = acc.var(axis=-1, ddof=1) / seeds if seeds > 1 else np.zeros_like(p)
-        total = v_images + v_seeds
-        with np.errstate(divide="ignore", invalid="ignore"):
-            df = np.where(v_seeds > 0, total**2 * (seeds - 1) / np.where(v_seeds > 0, v_seeds, 1.0) ** 2, np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        usable = (total > 0) & (p > 0) & (p < 1)
-        n_eff = np.where(usable, p * (1 - p) / np.where(usable, total, 1.0), n_min)
-    q = _quantile(level, df)
-    lo, hi = wilson(p, n_eff, q)
-    return {"mean": p, "lo": lo, "hi": hi, "se": (hi - lo) / (2 * q), "df": df}
-
-
 def _counts(correct: Sequence[int], n: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     correct_a, n_a = np.asarray(correct), np.asarray(n)
     if correct_a.ndim != 1 or correct_a.shape != n_a.shape or not 1 <= correct_a.size <= MAX_SEEDS:
@@ -164,44 +119,13 @@ def task_estimate(correct: Sequence[int], n: Sequence[int], level: float = 0.95,
     if correct_a.size == 1:  # one seed: the Wilson interval, as scipy computes it
         k, trials = int(correct_a[0]), int(n_a[0])
         ci = sps.binomtest(k, trials).proportion_ci(confidence_level=level, method="wilson")
-        q = float(_quantile(level, math.inf))
+        q = float(quantile(level, math.inf))
         return Estimate(100 * k / trials, 100 * float(ci.low), 100 * float(ci.high), 1, trials, KIND_EXAMPLES,
                         se=100 * float(ci.high - ci.low) / (2 * q), level=level)
     out = task_intervals(correct_a[None, :], n_a[None, :], level, None if matrix is None else matrix[None])
     return Estimate(100 * float(out["mean"][0]), 100 * float(out["lo"][0]), 100 * float(out["hi"][0]),
                     int(correct_a.size), int(n_a.min()), KIND_SEEDS, se=100 * float(out["se"][0]),
                     df=float(out["df"][0]), level=level)
-
-
-def task_weights(tasks: Sequence[str], groups: Mapping[str, str] | None) -> np.ndarray:
-    """Each task's weight in the plain mean (groups None) or in the mean of group means."""
-    if groups is None:
-        return np.full(len(tasks), 1 / len(tasks))
-    missing = [t for t in tasks if t not in groups]
-    if missing:
-        raise UserError(f"no group given for task(s) {', '.join(missing)}")
-    sizes: dict[str, int] = {}
-    for t in tasks:
-        sizes[groups[t]] = sizes.get(groups[t], 0) + 1
-    return np.array([1 / (len(sizes) * sizes[groups[t]]) for t in tasks])
-
-
-def combine(means: np.ndarray, ses: np.ndarray, dfs: np.ndarray, weights: np.ndarray,
-            level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted sum of independent estimates along the last axis: (mean, lo, hi, se, df).
-
-    Variances add with squared weights (the tasks' test sets and runs are independent); the
-    degrees of freedom follow Satterthwaite; the interval is symmetric (a sum of many tasks)."""
-    parts = (weights * ses) ** 2
-    var = parts.sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        finite = np.isfinite(dfs)
-        denom = np.where(finite, parts**2 / np.where(finite, dfs, 1.0), 0.0).sum(axis=-1)
-        df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
-    mean = (weights * means).sum(axis=-1)
-    se = np.sqrt(var)
-    half = _quantile(level, df) * se
-    return mean, mean - half, mean + half, se, df
 
 
 def average_estimate(tasks: Mapping[str, Estimate], groups: Mapping[str, str] | None = None,
@@ -222,16 +146,6 @@ def average_estimate(tasks: Mapping[str, Estimate], groups: Mapping[str, str] | 
     kind = KIND_SEEDS if any(e.n_seeds > 1 for e in est) else KIND_EXAMPLES
     return Estimate(float(mean), float(lo), float(hi), min(e.n_seeds for e in est), sum(e.n_examples for e in est),
                     kind, se=float(se), df=float(df), level=level)
-
-
-def mcnemar_p(a_only: np.ndarray, b_only: np.ndarray) -> np.ndarray:
-    """Exact two-sided McNemar p from the discordant counts (vectorised): under the null each
-    discordant image is A-only right with probability 1/2, so the smaller count is binomial;
-    the same p as ``scipy.stats.binomtest(a_only, a_only + b_only).pvalue`` (tests check)."""
-    a_only, b_only = np.asarray(a_only), np.asarray(b_only)
-    m = a_only + b_only
-    p = 2 * sps.binom.cdf(np.minimum(a_only, b_only), m, 0.5)
-    return np.where(m == 0, 1.0, np.minimum(p, 1.0))
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
@@ -263,82 +177,13 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
         diff = (a_only - b_only) / n
         lo, hi = bootstrap_pairs(a_only, b_only, n, level, seed)
         se = math.sqrt(max((a_only + b_only) / n - diff**2, 0.0) / n)
-        return Paired(100 * diff, 100 * lo, 100 * hi, p, "exact McNemar; paired bootstrap interval",
+        return Paired(100 * diff, 100 * lo, 100 * hi, p, "exact McNemar",
                       se=100 * se, n_seeds=1, n_examples=n)
-    mean, var, dof = two_way(a.astype(np.int8) - b.astype(np.int8))
-    diff, se, df = float(mean), math.sqrt(float(var)), float(dof)
-    if se == 0:
-        p = 1.0 if diff == 0 else 0.0
-        half = 0.0
-    else:
-        p = float(2 * sps.t.sf(abs(diff) / se, df))
-        half = float(_quantile(level, df)) * se
+    diff, se, df, p = (float(x) for x in paired_t(a, b))
+    half = float(quantile(level, df)) * se
     return Paired(100 * diff, 100 * (diff - half), 100 * (diff + half), p,
-                  "t over images and seeds (variance components, Satterthwaite df)",
+                  "t over images and seeds",
                   se=100 * se, df=df, n_seeds=seeds, n_examples=n)
-
-
-def bootstrap_pairs(a_only: int, b_only: int, n: int, level: float, seed: int,
-                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile interval of (A-only - B-only)/n over paired bootstrap resamples of the n images.
-
-    Drawing n images with replacement draws the three kinds of pair with their observed
-    frequencies, i.e. one multinomial per resample; the interval is the same as resampling the
-    images themselves, in O(resamples) instead of O(resamples * n)."""
-    rng = np.random.default_rng(seed)
-    probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
-    draws = rng.multinomial(n, probs, size=resamples)
-    diffs = (draws[:, 0] - draws[:, 1]) / n
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
-def two_way(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of (..., seeds, images) matrices with the variance of that mean over both factors
-    (seeds and images both random) and Satterthwaite's df, vectorised over leading axes.
-
-    Var = s2_images/n + s2_seeds/S - s2_residual/(nS), from the expected mean squares of a
-    two-way layout without replication; never below the images-only term s2_images/n (the
-    variance with the trained models held fixed)."""
-    d = np.asarray(d, dtype=float)
-    seeds, n = d.shape[-2:]
-    grand = d.mean(axis=(-2, -1))
-    by_image = d.mean(axis=-2)
-    by_seed = d.mean(axis=-1)
-    images_term = by_image.var(axis=-1, ddof=1) / n if n > 1 else np.zeros_like(grand)
-    seeds_term = by_seed.var(axis=-1, ddof=1) / seeds
-    dof_resid = (n - 1) * (seeds - 1)
-    if dof_resid > 0:
-        # sum of squared residuals = total SS - images SS - seeds SS (no (..., S, n) temporary)
-        total_ss = ((d - grand[..., None, None]) ** 2).sum(axis=(-2, -1))
-        ss = total_ss - seeds * (n - 1) * by_image.var(axis=-1, ddof=1) - n * (seeds - 1) * by_seed.var(axis=-1, ddof=1)
-        resid_term = np.maximum(ss, 0.0) / dof_resid / (n * seeds)
-    else:
-        resid_term = np.zeros_like(grand)
-    var = np.maximum(images_term + seeds_term - resid_term, images_term)
-    denom = np.zeros_like(grand)
-    for term, dof in ((images_term, n - 1), (seeds_term, seeds - 1), (resid_term, dof_resid)):
-        if dof > 0:
-            denom = denom + term * term / dof
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
-    return grand, var, df
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input order; NaN entries (tasks not tested)
-    stay NaN and do not count in the family."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    tested = np.flatnonzero(~np.isnan(p))
-    order = tested[np.argsort(p[tested], kind="stable")]
-    m = len(order)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[index]))
-        out[index] = running
-    return out.tolist()
 
 
 def verdict(diff: float, p_adjusted: float, level: float = 0.95) -> str:
@@ -358,6 +203,7 @@ class TaskRuns:
     n: tuple[int, ...]
     matrix: np.ndarray | None = field(default=None, compare=False, repr=False)
     list_sha256: str | None = None
+    unpaired_reason: str = "no predictions"  # why ``matrix`` is None (shown as "not paired: ...")
 
     def estimate(self, level: float = 0.95) -> Estimate:
         return task_estimate(self.correct, self.n, level, self.matrix)
@@ -384,6 +230,8 @@ class Difference:
     hi: float
     n_tasks: int
     unpaired: int
+    a: Estimate | None = None  # each side's own average over the same tasks
+    b: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -412,15 +260,26 @@ def pair_seeds(a: TaskRuns, b: TaskRuns) -> tuple[list[int], list[int], str]:
 def _pair_task(task: str, a: TaskRuns, b: TaskRuns, level: float, seed: int) -> TaskComparison:
     ea, eb = a.estimate(level), b.estimate(level)
     if a.matrix is None or b.matrix is None:
-        side = "A" if a.matrix is None else "B"
-        if a.matrix is None and b.matrix is None:
-            side = "A and B"
-        return TaskComparison(task, ea, eb, None, note=f"not paired: no predictions ({side})")
+        reasons = [f"{r} ({side})" for side, runs in (("A", a), ("B", b)) if runs.matrix is None
+                   for r in [runs.unpaired_reason]]
+        return TaskComparison(task, ea, eb, None, note="not paired: " + "; ".join(reasons))
     if a.list_sha256 != b.list_sha256 or a.matrix.shape[1] != b.matrix.shape[1]:
-        return TaskComparison(task, ea, eb, None, note="not paired: different test lists")
+        return TaskComparison(task, ea, eb, None, note="not paired: different test lists (list_sha256)")
     ia, ib, how = pair_seeds(a, b)
     paired = paired_task(a.matrix[ia], b.matrix[ib], level, seed)
     return TaskComparison(task, ea, eb, paired, note=how, seeds=tuple(a.seeds[i] for i in ia))
+
+
+def unpaired_difference(a: Estimate, b: Estimate, level: float) -> tuple[float, float, float, float, float]:
+    """(diff, lo, hi, se, df) of A - B treated as independent (Welch-Satterthwaite df): for tasks
+    that cannot be paired. Conservative: on the same images the two sides are positively correlated."""
+    va, vb = a.se**2, b.se**2
+    denom = (va**2 / a.df if math.isfinite(a.df) else 0.0) + (vb**2 / b.df if math.isfinite(b.df) else 0.0)
+    df = (va + vb) ** 2 / denom if denom > 0 else math.inf
+    se = math.sqrt(va + vb)
+    half = float(quantile(level, df)) * se
+    diff = a.mean - b.mean
+    return diff, diff - half, diff + half, se, df
 
 
 def compare(a_runs: Mapping[str, TaskRuns], b_runs: Mapping[str, TaskRuns], groups: Mapping[str, str] | None = None,
@@ -450,18 +309,15 @@ def _average_difference(rows: list[TaskComparison], groups: Mapping[str, str] | 
             ses.append(r.paired.se)
             dfs.append(r.paired.df)
         else:
-            means.append(r.a.mean - r.b.mean)
-            ses.append(math.hypot(r.a.se, r.b.se))
-            dfs.append(_welch_df(r.a, r.b))
+            diff, _, _, se, df = unpaired_difference(r.a, r.b, level)
+            means.append(diff)
+            ses.append(se)
+            dfs.append(df)
     weights = task_weights([r.task for r in rows], groups)
     mean, lo, hi, _, _ = combine(np.array(means), np.array(ses), np.array(dfs), weights, level)
-    return Difference(float(mean), float(lo), float(hi), len(rows), sum(r.paired is None for r in rows))
-
-
-def _welch_df(a: Estimate, b: Estimate) -> float:
-    va, vb = a.se**2, b.se**2
-    denom = (va**2 / a.df if math.isfinite(a.df) else 0.0) + (vb**2 / b.df if math.isfinite(b.df) else 0.0)
-    return (va + vb) ** 2 / denom if denom > 0 else math.inf
+    a = average_estimate({r.task: r.a for r in rows}, groups, level)
+    b = average_estimate({r.task: r.b for r in rows}, groups, level)
+    return Difference(float(mean), float(lo), float(hi), len(rows), sum(r.paired is None for r in rows), a, b)
 
 
 @dataclass(frozen=True)
@@ -476,25 +332,28 @@ class Mark:
 
 
 def indistinguishable_from_best(rows: Mapping[Hashable, Mapping[str, TaskRuns]], groups: Mapping[str, str] | None = None,
-                                level: float = 0.95, seed: int = 0) -> dict[Hashable, Mark]:
-    """For rows that have the same tasks as the best (highest average; mean of group means when
-    ``groups`` is given): whether the best's lead over the row is within noise (its interval
-    contains 0). Paired on predictions where both rows have them on every task, else from the
-    two averages' intervals (``paired`` False: unpaired, conservative). Each row is tested
-    against the best alone (no correction for the number of rows). Rows with other task sets
-    get no mark (absent from the result)."""
-    if not rows:
-        return {}
+                                level: float = 0.95, seed: int = 0,
+                                tasks: Sequence[str] | None = None) -> dict[Hashable, Mark]:
+    """For the rows that have every task in ``tasks`` (default: every task any row has), the best
+    (highest average; the mean of group means when ``groups`` is given) and whether the best's
+    lead over each other row is within noise (its interval contains 0). Paired on predictions
+    where both rows have them on every task, else from the two averages' intervals (``paired``
+    False: unpaired tasks enter as independent, which is conservative). Each row is tested
+    against the best alone (no correction for the number of rows). Rows missing a task get no
+    mark (they are absent from the result)."""
     level = _check_level(level)
-    averages = {key: average_estimate({t: runs.estimate(level) for t, runs in by_task.items()}, groups, level)
-                for key, by_task in rows.items() if by_task}
-    if not averages:
+    wanted = set(tasks) if tasks is not None else {t for by_task in rows.values() for t in by_task}
+    complete = {key: {t: by_task[t] for t in sorted(wanted)} for key, by_task in rows.items()
+                if wanted and wanted <= set(by_task)}
+    if not complete:
         return {}
+    averages = {key: average_estimate({t: r.estimate(level) for t, r in by_task.items()}, groups, level)
+                for key, by_task in complete.items()}
     best_key = max(averages, key=lambda k: averages[k].mean)
-    best = rows[best_key]
+    best = complete[best_key]
     marks = {best_key: Mark(True, True, True, 0.0, 0.0)}
-    for key, by_task in rows.items():
-        if key == best_key or set(by_task) != set(best):
+    for key, by_task in complete.items():
+        if key == best_key:
             continue
         comparison = compare(best, by_task, groups, level, seed)
         diff = comparison.avg_groups if groups is not None else comparison.avg_tasks

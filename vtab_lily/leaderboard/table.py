@@ -21,7 +21,7 @@ from ..results import (METRICS, RESULT_FILE, accuracy, adapter_config_of, data_o
                        group_results, params_without_head, precision_of, row_key)
 from ..tasks import GROUPS, PROTOCOLS
 from . import datamarks
-from .intervals import LEVEL, best_marks, task_runs
+from .counts import LEVEL, best_marks, task_runs
 from .reference import ReferenceRow, matching_reference, reference_rows
 from .stats import Estimate, Mark, average_estimate
 from .text import setup_text
