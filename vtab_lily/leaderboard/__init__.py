@@ -18,8 +18,10 @@ from pathlib import Path
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes
 from ..results import read_router_weights, scan_runs
+from .counts import LEVEL, MARK_SEED, has_predictions
 from .records import tables_csv
 from .render import table_markdown
+from .stats import compare
 from .table import Table, build_tables, known_results
 from .text import inside, md_escape, safe_component
 
@@ -120,6 +122,7 @@ def write_leaderboards(report: Report, out_dir: str | os.PathLike, plots: bool =
                 plot_accuracy_vs_params(table, png)
                 files.append(png)
                 parts.append(f"\n![average accuracy vs trainable parameters]({png.name})")
+                parts += _forest_section(table, out, files)
             parts.append("")
         router_lines = _router_section(report.results, backbone, out, files, report.warnings) if plots else []
         if router_lines:
@@ -150,6 +153,36 @@ def backbone_description(name: str) -> str:
     if spec is None:
         return f"Backbone {md_escape(name)}: not in this version's backbone registry."
     return f"{md_escape(spec.description)} (family {md_escape(spec.family)}, {spec.img_size} px input)."
+
+
+MAX_FOREST_PLOTS = 5  # the rows nearest the baseline; `compare A B` draws any other pair
+
+
+def _forest_section(table: Table, out: Path, files: list[Path]) -> list[str]:
+    """Forest plots (per-task differences with intervals) of the rows that kept predictions on
+    every task against a baseline: the best row when it kept them, else the highest such row.
+    Nothing when fewer than two rows can be paired."""
+    from .forest import forest_plot
+
+    paired = [row for row in table.rows if row.kind == "run" and set(row.cells) == set(table.tasks)
+              and all(has_predictions(c) for c in row.cells.values())]
+    if len(paired) < 2:
+        return []
+    baseline = next((row for row in paired if row.mark is not None and row.mark.best), paired[0])
+    group_of = {t: g for g, members in table.groups.items() for t in members}
+    lines = ["", f"Forest plots: each row minus the baseline {md_escape(baseline.method)}, per task and for both "
+             "averages, on the same test images (95% intervals; Holm-adjusted verdicts over the tasks). Rows that "
+             f"kept predictions on every task, the {MAX_FOREST_PLOTS} nearest the baseline at most; "
+             "`python -m vtab_lily.leaderboard compare A B` compares any two.", ""]
+    others = [row for row in paired if row is not baseline][:MAX_FOREST_PLOTS]
+    for k, row in enumerate(others, 1):
+        comparison = compare({t: c.runs for t, c in row.cells.items()}, {t: c.runs for t, c in baseline.cells.items()},
+                             group_of, LEVEL, MARK_SEED, row.method, baseline.method)
+        path = inside(out, _file_stem(table) + f".forest-{k}", suffix=".png")
+        forest_plot(comparison, path)
+        files.append(path)
+        lines.append(f"- {md_escape(row.method)} minus {md_escape(baseline.method)}: ![forest plot {k}]({path.name})")
+    return lines
 
 
 def _analysis_links(out: Path, backbone: str) -> list[str]:
