@@ -132,7 +132,8 @@ def write_leaderboards(report: Report, out_dir: str | os.PathLike, plots: bool =
         runs = sum(1 for r in report.results if r["backbone"] == backbone)
         published = sum(1 for t in tables for row in t.rows if row.kind == "reported")
         index += [f"## {md_escape(backbone)}", "", about, "",
-                  f"- [{stem}.md]({stem}.md): {runs} runs; {published} published reference rows; tables: "
+                  f"- [{stem}.md]({stem}.md): {runs} run{'s' * (runs != 1)}; {published} published reference "
+                  f"row{'s' * (published != 1)}; tables: "
                   + ", ".join(f"{md_escape(t.suite)} suite, {md_escape(t.protocol)} protocol" for t in tables), ""]
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.counts.items()))
     index += [f"Run directories read: {counts or 'none'}."]

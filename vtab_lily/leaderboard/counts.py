@@ -91,22 +91,26 @@ def task_runs(results: list[dict], metric: str, warnings: list[str]) -> TaskRuns
     return TaskRuns(seeds, tuple(c.correct for c in counts), tuple(c.n for c in counts), matrix, sha, reason)
 
 
-def best_marks(rows: list, groups: dict[str, list[str]]) -> dict[int, Mark]:
+def best_marks(rows: list, groups: dict[str, list[str]], warnings: list[str]) -> dict[int, Mark]:
     """``stats.indistinguishable_from_best`` over the rows that can be tested: run rows with
-    every task of the table and counts on each (reported rows have no counts; a partial row's
-    average is over other tasks). Keys are indices into ``rows``."""
+    every task of the table and an interval on each (reported rows have no counts; a partial
+    row's average is over other tasks). Keys are indices into ``rows``; none when the
+    statistics refuse the counts (named in ``warnings``)."""
     all_tasks = [t for members in groups.values() for t in members]
     group_of = {t: g for g, members in groups.items() for t in members}
     testable = {}
     for i, row in enumerate(rows):
         if row.kind != "run" or set(row.cells) != set(all_tasks):
             continue
-        runs = {t: cell.runs for t, cell in row.cells.items()}
-        if all(r is not None for r in runs.values()):
-            testable[i] = runs
+        if all(cell.runs is not None and cell.interval is not None for cell in row.cells.values()):
+            testable[i] = {t: cell.runs for t, cell in row.cells.items()}
     if not testable:
         return {}
-    return indistinguishable_from_best(testable, group_of, LEVEL, MARK_SEED, tasks=all_tasks)
+    try:
+        return indistinguishable_from_best(testable, group_of, LEVEL, MARK_SEED, tasks=all_tasks)
+    except UserError as err:
+        warnings.append(f"no row marked against the best: {err}")
+        return {}
 
 
 def has_predictions(cell) -> bool:

@@ -323,7 +323,7 @@ def main_notes(table: Table) -> list[str]:
         "excludes 0. Paired on the same test images when both rows kept predictions on every task, else "
         "`(unpaired)`: the two rows' intervals combined as if independent (conservative: fewer rows are told "
         "apart). Each row is tested against the best alone. `not tested`: published (reported) rows, which carry "
-        "no counts, and partial rows.",
+        "no counts, partial rows, and rows with a cell without an interval (see the warnings in index.md).",
         f"{AVG_GROUPS}: mean of the {len(table.groups)} group means (VPT/NOAH/Lily papers). "
         f"{AVG_TASKS}: mean over the {n_tasks} tasks (official VTAB). `{PARTIAL_MARK}` partial: the row lacks some "
         f"of the {n_tasks} tasks ({'/'.join(table.groups)}); that mean covers only the tasks present and is not "

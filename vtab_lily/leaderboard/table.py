@@ -209,18 +209,19 @@ def _cells(by_task: dict[str, dict[int, dict]], metric: str, warnings: list[str]
         used += counted
         if values:
             runs = task_runs(counted, metric, warnings)
+            where = f"{counted[0]['method']} on {task} ({len(counted)} seeds, e.g. {counted[0].get('run_dir', '?')})"
             cells[task] = Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
-                               len(values), runs, _estimate(runs, task, warnings))
+                               len(values), runs, _estimate(runs, where, warnings))
     return cells, used
 
 
-def _estimate(runs: TaskRuns | None, task: str, warnings: list[str]) -> Estimate | None:
+def _estimate(runs: TaskRuns | None, where: str, warnings: list[str]) -> Estimate | None:
     if runs is None:
         return None
     try:
         return runs.estimate(LEVEL)
-    except UserError as err:  # counts stats refuses (e.g. seeds scored on different test sizes)
-        warnings.append(f"{task}: no interval ({err})")
+    except UserError as err:  # counts the statistics refuse (e.g. more seeds than they take)
+        warnings.append(f"{where}: no interval, so its averages have none and the row is not tested ({err})")
         return None
 
 
@@ -383,7 +384,7 @@ def build_tables(results: list[dict], metric: str = "final", with_reference: boo
             row.reference = matching_reference(refs, row.adapter, row.adapter_config, row.params_m, row.deviations)
             row.setting_differs = row.reference is not None and (row.deviations is None or row.deviations != row.reference.deviations)
         table.rows = sorted(rows, key=_sort_key)
-        for index, mark in best_marks(table.rows, groups).items():
+        for index, mark in best_marks(table.rows, groups, warnings).items():
             table.rows[index].mark = mark
         if with_reference:
             table.rows += [reference_row(ref, groups, metric) for ref in refs]
