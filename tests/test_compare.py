@@ -161,3 +161,19 @@ def test_bad_arguments_are_one_line_errors(demo_runs: Path, tmp_path: Path, caps
         main([" ", "aaaa", "--runs", str(demo_runs)])
     with pytest.raises(UserError, match="a folder without result.json"):
         main([str(demo_runs), "aaaa", "--runs", str(demo_runs)])
+
+
+def test_hand_edited_results_and_seeds_only_one_side_has(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(3)
+    for seed in range(3):
+        write_run(runs, rng.random(N) < 0.7, task=DEMO[0], seed=seed, method="lily", method_hash="bbbb2222", adapter="lily")
+    write_run(runs, rng.random(N) < 0.5, task=DEMO[0], method="lora\nr=8 $x$ |", method_hash="aaaa1111")
+    edited = write_run(runs, rng.random(N) < 0.7, task=DEMO[0], seed=9, method="lily", method_hash="bbbb2222", adapter="lily")
+    text = (edited / "result.json").read_text()
+    (edited / "result.json").write_text(text.replace('"final": ', '"final": NaN, "was": ', 1))
+    assert main(["lily", "aaaa", "--runs", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert f"skipped: {edited / 'result.json'}" in err and "accuracy.'final'" in err  # never silently
+    assert "B: lora r=8 $x$ | [aaaa1111 vit-tiny]" in out  # one line
+    assert "paired on seed 0 only (A has 3, B 1)" in out

@@ -32,6 +32,7 @@ from .table import known_results, suite_groups
 from .text import round_half_up
 
 MIN_HASH_PREFIX = 4
+MAX_WARNINGS_SHOWN = 20
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
@@ -48,7 +49,8 @@ class Method:
 
     @property
     def name(self) -> str:
-        return f"{self.label} [{self.method_hash} {self.backbone}]"
+        """One line, whatever the label holds (result files are hand-editable)."""
+        return " ".join(f"{self.label} [{self.method_hash} {self.backbone}]".split())
 
 
 def methods_of(results: list[dict]) -> list[Method]:
@@ -75,10 +77,10 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
             raise UserError(f"{which} {spec}: this run is not under --runs (or --backbone leaves it out); "
                             "its method is compared with the runs found there")
         return found[0]
-    if folder.is_dir():
+    matches = [m for m in methods if m.label == spec]
+    if not matches and folder.is_dir():
         raise UserError(f"{which} {spec}: a folder without {RESULT_FILE}; give one run's folder "
                         "(runs/<backbone>/<adapter>/<task>/<config hash>)")
-    matches = [m for m in methods if m.label == spec]
     if not matches and len(spec) >= MIN_HASH_PREFIX and _HEX.fullmatch(spec):
         matches = [m for m in methods if m.method_hash.lower().startswith(spec.lower())]
     if len(matches) == 1:
@@ -143,6 +145,9 @@ def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[
                 count, n = int(vector.sum()), len(vector)
             else:
                 n = evaluated_size(r, metric)
+                if n < 1:
+                    warnings.append(f"{r['run_dir']}: no test images recorded for task {task!r}; not counted")
+                    continue
                 count = min(n, max(0, round(acc * n / 100)))
                 reasons.add(why)
             seeds.append(seed)
@@ -168,7 +173,10 @@ def run_comparison(runs_dir: str | os.PathLike, spec_a: str, spec_b: str, metric
                    warnings: list[str] | None = None) -> tuple[Comparison, Method, Method]:
     """Resolve A and B under ``runs_dir`` and compare them (stats.compare)."""
     warnings = warnings if warnings is not None else []
-    results = [s.result for s in scan_runs(runs_dir) if s.state == "complete"]
+    statuses = scan_runs(runs_dir)
+    # A malformed result (a hand edit, a NaN accuracy) is skipped, never silently.
+    warnings += [f"skipped: {s.detail}" for s in statuses if s.state == "malformed"]
+    results = [s.result for s in statuses if s.state == "complete"]
     results = known_results([r for r in results if backbone is None or r["backbone"] == backbone], warnings)
     methods = methods_of(results)
     if not methods:
@@ -195,7 +203,7 @@ def _pm(x: float) -> str:
 def _p(p: float) -> str:
     if math.isnan(p):
         return "-"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -226,7 +234,7 @@ def format_comparison(c: Comparison, metric: str, total_tasks: int) -> str:
                          f"{_pm(r.paired.diff)} {_interval(r.paired.lo, r.paired.hi)}", str(r.paired.n_seeds),
                          str(r.paired.n_examples), _p(r.paired.p), _p(r.p_holm), r.verdict, note])
     counts = {v: sum(r.verdict == v for r in c.tasks) for v in ("better", "worse", "indistinguishable", "not paired")}
-    lines = [f"A: {c.a_name}", f"B: {c.b_name}",
+    lines = [f"A: {c.a_name}", f"B: {c.b_name}" + (" (A itself: every difference is 0)" if c.a_name == c.b_name else ""),
              f"metric: {'final-epoch' if metric == 'final' else 'test-selected (best evaluation)'} accuracy (%); "
              f"per task A - B in points on the same test images; verdict from the Holm-adjusted p at {1 - c.level:g}",
              "tests: one seed, exact McNemar (interval: paired bootstrap over the images); several seeds paired by "
@@ -289,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out {args.out}: give a .png file path for the forest plot")
     warnings: list[str] = []
     comparison, a, _ = run_comparison(args.runs, args.a, args.b, args.metric, args.backbone, args.level, args.seed, warnings)
-    for line in warnings[:20]:
+    for line in warnings[:MAX_WARNINGS_SHOWN]:
         print(f"warning: {line}", file=sys.stderr)
+    if len(warnings) > MAX_WARNINGS_SHOWN:
+        print(f"warning: ... and {len(warnings) - MAX_WARNINGS_SHOWN} more", file=sys.stderr)
     total = sum(len(m) for m in (suite_groups(a.suite) or {}).values())
     print(format_comparison(comparison, args.metric, total), end="")
     if out is not None:

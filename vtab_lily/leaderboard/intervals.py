@@ -162,8 +162,10 @@ def two_way(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     used = seed_part > 0
     var = images_term + np.where(used, seed_part, 0.0)
     denom = images_term**2 / (n - 1) if n > 1 else np.zeros_like(grand)
+    if seeds > 1:
+        denom = denom + np.where(used, seeds_term**2 / (seeds - 1), 0.0)
     if dof_resid > 0:
-        denom = denom + np.where(used, seeds_term**2 / (seeds - 1) + resid_term**2 / dof_resid, 0.0)
+        denom = denom + np.where(used, resid_term**2 / dof_resid, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(denom > 0, var**2 / np.where(denom > 0, denom, 1.0), np.inf)
     return grand, var, df

@@ -50,6 +50,7 @@ KIND_SEEDS = "test examples and seeds"
 VERDICTS = ("better", "worse", "indistinguishable")
 MAX_SEEDS = 1000  # far beyond any sweep; keeps a hand-made runs folder from building huge arrays
 
+
 @dataclass(frozen=True)
 class Estimate:
     """An accuracy (percent) with a ``level`` interval [lo, hi]; ``kind`` says what it covers.
@@ -181,7 +182,8 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
                       se=100 * se, n_seeds=1, n_examples=n)
     diff, se, df, p = (float(x) for x in paired_t(a, b))
     half = float(quantile(level, df)) * se
-    return Paired(100 * diff, 100 * (diff - half), 100 * (diff + half), p,
+    # a difference of two accuracies lies in [-100, 100] points; so does its interval
+    return Paired(100 * diff, 100 * max(diff - half, -1.0), 100 * min(diff + half, 1.0), p,
                   "t over images and seeds",
                   se=100 * se, df=df, n_seeds=seeds, n_examples=n)
 
@@ -266,8 +268,12 @@ def _pair_task(task: str, a: TaskRuns, b: TaskRuns, level: float, seed: int) -> 
     if a.list_sha256 != b.list_sha256 or a.matrix.shape[1] != b.matrix.shape[1]:
         return TaskComparison(task, ea, eb, None, note="not paired: different test lists (list_sha256)")
     ia, ib, how = pair_seeds(a, b)
+    paired_seeds = tuple(a.seeds[i] for i in ia)
+    if not how and (len(ia) < len(a.seeds) or len(ib) < len(b.seeds)):
+        shown = ", ".join(map(str, paired_seeds[:5])) + (", ..." if len(paired_seeds) > 5 else "")
+        how = f"paired on seed{'s' if len(ia) > 1 else ''} {shown} only (A has {len(a.seeds)}, B {len(b.seeds)})"
     paired = paired_task(a.matrix[ia], b.matrix[ib], level, seed)
-    return TaskComparison(task, ea, eb, paired, note=how, seeds=tuple(a.seeds[i] for i in ia))
+    return TaskComparison(task, ea, eb, paired, note=how, seeds=paired_seeds)
 
 
 def unpaired_difference(a: Estimate, b: Estimate, level: float) -> tuple[float, float, float, float, float]:
