@@ -259,3 +259,24 @@ def test_a_newline_in_memory_kind_or_deviations_cannot_add_a_row_or_note(tmp_pat
     assert "fake" in md and "dev" in md
     assert_one_row_per_table(md)  # no fake rows anywhere
     assert all(line.startswith(("#", "- ")) or not line for line in md.splitlines() if not line.startswith("|"))
+
+
+def test_a_backbone_named_like_the_folders_own_files_or_like_another_gets_its_own_file(tmp_path: Path) -> None:
+    """A backbone comes from result.json: one called ``index`` or ``README`` must not overwrite the
+    index or the folder's README, and two whose safe forms coincide must not share a file."""
+    from vtab_lily.leaderboard import write_leaderboards
+
+    runs = tmp_path / "runs"
+    for i, name in enumerate(("index", "README", "a|b", "a_b")):
+        edit_result(write_result(runs, task="dtd", method=f"m{i}", method_hash=f"f000000{i}"), backbone=name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("hand-written")
+    write_leaderboards(collect(runs), out, plots=False)
+    assert (out / "README.md").read_text() == "hand-written"
+    assert sorted(p.name for p in out.glob("*.md")) == ["README.md", "a_b-2.md", "a_b.md", "backbone-README.md",
+                                                        "backbone-index.md", "index.md"]
+    index = (out / "index.md").read_text()
+    assert index.startswith("# Leaderboards") and "[backbone-index.md](backbone-index.md)" in index
+    first, second = (out / "a_b.md").read_text(), (out / "a_b-2.md").read_text()
+    assert ("| m2 " in first) != ("| m2 " in second) and ("| m3 " in first) != ("| m3 " in second)

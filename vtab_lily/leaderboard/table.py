@@ -123,11 +123,14 @@ class Table:
         return [t for members in self.groups.values() for t in members]
 
     @property
+    def qualifier(self) -> str:
+        """What a file name adds to the backbone's: nothing for the main VTAB test-protocol table."""
+        return "" if (self.suite, self.protocol) == ("vtab", "test") else f".{self.suite}-{self.protocol}"
+
+    @property
     def slug(self) -> str:
-        """File stem: the backbone for the main VTAB test-protocol table, qualified otherwise."""
-        if (self.suite, self.protocol) == ("vtab", "test"):
-            return self.backbone
-        return f"{self.backbone}.{self.suite}-{self.protocol}"
+        """The table's name: the backbone, qualified by suite and protocol unless VTAB test."""
+        return self.backbone + self.qualifier
 
     def metric_name(self, metric: str) -> str:
         split = PROTOCOLS.get(self.protocol, ("?", "the evaluation split"))[1]
