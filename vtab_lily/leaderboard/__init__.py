@@ -21,7 +21,7 @@ from ..results import read_router_weights, scan_runs
 from .counts import LEVEL, MARK_SEED, has_predictions
 from .records import tables_csv
 from .render import table_markdown
-from .stats import compare
+from .stats import compare as compare_rows  # not ``compare``: that name is the CLI's submodule
 from .table import Table, build_tables, known_results
 from .text import inside, md_escape, safe_component
 
@@ -201,7 +201,7 @@ def _forest_section(table: Table, out: Path, stem: str, files: list[Path]) -> li
              "`python -m vtab_lily.leaderboard compare A B` compares any two.", ""]
     others = [row for row in paired if row is not baseline][:MAX_FOREST_PLOTS]
     for k, row in enumerate(others, 1):
-        comparison = compare({t: c.runs for t, c in row.cells.items()}, {t: c.runs for t, c in baseline.cells.items()},
+        comparison = compare_rows({t: c.runs for t, c in row.cells.items()}, {t: c.runs for t, c in baseline.cells.items()},
                              group_of, LEVEL, MARK_SEED, row.method, baseline.method)
         path = inside(out, stem + f".forest-{k}", suffix=".png")
         forest_plot(comparison, path)
