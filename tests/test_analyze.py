@@ -323,3 +323,65 @@ def test_adapters_without_a_weight_update_are_listed_as_the_page_says(adapter, c
         assert len(skipped) == depth
     elif count == "2 blocks":
         assert len(skipped) == 2 * depth
+
+
+# --- figures (issue 25 item 5): read from the matplotlib objects, not from pixels -------------
+def fake_analysis(adapter: str, ranks: dict[str, list[float]], routers: dict | None = None,
+                  experts: dict | None = None):
+    from pathlib import Path
+
+    from vtab_lily.analyze.analysis import RunAnalysis, Snapshot
+    from vtab_lily.analyze.load import RunRecord
+
+    record = RunRecord(Path("runs/x"), {"adapter": adapter}, {"method": f"{adapter} r=4", "params": {"adapter": 96}})
+    sites = {f"blocks.{layer}.{kind}": {"layer": layer, "kind": kind, "effective_rank": r, "max_rank": 4}
+             for kind, per_layer in ranks.items() for layer, r in enumerate(per_layer)}
+    return RunAnalysis(record, [Snapshot(2, sites, experts or {})], [], routers or {}, {}, True)
+
+
+def test_the_methods_figure_compares_methods_on_one_y_scale():
+    import matplotlib.pyplot as plt
+
+    from vtab_lily.analyze.report import methods_figure
+
+    lily = fake_analysis("lily", {"k": [1.0, 1.2], "v": [1.4, 1.6], "mlp": [2.0, 2.2]})
+    lora = fake_analysis("lora", {"q": [3.0, 3.5], "v": [3.2, 3.9]})
+    fig = methods_figure([lily, lora])
+    try:
+        first = fig.axes[0]
+        assert [ax.get_title() for ax in fig.axes[1:5]] == ["target k", "target mlp", "target q", "target v"]
+        # both methods on the first panel, each layer the mean over the method's own targets
+        lines = {line.get_label(): line for line in first.get_lines()}
+        assert set(lines) == {"lily r=4", "lora r=4"}
+        assert list(lines["lily r=4"].get_ydata()) == pytest.approx([(1.0 + 1.4 + 2.0) / 3, (1.2 + 1.6 + 2.2) / 3])
+        assert list(lines["lora r=4"].get_ydata()) == pytest.approx([3.1, 3.7])
+        limits = {ax.get_ylim() for ax in fig.axes if ax.get_lines()}
+        assert len(limits) == 1  # one y scale on every panel
+        (low, high), = limits
+        assert low == 0 and high >= 3.9
+        assert first.get_ylabel() == "effective rank of dW"
+    finally:
+        plt.close(fig)
+
+
+def test_the_experts_figure_has_a_uniform_line_and_labelled_heat_maps():
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from vtab_lily.analyze.report import experts_figure
+
+    routers = {f"blocks.{i}.attn.k": {"weights": [0.7, 0.1, 0.1, 0.1], "entropy": 0.94} for i in range(2)}
+    similarity = [[1.0, 0.2, 0.1], [0.2, 1.0, 0.3], [0.1, 0.3, 1.0]]
+    a = fake_analysis("lily", {"k": [1.0, 1.2]}, routers,
+                      {"k": {"similarity": similarity, "max_offdiag": 0.3, "mean_offdiag": 0.2}})
+    fig = experts_figure(a)
+    try:
+        entropy, _, heat = fig.axes[:3]
+        uniform = [line for line in entropy.get_lines() if "uniform" in line.get_label()]
+        assert len(uniform) == 1 and set(uniform[0].get_xdata()) == {math.log(4)}
+        assert heat.get_xlabel() == "B expert" and heat.get_ylabel() == "B expert"
+        assert [t.get_text() for t in heat.get_xticklabels()] == ["0", "1", "2"]
+        assert any(ax.get_ylabel() == "cosine similarity" for ax in fig.axes[3:])  # the colour bar
+    finally:
+        plt.close(fig)

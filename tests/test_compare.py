@@ -177,3 +177,32 @@ def test_hand_edited_results_and_seeds_only_one_side_has(tmp_path: Path, capsys)
     assert f"skipped: {edited / 'result.json'}" in err and "accuracy.'final'" in err  # never silently
     assert "B: lora r=8 $x$ | [aaaa1111 vit-tiny]" in out  # one line
     assert "paired on seed 0 only (A has 3, B 1)" in out
+
+
+def test_an_adapter_name_stands_for_its_one_method(demo_runs: Path) -> None:
+    comparison, a, _ = run_comparison(demo_runs, "lily", "aaaa1111")
+    assert a.method_hash == "bbbb2222" and len(comparison.tasks) == 4
+    with pytest.raises(UserError, match="'lora' names 2 methods: lora r=8 \\[aaaa1111 vit-tiny\\]; old lora \\[cccc3333"):
+        run_comparison(demo_runs, "lily", "lora")
+
+
+def test_same_label_and_hash_apart_by_precision_and_result_json_as_a_name(demo_runs: Path) -> None:
+    run = write_run(demo_runs, np.ones(N, bool), task=DEMO[0], seed=5)
+    result = json.loads((run / "result.json").read_text())
+    result["precision"] = "bf16"
+    (run / "result.json").write_text(json.dumps(result))
+    with pytest.raises(UserError, match=r"names 2 methods: lora r=8 \[aaaa1111 vit-tiny bf16 \?\]; "
+                                        r"lora r=8 \[aaaa1111 vit-tiny precision \? \?\]"):
+        run_comparison(demo_runs, "lily", "aaaa1111")
+    comparison, _, b = run_comparison(demo_runs, "lily", str(run / "result.json"))
+    assert b.tag and [r.task for r in comparison.tasks] == [DEMO[0]]
+
+
+def test_old_runs_count_on_the_protocols_evaluation_split() -> None:
+    from vtab_lily.leaderboard.compare import evaluated_size
+
+    old = {"task": "dtd", "suite": "vtab", "protocol": "val", "config": {}}
+    assert evaluated_size(old, "final") == 200  # val200, not dtd's 1,880 test images
+    assert evaluated_size({**old, "protocol": "test"}, "final") == 1880
+    assert evaluated_size({**old, "protocol": "test", "config": {"eval_limit": 500}}, "best") == 500
+    assert evaluated_size({**old, "predictions": {"n": 77}}, "final") == 77

@@ -20,7 +20,7 @@ TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--ta
         "--img-size", "16", "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
 RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
                "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
-               "versions", "git_commit", "finished_at", "deviations", "data", "precision"}
+               "versions", "git_commit", "finished_at", "deviations", "data", "precision", "predictions"}
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +100,7 @@ def test_end_to_end_run_writes_every_file(finished):
     last = torch.load(run_dir / "snapshots" / "epoch_0002.pt", weights_only=True)
     assert last.keys() == ckpt["model"].keys() and all(torch.equal(last[k], ckpt["model"][k]) for k in last)
 
-    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    events = list((run_dir / "tb").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert not (run_dir / "failed.json").exists()
     assert not list(run_dir.glob(".*.tmp-*"))

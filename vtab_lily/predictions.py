@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,12 +105,20 @@ def _text(arrays: dict, name: str, path: Path) -> str:
 def load(path: Path) -> dict[str, np.ndarray]:
     """The file's arrays, never unpickling; every failure a UserError naming ``path``."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise UserError(f"{path}: not a regular file")
+    size = info.st_size
     if size > MAX_BYTES:
         raise UserError(f"{path}: {size:,} bytes is larger than any predictions file ({MAX_BYTES:,} at most)")
+    if not zipfile.is_zipfile(path):  # else np.load would take it for a pickle (and refuse it, less clearly)
+        raise UserError(f"{path}: not an .npz archive; truncated or overwritten?")
     try:
+        with zipfile.ZipFile(path) as archive:  # a small compressed member may claim gigabytes
+            if sum(info.file_size for info in archive.infolist()) > MAX_BYTES:
+                raise UserError(f"{path}: its arrays unpack to more than {MAX_BYTES:,} bytes; not a predictions file")
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
             unknown = names - set(CLASS_ARRAYS) - set(TEXT_ARRAYS)
@@ -120,8 +129,9 @@ def load(path: Path) -> dict[str, np.ndarray]:
     except UserError:
         raise
     except ValueError as err:  # an object array (would need pickle), a bad header
-        raise UserError(f"{path}: not a predictions file ({str(err)[:120]}); pickled arrays are never loaded") from None
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        what = "an array of Python objects (never unpickled)" if "allow_pickle" in str(err) else str(err)[:100]
+        raise UserError(f"{path}: not a predictions file: {what}") from None
+    except (OSError, EOFError, KeyError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise UserError(f"{path}: unreadable ({err.__class__.__name__}: {str(err)[:100]}); truncated or edited?") from None
 
 

@@ -1,7 +1,7 @@
 """One run's directory: layout, config hashing, checkpoints, metrics, result and failure files.
 
 Layout (see ARCHITECTURE.md): ``<out>/<backbone>/<adapter>/<task>/<config hash>/`` holding
-``config.json``, ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, ``router_weights.json`` (Lily: the
+``config.json``, ``metrics.jsonl``, ``tb/<label>_seed<seed>/`` (TensorBoard events), ``checkpoint.pt``, ``router_weights.json`` (Lily: the
 final evaluation's mean expert weights), ``router_history.json`` (Lily: one entry per evaluation),
 ``snapshots/epoch_XXXX.pt`` (trainable tensors at each evaluation), ``predictions.npz`` (the
 predicted class of every evaluated example, written just before the result), and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -253,6 +254,16 @@ class RunDir:
         """``predictions.npz`` (bytes from ``predictions.encode``), atomically, before result.json."""
         atomic_write_bytes(self / PREDICTIONS, data)
 
+    def tensorboard_dir(self, label: str, seed: int) -> Path:
+        """Where the run's TensorBoard events go: ``tb/<label>_seed<seed>/``, so that
+        ``tensorboard --logdir runs`` names each run by its method and seed (TensorBoard names a
+        run by its folder), and a resumed run writes to the same one. A run whose events already
+        lie in ``tb/`` itself (started before runs were named) keeps writing there."""
+        folder = self / TB
+        if any(folder.glob("events.out.tfevents.*")):
+            return folder
+        return folder / tensorboard_name(label, seed)
+
     def write_result(self, result: dict) -> None:
         """Atomic, and always the last file a successful run writes."""
         text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
@@ -262,6 +273,19 @@ class RunDir:
             fault_point("result_write")
 
         atomic_write(self / RESULT, write, mode="w")
+
+
+_TB_NAME_CHARS = 120  # a folder name: well under the 255 bytes file systems allow
+
+
+def tensorboard_name(label: str, seed: int) -> str:
+    """``"lily r=32 ne=4 s=1 k,v,mlp"``, seed 0 -> ``"lily_r=32_ne=4_s=1_k,v,mlp_seed0"``: characters
+    other than letters, digits and ``.,=+-`` become ``_``; a long label is cut and keeps a hash of
+    itself, so two labels never share a name."""
+    name = re.sub(r"[^A-Za-z0-9.,=+-]+", "_", label).strip("._") or "run"
+    if len(name) > _TB_NAME_CHARS:
+        name = f"{name[:_TB_NAME_CHARS - 9]}_{hashlib.sha256(label.encode()).hexdigest()[:8]}"
+    return f"{name}_seed{seed}"
 
 
 def _parse_lines(path: Path) -> Iterator[dict]:

@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, predictions, provenance
 from .memory import MemoryMeter
 from .precision import use_precision
-from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, TB, RunDir, trials_per_gpu
+from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, RunDir, trials_per_gpu
 from .runspec import RunSpec
 
 EXIT_FAILED = 1
@@ -164,7 +164,8 @@ def run_locked(spec: RunSpec, model: Any, train_set: Any, eval_set: Any, device:
     if config["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run / TB), purge_step=start + 1)  # drop a killed attempt's later events
+        tb_dir = run.tensorboard_dir(spec.label, config["seed"])  # named by method and seed
+        writer = SummaryWriter(str(tb_dir), purge_step=start + 1)  # drop a killed attempt's later events
     recorder = EvalRecorder(model, run, writer, config, start)
     recipe = dict(spec.config_dict(), config_hash=spec.config_hash)
     try:
@@ -207,10 +208,16 @@ def write_predictions(run: RunDir, spec: RunSpec, outcome: Any, eval_set: Any) -
     from .data.manifest import list_sha256
 
     final, best, n = outcome.final_predictions, outcome.best_predictions, len(eval_set)
-    if final is None or len(final) != n or eval_set.origin is None:
+    why = ""
+    if final is None or len(final) != n:
+        why = "resumed from a checkpoint that predates them"
+    elif eval_set.origin is None:
+        why = "the evaluation split was not loaded from a list file"
+    elif (spec.config.get("num_classes") or 0) > predictions.MAX_CLASS + 1:
+        why = f"{spec.config['num_classes']} classes do not fit int16"
+    if why:
         (run / PREDICTIONS).unlink(missing_ok=True)  # a killed earlier attempt's file is not this result's
-        print("note: no per-example predictions recorded (resumed from a checkpoint that predates them)",
-              file=sys.stderr)
+        print(f"note: no per-example predictions recorded ({why})", file=sys.stderr)
         return None
     note = ""
     if best is None:

@@ -18,7 +18,8 @@ end, where a non-finite value ends the run with :class:`RunFailed` (the checkpoi
 the last good one). Evaluation reads the split from the device in contiguous slices, counts
 correct predictions there and reads the count and the predicted classes once. Every evaluation
 saves a checkpoint (trainable weights, optimizer, scheduler, RNG, progress, the predicted classes
-of the latest and the best evaluation) that :func:`train` resumes from exactly. SIGINT/SIGTERM finish the current step, save, and raise ``KeyboardInterrupt``.
+of the latest and the best evaluation) that :func:`train` resumes from exactly. SIGINT/SIGTERM
+finish the current step, save, and raise ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations

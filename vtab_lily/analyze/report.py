@@ -1,9 +1,10 @@
 """Markdown reports and figures: one page per (backbone, suite, task), an index linking them.
 
 Figures: a heat map of dW's effective rank per run (layers x targets), effective rank per layer
-for every method on the task side by side (adapter parameters in the legend, so equal budgets
-can be compared), and for Lily the experts: router entropy per site, B-expert similarity, and
-both over training (one point per evaluation).
+for every method on the task on one shared y scale (all methods on one axis, then per target;
+adapter parameters in the legend, so equal budgets can be compared), and for Lily the experts:
+router entropy per site against a uniform router's, B-expert similarity (labelled expert by
+expert), and both over training (one point per evaluation).
 """
 
 from __future__ import annotations
@@ -68,36 +69,69 @@ def rank_heatmap(a: RunAnalysis, path: Path) -> None:
     plt.close(fig)
 
 
-def methods_plot(analyses: list[RunAnalysis], path: Path) -> None:
+def _layer_ranks(a: RunAnalysis, kinds: set[str] | None = None) -> list[tuple[int, float]]:
+    """(layer, effective rank of dW) of ``a``'s final state, averaged over its targets ``kinds``
+    (default: every target it adapts) in each layer."""
+    per_layer: dict[int, list[float]] = {}
+    for s in a.final.sites.values():
+        if kinds is None or s["kind"] in kinds:
+            per_layer.setdefault(s["layer"], []).append(s["effective_rank"])
+    means = {layer: _mean(values) for layer, values in per_layer.items()}
+    return sorted((layer, float("nan") if m is None else m) for layer, m in means.items())
+
+
+def methods_figure(analyses: list[RunAnalysis]):
+    """Effective rank of dW per layer for every method of a task. Methods adapt different targets
+    (Lily k, v, mlp; LoRA q, v), so the first panel puts every method on one axis (each layer's
+    mean over the method's own targets); the panels after it split by target. All share one y
+    scale from 0, so a higher line is a higher rank wherever it is drawn."""
     import matplotlib.pyplot as plt
 
     kinds = sorted({k for a in analyses for k in _kinds(a)})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(4 * (1 + len(kinds)), 3.2), squeeze=False, sharey=True)
     colours = {id(a): plt.get_cmap("tab10")(i % 10) for i, a in enumerate(analyses)}
-    for ax, kind in zip(axes[0], kinds):
+    panels = [("all methods: mean over each method's targets", None)] + [(f"target {k}", {k}) for k in kinds]
+    for ax, (title, only) in zip(axes[0], panels):
         for a in analyses:
-            points = sorted((s["layer"], s["effective_rank"]) for s in a.final.sites.values() if s["kind"] == kind)
+            points = _layer_ranks(a, only)
             if points:
-                ax.plot(*zip(*points), marker="o", color=colours[id(a)])
-        ax.set_title(f"target {kind}")
+                ax.plot(*zip(*points), marker="o", color=colours[id(a)], label=a.run.label)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("layer")
-        ax.set_ylabel("effective rank of dW")
+    axes[0][0].set_ylabel("effective rank of dW")
+    axes[0][0].set_ylim(bottom=0)
     labels = [f"{a.run.label} ({a.run.adapter_params:,} params)" if a.run.adapter_params is not None
               else a.run.label for a in analyses]
     handles = [plt.Line2D([], [], marker="o", color=colours[id(a)]) for a in analyses]
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.04), fontsize=8)
+    return fig
+
+
+def methods_plot(analyses: list[RunAnalysis], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = methods_figure(analyses)
     _save(fig, path)
     plt.close(fig)
 
 
-def experts_plot(a: RunAnalysis, path: Path) -> None:
+def experts_figure(a: RunAnalysis):
+    """Lily's routers and experts: entropy per site at the final evaluation against a uniform
+    router's (log ne, the most a router of ne experts can have), B similarity and dW rank over
+    training, and each target's B-expert cosine similarity matrix."""
     import matplotlib.pyplot as plt
 
     kinds = sorted(a.final.experts)
-    fig, axes = plt.subplots(1, 2 + len(kinds), figsize=(4 * (2 + len(kinds)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 + len(kinds), figsize=(4 * (2 + len(kinds)), 3.6), squeeze=False,
+                             layout="constrained")  # room for each heat map's labels beside the colour bars
     ax = axes[0][0]
     sites = list(a.routers)
     ax.barh(range(len(sites)), [a.routers[s]["entropy"] for s in sites])
+    for i, ne in enumerate(sorted({len(a.routers[s]["weights"]) for s in sites})):
+        ax.axvline(math.log(ne), color="k", linestyle=("--", ":", "-.")[i % 3], linewidth=1,
+                   label=f"uniform router, {ne} experts (log {ne} = {math.log(ne):.2f})")
+    if sites:  # below the axis: the bars fill the panel
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_yticks(range(len(sites)), sites, fontsize=6)
     ax.set_xlabel("router entropy (nats)")
     ax.set_title("routers, final evaluation", fontsize=9)
@@ -112,9 +146,21 @@ def experts_plot(a: RunAnalysis, path: Path) -> None:
     ax.set_title("over training", fontsize=9)
     ax.legend(fontsize=7)
     for ax, kind in zip(axes[0][2:], kinds):
-        image = ax.imshow(a.final.experts[kind]["similarity"], vmin=-1, vmax=1, cmap="coolwarm")
+        similarity = a.final.experts[kind]["similarity"]
+        image = ax.imshow(similarity, vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set_xticks(range(len(similarity)))
+        ax.set_yticks(range(len(similarity)))
+        ax.set_xlabel("B expert")
+        ax.set_ylabel("B expert")
         ax.set_title(f"B experts ({kind}): cosine similarity", fontsize=9)
-        fig.colorbar(image, ax=ax)
+        fig.colorbar(image, ax=ax, label="cosine similarity")
+    return fig
+
+
+def experts_plot(a: RunAnalysis, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = experts_figure(a)
     _save(fig, path)
     plt.close(fig)
 

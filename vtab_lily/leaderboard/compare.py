@@ -1,9 +1,10 @@
 """``python -m vtab_lily.leaderboard compare A B``: is method A better than method B, task by task?
 
-A and B each name one method (one leaderboard row) in three ways, tried in this order:
+A and B each name one method (one leaderboard row) in four ways, tried in this order:
 a run folder (``runs/vit-b16-in21k/lora/dtd/1a2b3c4d``: the method that run belongs to), the
-method label exactly as the leaderboard prints it (``"lora r=8"``), or a prefix of its method
-hash (at least 4 hex digits). A name that matches several methods (the same label on two
+method label exactly as the leaderboard prints it (``"lora r=8 alpha=8 qkv"``), an adapter name
+(``lora``: when one method of that adapter was run), or a prefix of its method hash (at least 4
+hex digits). A name that matches several methods (the same label on two
 backbones, a short hash prefix) or none is an error listing the candidates; ``--backbone``
 narrows the search. Per task both methods' runs are paired on the same test images through
 their ``predictions.npz`` (by seed id where both have the seed); a task where a side has no
@@ -26,10 +27,10 @@ from tabulate import tabulate
 from ..errors import UserError, run_cli, suggest, unknown_name
 from ..results import (METRICS, RESULT_FILE, accuracy, finished_utc, read_predictions, row_key, run_status,
                        scan_runs)
-from ..tasks import get_task
+from ..tasks import PROTOCOLS, get_task
 from .stats import MAX_SEEDS, Comparison, Difference, TaskRuns, compare
 from .table import known_results, suite_groups
-from .text import round_half_up
+from .text import round_half_up, setup_text
 
 MIN_HASH_PREFIX = 4
 MAX_WARNINGS_SHOWN = 20
@@ -42,15 +43,17 @@ class Method:
 
     label: str
     method_hash: str
+    adapter: str
     backbone: str
     suite: str
     protocol: str
     results: list[dict]
+    tag: str = ""  # what else tells it apart from a method of the same label and hash (precision, setup)
 
     @property
     def name(self) -> str:
         """One line, whatever the label holds (result files are hand-editable)."""
-        return " ".join(f"{self.label} [{self.method_hash} {self.backbone}]".split())
+        return " ".join(f"{self.label} [{self.method_hash} {self.backbone}{self.tag}]".split())
 
 
 def methods_of(results: list[dict]) -> list[Method]:
@@ -58,9 +61,17 @@ def methods_of(results: list[dict]) -> list[Method]:
     for r in results:
         key = (row_key(r), r["backbone"], r["suite"], r["protocol"])
         if key not in groups:
-            groups[key] = Method(r["method"], r["method_hash"], r["backbone"], r["suite"], r["protocol"], [])
+            groups[key] = Method(r["method"], r["method_hash"], r["adapter"], r["backbone"], r["suite"], r["protocol"], [])
         groups[key].results.append(r)
-    return list(groups.values())
+    methods = list(groups.values())
+    names: dict[str, int] = {}
+    for m in methods:
+        names[m.name] = names.get(m.name, 0) + 1
+    for key, m in groups.items():
+        if names[m.name] > 1:  # older results: the same hash with another precision or setup
+            _, deviations, precision = key[0]
+            m.tag = f" {precision or 'precision ?'} {setup_text(m.adapter, deviations, sep=',')}"
+    return methods
 
 
 def resolve(spec: str, methods: list[Method], which: str) -> Method:
@@ -68,6 +79,8 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
     if not spec or not spec.strip():
         raise UserError(f"{which}: empty method name; give a label, a method hash prefix or a run folder")
     folder = Path(spec)
+    if folder.name == RESULT_FILE and folder.is_file():  # the run's result.json named instead of its folder
+        folder = folder.parent
     if folder.is_dir() and (folder / RESULT_FILE).exists():
         status = run_status(folder)
         if status.state != "complete":
@@ -78,6 +91,8 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
                             "its method is compared with the runs found there")
         return found[0]
     matches = [m for m in methods if m.label == spec]
+    if not matches:  # an adapter name stands for its one method (``compare lily lora`` after the demo)
+        matches = [m for m in methods if m.adapter == spec]
     if not matches and folder.is_dir():
         raise UserError(f"{which} {spec}: a folder without {RESULT_FILE}; give one run's folder "
                         "(runs/<backbone>/<adapter>/<task>/<config hash>)")
@@ -90,18 +105,19 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
         raise UserError(f"{which} {spec!r} names {len(matches)} methods: {listing}. Give a longer method hash "
                         "prefix (the hex in brackets), --backbone, or a run folder")
     hint = suggest(spec, [m.label for m in methods])
-    raise UserError(f"{which}: no method {spec!r}{hint} (a label, a method hash prefix of at least "
+    raise UserError(f"{which}: no method {spec!r}{hint} (a label, an adapter, a method hash prefix of at least "
                     f"{MIN_HASH_PREFIX} hex digits, or a run folder); methods: {listing or 'none'}")
 
 
 def evaluated_size(result: dict, metric: str) -> int:
     """How many test images the accuracy was measured on, for a run without predictions: the
-    recorded count, else the task's test size (for the best evaluation of a run with
+    recorded count, else the size of the protocol's evaluation split (for the best evaluation of a run with
     ``eval_limit``, the limit: intermediate evaluations score only the first images)."""
     recorded = (result.get("predictions") or {}).get("n")
     if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
         return recorded
-    size = get_task(result["task"], result["suite"]).test_size
+    split = PROTOCOLS.get(result["protocol"], ("", "test"))[1]  # a protocol this version does not know: test
+    size = get_task(result["task"], result["suite"]).expected_size(split)
     limit = (result.get("config") or {}).get("eval_limit")
     if metric == "best" and isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         return min(size, limit)
@@ -129,8 +145,12 @@ def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[
     if metric not in METRICS:
         raise unknown_name("--metric", metric, METRICS)
     latest: dict[str, dict[int, dict]] = {}
-    for r in sorted(results, key=finished_utc):
-        latest.setdefault(r["task"], {})[r["seed"]] = r
+    for r in sorted(results, key=finished_utc):  # UTC order: the latest of one seed's results wins
+        by_seed = latest.setdefault(r["task"], {})
+        if r["seed"] in by_seed:
+            warnings.append(f"{r['method']} {r['task']} seed {r['seed']}: several results "
+                            f"({by_seed[r['seed']]['run_dir']}, {r['run_dir']}); using the latest")
+        by_seed[r["seed"]] = r
     out = {}
     for task, by_seed in latest.items():
         seeds, correct, sizes, vectors, lists, reasons = [], [], [], [], set(), set()
@@ -253,8 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vtab_lily.leaderboard compare", allow_abbrev=False,
                                      description="Paired per-task comparison of method A against baseline B "
                                                  "(see docs/statistics.md).")
-    parser.add_argument("a", metavar="A", help="method: a label as the leaderboard prints it, a method hash prefix "
-                                               f"(>= {MIN_HASH_PREFIX} hex digits) or a run folder")
+    parser.add_argument("a", metavar="A", help="method: a label as the leaderboard prints it, an adapter name (when "
+                                               f"one method of it was run), a method hash prefix (>= {MIN_HASH_PREFIX} "
+                                               "hex digits) or a run folder")
     parser.add_argument("b", metavar="B", help="the baseline, named the same ways")
     parser.add_argument("--runs", default="runs", help="runs directory to read (default: runs)")
     parser.add_argument("--backbone", default=None, help="only this backbone's results")

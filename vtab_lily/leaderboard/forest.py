@@ -8,6 +8,15 @@ import os
 from .plots import _save, plain, plt
 from .stats import Comparison, unpaired_difference
 
+MAX_TITLE_CHARS = 100
+
+
+def _short(text: str, limit: int = MAX_TITLE_CHARS) -> str:
+    """A label from result files, shown literally and cut so that it cannot widen the figure without bound."""
+    text = plain(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 COLOURS = {"better": "tab:green", "worse": "tab:red", "indistinguishable": "0.25", "not paired": "0.6"}
 
 
@@ -32,7 +41,7 @@ def forest_plot(comparison: Comparison, path: str | os.PathLike) -> int:
         ax.errorbar(diff, y, xerr=[[diff - lo], [hi - diff]], fmt="o", color=colour, capsize=3,
                     markerfacecolor="white" if hollow else colour)
         y -= 1
-    labels = [plain(row[0]) for row in rows]
+    labels = [_short(row[0], 40) for row in rows]
     if averages:
         ax.axhline(y + 0.5, color="0.8", linewidth=0.8)
     for name, d in averages:
@@ -43,7 +52,7 @@ def forest_plot(comparison: Comparison, path: str | os.PathLike) -> int:
     ax.axvline(0, color="0.3", linestyle="--", linewidth=1)
     ax.set_ylim(0.4, len(labels) + 0.6)
     ax.set_xlabel(f"A - B, accuracy points ({100 * comparison.level:g}% interval)")
-    ax.set_title(f"A: {plain(comparison.a_name)}\nvs baseline B: {plain(comparison.b_name)}", fontsize=8)
+    ax.set_title(f"A: {_short(comparison.a_name)}\nvs baseline B: {_short(comparison.b_name)}", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
     if not labels:
         ax.text(0.5, 0.5, "no task that both methods ran", transform=ax.transAxes, ha="center")

@@ -117,20 +117,22 @@ def paired_t(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return mean, se, df, p
 
 
-def bootstrap_pairs(a_only: int, b_only: int, n: int, level: float, seed: int,
-                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile interval of (A-only - B-only)/n over paired bootstrap resamples of the n images.
+def bootstrap_pairs(a_only, b_only, n, level: float, seed: int,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of (A-only - B-only)/n over paired bootstrap resamples of the n images
+    (vectorised over arrays of counts; scalars give scalars).
 
     Drawing n images with replacement draws the three kinds of pair with their observed
     frequencies, i.e. one multinomial per resample; the interval is the same as resampling the
     images themselves, in O(resamples) instead of O(resamples * n)."""
+    a_only, b_only, n = np.broadcast_arrays(*(np.asarray(x, dtype=np.int64) for x in (a_only, b_only, n)))
     rng = np.random.default_rng(seed)
-    probs = np.array([a_only, b_only, n - a_only - b_only], dtype=float) / n
-    draws = rng.multinomial(n, probs, size=resamples)
-    diffs = (draws[:, 0] - draws[:, 1]) / n
+    probs = np.stack([a_only, b_only, n - a_only - b_only], axis=-1) / n[..., None]
+    draws = rng.multinomial(n, probs, size=(resamples, *n.shape))
+    diffs = (draws[..., 0] - draws[..., 1]) / n
     tail = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [tail, 1 - tail])
-    return float(lo), float(hi)
+    lo, hi = np.quantile(diffs, [tail, 1 - tail], axis=0)
+    return lo, hi
 
 
 def two_way(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -145,7 +145,9 @@ def average_estimate(tasks: Mapping[str, Estimate], groups: Mapping[str, str] | 
     mean, lo, hi, se, df = combine(np.array([e.mean for e in est]), np.array([e.se for e in est]),
                                    np.array([e.df for e in est]), weights, level)
     kind = KIND_SEEDS if any(e.n_seeds > 1 for e in est) else KIND_EXAMPLES
-    return Estimate(float(mean), float(lo), float(hi), min(e.n_seeds for e in est), sum(e.n_examples for e in est),
+    # symmetric around the mean, so clipped to the percentages an average can take
+    return Estimate(float(mean), max(float(lo), 0.0), min(float(hi), 100.0), min(e.n_seeds for e in est),
+                    sum(e.n_examples for e in est),
                     kind, se=float(se), df=float(df), level=level)
 
 
@@ -176,7 +178,7 @@ def paired_task(a: np.ndarray, b: np.ndarray, level: float = 0.95, seed: int = 0
         b_only = int(np.count_nonzero(~a[0] & b[0]))
         p = 1.0 if a_only + b_only == 0 else float(sps.binomtest(a_only, a_only + b_only).pvalue)
         diff = (a_only - b_only) / n
-        lo, hi = bootstrap_pairs(a_only, b_only, n, level, seed)
+        lo, hi = (float(x) for x in bootstrap_pairs(a_only, b_only, n, level, seed))
         se = math.sqrt(max((a_only + b_only) / n - diff**2, 0.0) / n)
         return Paired(100 * diff, 100 * lo, 100 * hi, p, "exact McNemar",
                       se=100 * se, n_seeds=1, n_examples=n)
@@ -285,7 +287,7 @@ def unpaired_difference(a: Estimate, b: Estimate, level: float) -> tuple[float, 
     se = math.sqrt(va + vb)
     half = float(quantile(level, df)) * se
     diff = a.mean - b.mean
-    return diff, diff - half, diff + half, se, df
+    return diff, max(diff - half, -100.0), min(diff + half, 100.0), se, df
 
 
 def compare(a_runs: Mapping[str, TaskRuns], b_runs: Mapping[str, TaskRuns], groups: Mapping[str, str] | None = None,
@@ -323,7 +325,8 @@ def _average_difference(rows: list[TaskComparison], groups: Mapping[str, str] | 
     mean, lo, hi, _, _ = combine(np.array(means), np.array(ses), np.array(dfs), weights, level)
     a = average_estimate({r.task: r.a for r in rows}, groups, level)
     b = average_estimate({r.task: r.b for r in rows}, groups, level)
-    return Difference(float(mean), float(lo), float(hi), len(rows), sum(r.paired is None for r in rows), a, b)
+    return Difference(float(mean), max(float(lo), -100.0), min(float(hi), 100.0), len(rows),
+                      sum(r.paired is None for r in rows), a, b)
 
 
 @dataclass(frozen=True)
@@ -340,7 +343,9 @@ class Mark:
 def indistinguishable_from_best(rows: Mapping[Hashable, Mapping[str, TaskRuns]], groups: Mapping[str, str] | None = None,
                                 level: float = 0.95, seed: int = 0,
                                 tasks: Sequence[str] | None = None) -> dict[Hashable, Mark]:
-    """For the rows that have every task in ``tasks`` (default: every task any row has), the best
+    """``rows``: any hashable key (a row index) -> task -> TaskRuns (``compare.runs_by_task``).
+
+    For the rows that have every task in ``tasks`` (default: every task any row has), the best
     (highest average; the mean of group means when ``groups`` is given) and whether the best's
     lead over each other row is within noise (its interval contains 0). Paired on predictions
     where both rows have them on every task, else from the two averages' intervals (``paired``
