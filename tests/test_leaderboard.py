@@ -17,7 +17,8 @@ from vtab_lily.errors import UserError, run_cli
 from vtab_lily.leaderboard import collect
 from vtab_lily.leaderboard.__main__ import main
 from vtab_lily.leaderboard.reference import load_reference
-from vtab_lily.leaderboard.render import table_markdown, tables_csv
+from vtab_lily.leaderboard.records import tables_csv
+from vtab_lily.leaderboard.render import markdown_sections, table_markdown
 from vtab_lily.leaderboard.table import build_tables, suite_groups
 from vtab_lily.leaderboard.text import round_half_up
 from vtab_lily.tasks import GROUPS, Task, register_suite, suite, task_names
@@ -86,6 +87,16 @@ def rows_by_method(table):
     return {row.method: row for row in table.rows}
 
 
+def shown(table) -> dict[str, dict[str, str]]:
+    """Every markdown cell of every row, by the row's (escaped) label and the column's header,
+    over all of the table's sections (main, per-task, details)."""
+    cells: dict[str, dict[str, str]] = {}
+    for section in markdown_sections(table):
+        for line in section.body:
+            cells.setdefault(line[0], {}).update(zip(section.headers[1:], line[1:]))
+    return cells
+
+
 def test_numbers_both_averages_and_seed_aggregation(runs: Path) -> None:
     report = collect(runs)
     assert len(report.results) == 19 * 3 + 4
@@ -110,9 +121,11 @@ def test_numbers_both_averages_and_seed_aggregation(runs: Path) -> None:
     assert lora.train_time_s == pytest.approx(19 * 3 * 10.0)
     assert lora.peak_memory_mb == pytest.approx(1002.0)
     md = table_markdown(table)
-    lora_line = next(line for line in md.splitlines() if line.startswith("| lora r=8"))
-    assert "52.5 ± 0.5" in lora_line
-    assert f"| {round_half_up(lora.avg_groups)} " in lora_line and f"| {round_half_up(lora.avg_tasks)} " in lora_line
+    cells = shown(table)["lora r=8"]
+    half = round_half_up(lora.cells["dtd"].interval.half_width)
+    assert cells["DTD"] == f"52.5 ±{half} (sd 0.5)"  # the interval's half-width, then the seeds' std, named
+    assert cells["Avg (group means)"].startswith(f"{round_half_up(lora.avg_groups)} ±")
+    assert cells["Avg (all tasks)"].startswith(f"{round_half_up(lora.avg_tasks)} ±")
     assert "Avg (group means)" in md and "Avg (all tasks)" in md
 
 
@@ -124,10 +137,11 @@ def test_partial_row_is_marked_never_silently_averaged(runs: Path) -> None:
     assert lily.avg_groups == pytest.approx(((80 + 60) / 2 + 90 + 40) / 3)
     assert "svhn" not in lily.cells  # the failed run is not a result
     md = table_markdown(table)
-    lily_line = next(line for line in md.splitlines() if line.startswith("| lily r=32"))
-    cells = [c.strip() for c in lily_line.strip("|").split("|")]
-    assert cells[4 + VTAB.index("svhn")] == "-"
-    assert f"{round_half_up(lily.avg_groups)}*" in cells and f"{round_half_up(lily.avg_tasks)}*" in cells
+    cells = shown(table)["lily r=32 ne=4"]
+    assert cells["SVHN"] == "-"
+    assert cells["Avg (group means)"].startswith(f"{round_half_up(lily.avg_groups)}* ±")
+    assert cells["Avg (all tasks)"].startswith(f"{round_half_up(lily.avg_tasks)}* ±")
+    assert cells["Vs best"] == "not tested"  # a partial row's average covers other tasks
     assert "partial" in md
     # Complete rows come before partial ones, whatever their averages.
     run_rows = [r for r in table.rows if r.kind == "run"]
@@ -163,8 +177,8 @@ def test_in21k_reference_rows_are_attached_and_marked(runs: Path) -> None:
     assert table.rows[-len(reported):] == reported  # after the runs
     md = table_markdown(table)
     assert "not run here" in md and "Reported avg" in md
-    lily_line = next(line for line in md.splitlines() if line.startswith("| Lily (reported)"))
-    assert "77.3" in lily_line
+    lily = shown(table)["Lily (reported)"]
+    assert lily["Avg (group means)"] == "77.3 (printed)" and lily["Vs best"] == "not tested"
     # No reference rows without the flag, and none on a non-VTAB suite or the val protocol.
     assert all(r.kind == "run" for t in build_tables(collect(runs).results, with_reference=False) for r in t.rows)
 
@@ -253,7 +267,8 @@ def test_cli_writes_markdown_csv_and_valid_pngs(runs: Path, tmp_path: Path, caps
     assert md.startswith("# Leaderboard: vit-b16-in21k") and "lora r=8" in md and "(reported)" in md
     records = list(csv.DictReader(io.StringIO((out / "vit-b16-in21k.csv").read_text())))
     lora = next(r for r in records if r["method"] == "lora r=8")
-    assert float(lora["dtd"]) == pytest.approx(52.5) and float(lora["dtd_std"]) == pytest.approx(0.5) and lora["dtd_n"] == "3"
+    assert float(lora["dtd"]) == pytest.approx(52.5) and float(lora["dtd_seed_std"]) == pytest.approx(0.5)
+    assert lora["dtd_n_seeds"] == "3" and lora["n_seeds"] == "3" and lora["seed_ids"] == "0 1 2"
     width, height = _assert_png(out / "vit-b16-in21k.png")
     assert width > 400 and height > 300
     heatmaps = list((out / "router").rglob("*.png"))

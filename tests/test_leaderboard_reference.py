@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_leaderboard import VTAB, write_result
+from test_leaderboard import VTAB, shown, write_result
 
 from vtab_lily.errors import UserError
 from vtab_lily.leaderboard import collect
@@ -138,24 +138,23 @@ def test_vim_s_table_shows_the_mambapeft_rows_with_both_averages(tmp_path: Path)
     _nineteen(runs, backbone="vim-s", adapter="additional-scan", method="additional-scan states=6",
               method_hash="cccc0001")
     (table,) = collect(runs).tables
-    headers, _ = markdown_rows(table)
     md = table_markdown(table)
-    addscan = _line(md, "Additional-scan (MambaPEFT) (reported)")
-    assert [addscan[headers.index(g)] for g in ("Natural", "Specialized", "Structured")] == ["74.6", "82.7", "56.4"]
-    assert addscan[headers.index("Cifar100")] == "-"
-    assert addscan[headers.index("Avg (group means)")] == "71.2" and addscan[headers.index("Avg (all tasks)")] == "68.6"
-    assert addscan[headers.index("Reported avg")] == "68.65 (19 tasks)"
-    assert addscan[headers.index("Params (M, no head)")] == "0.664"
-    full = _line(md, "Full fine-tuning (MambaPEFT) (reported)")
-    assert full[headers.index("Avg (all tasks)")] == "50.8" and full[headers.index("Avg (group means)")] == "54.2"
-    assert full[headers.index("Reported avg")] == "47.08 (19 tasks; group means give 50.82)"
-    lily_fft = _line(md, "Full fine-tuning (reported)")  # the Lily paper's row: per-task cells, as before
-    assert lily_fft[headers.index("Cifar100")] == "47.7"
+    cells = shown(table)
+    addscan = cells["Additional-scan (MambaPEFT) (reported)"]
+    assert [addscan[f"{g} (mean)"] for g in ("Natural", "Specialized", "Structured")] == ["74.6", "82.7", "56.4"]
+    assert addscan["Cifar100"] == "-"
+    assert addscan["Avg (group means)"] == "71.2" and addscan["Avg (all tasks)"] == "68.6"
+    assert addscan["Reported avg"] == "68.65 (19 tasks)"
+    assert addscan["Params (M, no head)"] == "0.664"
+    full = cells["Full fine-tuning (MambaPEFT) (reported)"]
+    assert full["Avg (all tasks)"] == "50.8" and full["Avg (group means)"] == "54.2"
+    assert full["Reported avg"] == "47.08 (19 tasks; group means give 50.82)"
+    lily_fft = cells["Full fine-tuning (reported)"]  # the Lily paper's row: per-task cells, as before
+    assert lily_fft["Cifar100"] == "47.7"
     assert "Source `mambapeft`" in md and "sony/MambaPEFT" in md
     (best,) = collect(runs, "both").tables  # published numbers in the test-selected columns
-    both_headers, _ = markdown_rows(best)
-    addscan = _line(table_markdown(best), "Additional-scan (MambaPEFT) (reported)")
-    assert addscan[both_headers.index("Avg (all tasks), test-selected")] == "68.6"
+    addscan = shown(best)["Additional-scan (MambaPEFT) (reported)"]
+    assert addscan["Avg (all tasks), test-selected"] == "68.6"
 
 
 def test_run_rows_meet_the_mambapeft_row_of_their_setting(tmp_path: Path) -> None:
@@ -201,18 +200,20 @@ def test_reference_cells_rendered_beside_a_synthetic_19_task_run(tmp_path: Path)
     runs = tmp_path / "runs"
     _nineteen(runs, method="lora r=8 variant=noah", method_hash="aaaa0001")
     (table,) = collect(runs).tables
-    headers, _ = markdown_rows(table)
     md = table_markdown(table)
-    lora_ref = _line(md, "LoRA (NOAH")
-    assert lora_ref[headers.index("Cifar100")] == "67.1" and lora_ref[headers.index("sNORB-Ele")] == "44.0"
-    assert lora_ref[headers.index("Avg (group means)")] == "74.6" and lora_ref[headers.index("Avg (all tasks)")] == "72.3"
-    assert lora_ref[headers.index("Reported avg")] == "74.5 (groups; cells give 74.6)"
-    assert lora_ref[headers.index("Params (M, no head)")] == "0.290" and lora_ref[headers.index("Head (M)")] == "-"
-    adaptformer = _line(md, "AdaptFormer (reported)")
-    assert adaptformer[headers.index("Reported avg")] == "72.32 (19 tasks)"
-    assert adaptformer[headers.index("Avg (group means)")] == "74.8"  # 74.752, half-up
-    full = _line(md, "Full fine-tuning (reported)")
-    assert full[headers.index("Cifar100")] == "-" and full[headers.index("Reported avg")] == "68.9 (groups)"
+    cells = shown(table)
+    lora_ref = cells["LoRA (NOAH: fused qkv, r=8) (reported)"]
+    assert lora_ref["Cifar100"] == "67.1" and lora_ref["sNORB-Ele"] == "44.0"
+    assert lora_ref["Avg (group means)"] == "74.6" and lora_ref["Avg (all tasks)"] == "72.3"
+    assert lora_ref["Reported avg"] == "74.5 (groups; cells give 74.6)"
+    assert lora_ref["Params (M, no head)"] == "0.290" and lora_ref["Head (M)"] == "-"
+    assert lora_ref["Vs best"] == "not tested"  # published numbers carry no counts
+    adaptformer = cells["AdaptFormer (reported)"]
+    assert adaptformer["Reported avg"] == "72.32 (19 tasks)"
+    assert adaptformer["Avg (group means)"] == "74.8"  # 74.752, half-up
+    full = cells["Full fine-tuning (reported)"]
+    assert full["Cifar100"] == "-" and full["Reported avg"] == "68.9 (groups)"
+    assert full["Avg (group means)"] == "68.9 (printed)"
     assert "Source `noah`" in md and "Source `vpetl`" in md and "not run here" in md
 
 
@@ -243,7 +244,7 @@ def test_run_row_sits_beside_its_reference_and_is_marked_when_settings_differ(tm
     assert _line(md, "lora a0000001")[setup] == "official‡"
     assert _line(md, "lora a0000002")[setup] == "normalize=imagenet"
     assert _line(md, "lora a0000003")[setup] == "?‡"
-    assert _line(md, "lora a0000004")[headers.index("Ref")] == "-"
+    assert shown(table)["lora a0000004"]["Ref"] == "-"
     assert "`‡` in Setup" in md
 
 

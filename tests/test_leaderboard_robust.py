@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from test_leaderboard import VTAB, _assert_png, write_result
+from test_leaderboard import VTAB, _assert_png, shown, write_result
 
 from vtab_lily.leaderboard import collect
 from vtab_lily.leaderboard.__main__ import main
-from vtab_lily.leaderboard.render import markdown_rows, table_markdown
+from vtab_lily.leaderboard.render import table_markdown
 from vtab_lily.leaderboard.text import md_escape, round_half_up
 from vtab_lily.results import iter_results, run_status
 
@@ -40,10 +40,29 @@ def test_every_table_cell_uses_the_rounding_rule(tmp_path: Path) -> None:
     write_result(runs, task="dtd", final=70.15)
     write_result(runs, task="dtd", seed=1, final=70.15)
     (table,) = collect(runs, with_reference=False).tables
-    headers, (line,) = markdown_rows(table)
-    assert line[headers.index("Cifar100")] == "71.3" and line[headers.index("DTD")] == "70.2 ± 0.0 (n=2)"
-    assert line[headers.index("Natural")] == "70.7*"  # (71.25 + 70.15) / 2 = 70.7
-    assert line[headers.index("Train time (alone)")] == "90.2 s" and line[headers.index("Train mem (MB)")] == "1000"
+    (line,) = shown(table).values()
+    assert line["Cifar100"].startswith("71.3 ±") and line["DTD"].startswith("70.2 ±") and line["DTD"].endswith(" (sd 0.0, n=2)")
+    assert line["Natural (mean)"].startswith("70.7* ±")  # (71.25 + 70.15) / 2 = 70.7
+    assert line["Train time (alone)"] == "90.2 s" and line["Train mem (MB)"] == "1000"
+
+
+def assert_one_row_per_table(md: str) -> None:
+    """Every markdown table of ``md`` (main, per task, details) has its header, its rule and one
+    row, all with the same number of columns: no text from a result added a row or a column."""
+    blocks, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append(current)
+            current = []
+    assert len(blocks) == 5  # main, Natural, Specialized, Structured, details
+
+    def columns(line: str) -> int:
+        return len(line.replace("\\|", "").split("|"))
+
+    for block in blocks:
+        assert len(block) == 3 and columns(block[2]) == columns(block[0])
 
 
 def test_pipes_newlines_and_backticks_in_a_label_cannot_break_the_table(tmp_path: Path) -> None:
@@ -51,19 +70,13 @@ def test_pipes_newlines_and_backticks_in_a_label_cannot_break_the_table(tmp_path
     write_result(runs, task="dtd", method="evil | x\n| fake | row |\r\n`code", method_hash="e0000001")
     (table,) = collect(runs, with_reference=False).tables
     md = table_markdown(table)
-    lines = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(lines) == 3  # header, rule, one row: no fake row
-
-    def columns(line: str) -> int:
-        return len(line.replace("\\|", "").split("|"))
-
-    assert columns(lines[2]) == columns(lines[0])
-    assert "evil \\| x \\| fake \\| row \\| \\`code" in lines[2]
+    assert_one_row_per_table(md)
+    main_row = [line for line in md.splitlines() if line.startswith("|")][2]
+    assert "evil \\| x \\| fake \\| row \\| \\`code" in main_row
     # a fingerprint or encoding from a result file is escaped too
     edit_result(next((runs / "vit-b16-in21k" / "lora" / "dtd").iterdir()), data={"fingerprint": "ab|cd\nx", "encoding": "p|ng"})
     (table,) = collect(runs, with_reference=False).tables
-    lines = [line for line in table_markdown(table).splitlines() if line.startswith("|")]
-    assert len(lines) == 3 and columns(lines[2]) == columns(lines[0])
+    assert_one_row_per_table(table_markdown(table))
     assert md_escape("a<b>") == "a&lt;b&gt;"
 
 
@@ -244,6 +257,26 @@ def test_a_newline_in_memory_kind_or_deviations_cannot_add_a_row_or_note(tmp_pat
     (table,) = collect(runs, with_reference=False).tables
     md = table_markdown(table)
     assert "fake" in md and "dev" in md
-    table_lines = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table_lines) == 3  # header, rule, the one run: no fake rows anywhere
+    assert_one_row_per_table(md)  # no fake rows anywhere
     assert all(line.startswith(("#", "- ")) or not line for line in md.splitlines() if not line.startswith("|"))
+
+
+def test_a_backbone_named_like_the_folders_own_files_or_like_another_gets_its_own_file(tmp_path: Path) -> None:
+    """A backbone comes from result.json: one called ``index`` or ``README`` must not overwrite the
+    index or the folder's README, and two whose safe forms coincide must not share a file."""
+    from vtab_lily.leaderboard import write_leaderboards
+
+    runs = tmp_path / "runs"
+    for i, name in enumerate(("index", "README", "a|b", "a_b")):
+        edit_result(write_result(runs, task="dtd", method=f"m{i}", method_hash=f"f000000{i}"), backbone=name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("hand-written")
+    write_leaderboards(collect(runs), out, plots=False)
+    assert (out / "README.md").read_text() == "hand-written"
+    assert sorted(p.name for p in out.glob("*.md")) == ["README.md", "a_b-2.md", "a_b.md", "backbone-README.md",
+                                                        "backbone-index.md", "index.md"]
+    index = (out / "index.md").read_text()
+    assert index.startswith("# Leaderboards") and "[backbone-index.md](backbone-index.md)" in index
+    first, second = (out / "a_b.md").read_text(), (out / "a_b-2.md").read_text()
+    assert ("| m2 " in first) != ("| m2 " in second) and ("| m3 " in first) != ("| m3 " in second)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
-from test_leaderboard import VTAB, write_result
+from test_leaderboard import VTAB, shown, write_result
 
 from vtab_lily.errors import UserError
 from vtab_lily.leaderboard import collect
 from vtab_lily.leaderboard.__main__ import main
-from vtab_lily.leaderboard.render import markdown_rows, table_markdown, tables_csv
+from vtab_lily.leaderboard.records import tables_csv
+from vtab_lily.leaderboard.render import markdown_rows, table_markdown
+from vtab_lily.leaderboard.text import round_half_up
 from vtab_lily.tasks import suite
 
 FP_A = "aaaa111122223333"
@@ -72,12 +75,13 @@ def test_fingerprint_column_marks_and_selection(tmp_path: Path, capsys, monkeypa
            data={"fingerprint": FP_B, "encoding": "jpeg", "source": "archive"})
     result(runs, task="dtd", method="lora old", method_hash="m0000005")
     table, rows = runs_rows(runs)
-    headers, body = markdown_rows(table)
-    data = {line[0]: line[headers.index("Data")] for line in body}
-    dtd = {line[0]: line[headers.index("DTD")] for line in body}
-    assert data["lora m0000001"] == f"png {FP_A[:8]}" and dtd["lora m0000001"] == "70.0"
-    assert data["lora jpeg"] == f"jpeg {FP_B[:8]}†" and dtd["lora jpeg"] == "70.0†"  # not the data most rows use
-    assert data["lora old"] == "?" and dtd["lora old"] == "70.0"  # unknown: never marked as different
+    cells = shown(table)
+    data = {label: c["Data"] for label, c in cells.items()}
+    dtd = {label: c["DTD"] for label, c in cells.items()}
+    interval = " ±" + round_half_up(rows[0].cells["dtd"].interval.half_width)  # 70% of dtd's 1,880 images
+    assert data["lora m0000001"] == f"png {FP_A[:8]}" and dtd["lora m0000001"] == "70.0" + interval
+    assert data["lora jpeg"] == f"jpeg {FP_B[:8]}†" and dtd["lora jpeg"] == f"70.0{interval}†"  # not the data most rows use
+    assert data["lora old"] == "?" and dtd["lora old"] == "70.0" + interval  # unknown: never marked as different
     # two tasks on one data copy: a digest of the pair, not 'mixed'
     assert len(data["lora m0000003"].split()[1]) == 8 and data["lora m0000003"] != data["lora m0000001"]
     # --data-fingerprint keeps the cells built on that data
@@ -125,13 +129,13 @@ def test_metric_both_puts_test_selected_beside_final(tmp_path: Path, capsys) -> 
     for i, task in enumerate(VTAB):
         result(runs, task=task, final=60.0 + i, best=62.0 + i)
     (table,) = collect(runs, "both").tables
-    headers, body = markdown_rows(table)
-    run_line = body[0]
-    assert run_line[headers.index("Cifar100")] == "60.0 / 62.0"
-    assert run_line[headers.index("Avg (all tasks)")] == "69.0"
-    assert run_line[headers.index("Avg (all tasks), test-selected")] == "71.0"
-    lora_ref = next(line for line in body if line[0].startswith("LoRA (NOAH"))
-    assert lora_ref[headers.index("Cifar100")] == "- / 67.1"  # published numbers are test-selected
+    cells = shown(table)
+    run_line = cells[table.rows[0].method]
+    assert re.fullmatch(r"60\.0 ±\d\.\d / 62\.0 ±\d\.\d", run_line["Cifar100"])  # both with their intervals
+    assert run_line["Avg (all tasks)"].startswith("69.0 ±")
+    assert run_line["Avg (all tasks), test-selected"].startswith("71.0 ±")
+    lora_ref = next(c for label, c in cells.items() if label.startswith("LoRA (NOAH"))
+    assert lora_ref["Cifar100"] == "- / 67.1"  # published numbers are test-selected, without counts
     assert "final-epoch" in table.title and "test-selected" in table.title
     records = list(csv.DictReader(io.StringIO(tables_csv([table]))))
     assert float(records[0]["cifar_test_selected"]) == 62.0 and float(records[0]["avg_tasks_test_selected"]) == 71.0

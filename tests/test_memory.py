@@ -107,34 +107,33 @@ def _edited(run_dir, **changes) -> None:
 
 
 def test_leaderboard_column_shows_training_memory_and_names_it(tmp_path):
-    from test_leaderboard import write_result
+    from test_leaderboard import shown, write_result
 
     from vtab_lily.leaderboard import collect
-    from vtab_lily.leaderboard.render import markdown_rows, table_markdown
+    from vtab_lily.leaderboard.render import table_markdown
 
     runs = tmp_path / "runs"
     _edited(write_result(runs, task="dtd"), memory={"peak_mb": 12000.0, "kind": "cuda_max_allocated",
                                                    "train_peak_mb": 900.0, "data_mb": 11100.0})
     _edited(write_result(runs, task="svhn"), memory={"peak_mb": 700.0, "kind": "cuda_max_allocated"})
     (table,) = collect(runs, with_reference=False).tables
-    headers, (line,) = markdown_rows(table)
-    assert line[headers.index("Train mem (MB)")] == "900"  # not the 12,000 the data makes
+    (line,) = shown(table).values()
+    assert line["Train mem (MB)"] == "900"  # not the 12,000 the data makes
     text = table_markdown(table)
     assert "data kept on the GPU excluded" in text and "data kept on the GPU included (older results)" in text
 
 
 def test_shared_gpu_runs_stay_out_of_the_solo_time_column(tmp_path):
-    from test_leaderboard import write_result
+    from test_leaderboard import shown, write_result
 
     from vtab_lily.leaderboard import collect
-    from vtab_lily.leaderboard.render import markdown_rows
 
     runs = tmp_path / "runs"
     write_result(runs, task="dtd", train_s=100.0)
     _edited(write_result(runs, task="svhn"), time={"train_s": 400.0, "trials_per_gpu": 4})
     (table,) = collect(runs, with_reference=False).tables
-    headers, (line,) = markdown_rows(table)
-    assert line[headers.index("Train time (alone)")] == "100.0 s (+1 shared)"
+    (line,) = shown(table).values()
+    assert line["Train time (alone)"] == "100.0 s (+1 shared)"
 
 
 def test_the_sweep_tells_runs_on_a_shared_gpu_and_the_result_records_it(monkeypatch):

@@ -18,7 +18,8 @@ from ..results import scan_runs
 from ..tasks import ALIASES
 from . import collect, write_leaderboards
 from .datamarks import parse_fingerprints
-from .render import table_markdown, tables_csv, tables_json
+from .records import tables_csv, tables_json
+from .render import table_markdown
 from .table import TABLE_METRICS
 from .taskview import task_view
 from .text import csv_cell, md_escape

@@ -1,17 +1,22 @@
-"""Tables -> GitHub markdown, CSV and JSON text (no file I/O here)."""
+"""Tables -> GitHub markdown (no file I/O here; CSV and JSON: ``records.py``).
+
+Each table is written as sections narrow enough to read without scrolling: the main table (the
+method, its setup, both averages with their 95% intervals, the best-row mark, params), one
+per-task table per group of tasks, and the details (data, predictions, reported averages,
+head, time, memory). The CSV keeps every column in full.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from typing import Any
+from dataclasses import dataclass
 
 from tabulate import tabulate
 
 from .datamarks import DIFFERS_MARK
-from .table import MEMORY_KINDS, Cell, Row, Table
-from .text import csv_cell, md_escape, one_line, round_half_up, setup_text
+from .counts import has_predictions
+from .stats import Estimate
+from .table import MEMORY_KINDS, Averages, Cell, Row, Table
+from .text import md_escape, one_line, round_half_up, setup_text
 
 MISSING = "-"
 PARTIAL_MARK = "*"
@@ -39,26 +44,48 @@ SHORT_NAMES = {
     "smallnorb_ele": "sNORB-Ele",
 }
 AVG_GROUPS = "Avg (group means)"
+VS_BEST = "Vs best"
+PARAMS = "Params (M, no head)"
 AVG_TASKS = "Avg (all tasks)"
 BEST_SUFFIX = ", test-selected"
 
 
+def format_interval(estimate: Estimate | None) -> str:
+    """`` ±h``: half the width of the 95% interval (the CSV has its exact ends), or nothing."""
+    return "" if estimate is None else f" ±{round_half_up(estimate.half_width)}"
+
+
 def format_cell(cell: Cell | None, usual_n: int, mark: str = "") -> str:
-    """``mean`` or ``mean ± std``, with ``(n=k)`` when the seed count differs from the row's."""
+    """``mean ±h``, then ``(sd s, n=k)``: the seeds' sample std (2+ seeds) and the seed count when
+    it differs from the row's usual one. ``±`` is always the interval, ``sd`` always the seeds' spread."""
     if cell is None:
         return MISSING
-    text = round_half_up(cell.mean)
+    text = round_half_up(cell.mean) + format_interval(cell.interval)
+    extra = []
     if cell.std is not None:
-        text += f" ± {round_half_up(cell.std)}"
+        extra.append(f"sd {round_half_up(cell.std)}")
     if cell.n and cell.n != usual_n:
-        text += f" (n={cell.n})"
-    return text + mark
+        extra.append(f"n={cell.n}")
+    return text + (f" ({', '.join(extra)})" if extra else "") + mark
 
 
-def format_average(value: float | None, partial: bool) -> str:
+def format_average(value: float | None, partial: bool, interval: Estimate | None = None) -> str:
     if value is None:
         return MISSING
-    return round_half_up(value) + (PARTIAL_MARK if partial else "")
+    return round_half_up(value) + (PARTIAL_MARK if partial else "") + format_interval(interval)
+
+
+def format_mark(row: Row) -> str:
+    """The best-row mark in words (``MARK_NOTE`` explains it)."""
+    if row.kind != "run":
+        return "not tested"
+    mark = row.mark
+    if mark is None:
+        return "not tested"
+    if mark.best:
+        return "best"
+    text = "≈ best" if mark.indistinguishable else "below"
+    return text if mark.paired else f"{text} (unpaired)"
 
 
 def format_params(millions: float | None) -> str:
@@ -128,43 +155,117 @@ def _task_cell(row: Row, task: str, usual: int, both: bool) -> str:
     return f"{final} / {format_cell(row.best_cells.get(task), usual, mark)}"
 
 
-def markdown_rows(table: Table) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows of the markdown table (every text cell escaped)."""
-    groups = list(table.groups)
+def _label(row: Row) -> str:
+    return md_escape(row.method)
+
+
+def _averages_of(row: Row, both: bool) -> Averages:
+    """The averages a row shows: a reported row printed only in the test-selected place (``both``
+    or no final cells) shows those."""
+    return row.avg if (row.cells or both or row.kind == "run") else (row.best_avg or row.avg)
+
+
+def main_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """The main table: method, setup, seeds, both averages with their intervals, the best-row
+    mark and params; every text cell escaped."""
     both = table.metric == "both"
-    headers = ["Method", "Setup", "Data", "Seeds"] + [SHORT_NAMES.get(t, t) if table.suite == "vtab" else t for t in table.tasks]
-    headers += groups + [AVG_GROUPS, AVG_TASKS]
+    headers = ["Method", "Setup", "Seeds", AVG_GROUPS, AVG_TASKS]
     if both:
         headers += [AVG_GROUPS + BEST_SUFFIX, AVG_TASKS + BEST_SUFFIX]
+    headers += [VS_BEST, PARAMS]
+    body = []
+    for row in table.rows:
+        avg = _averages_of(row, both)
+        # published numbers are test-selected: with --metric both a printed-only average sits there
+        line = [_label(row), md_escape(format_setup(row)), format_seeds(row)] + _main_averages(row, avg, not both)
+        if both:
+            line += _main_averages(row, row.best_avg or Averages(), True)
+        line += [format_mark(row), format_params(row.params_m)]
+        body.append(line)
+    return headers, body
+
+
+markdown_rows = main_rows  # the table most callers mean
+
+
+def _main_averages(row: Row, avg: Averages, printed: bool) -> list[str]:
+    """Both averages with their intervals; a published row printed with its average alone (no
+    cells, no group means) shows that printed number in its own column, marked as printed."""
+    shown = [format_average(avg.by_groups, avg.by_groups_partial, avg.by_groups_interval),
+             format_average(avg.by_tasks, avg.by_tasks_partial, avg.by_tasks_interval)]
+    if printed and row.kind == "reported" and avg.by_groups is None and avg.by_tasks is None and row.reported_average is not None:
+        shown[0 if row.reference.average_kind == "group_means" else 1] = f"{row.reported_average_text} (printed)"
+    return shown
+
+
+def task_rows(table: Table, group: str) -> tuple[list[str], list[list[str]]]:
+    """One group's per-task table: the tasks' cells and the group's mean, with intervals."""
+    both = table.metric == "both"
+    tasks = table.groups[group]
+    headers = ["Method"] + [SHORT_NAMES.get(t, t) if table.suite == "vtab" else md_escape(t) for t in tasks]
+    headers.append(f"{md_escape(group)} (mean)")
+    body = []
+    for row in table.rows:
+        usual = _usual_n(row)
+        avg = _averages_of(row, both)
+        line = [_label(row)] + [md_escape(_task_cell(row, t, usual, both)) for t in tasks]
+        line.append(format_average(avg.group_means.get(group), avg.group_partial.get(group, False),
+                                   avg.group_intervals.get(group)))
+        body.append(line)
+    return headers, body
+
+
+def format_predictions(row: Row, n_tasks: int) -> str:
+    """How many of the row's tasks kept per-example predictions on every seed (pairable)."""
+    if row.kind != "run":
+        return MISSING
+    kept = sum(has_predictions(c) for c in row.cells.values())
+    return "all" if kept == n_tasks else "none" if kept == 0 else f"{kept}/{n_tasks} tasks"
+
+
+def detail_rows(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Everything else a row has: data, predictions, reported average, reference, head, time, memory."""
+    headers = ["Method", "Data", "Predictions"]
     reported = _has_reference(table)
     if reported:
         headers.append("Reported avg")
     if table.has_references:
         headers.append("Ref")
-    headers += ["Params (M, no head)", "Head (M)", "Train time (alone)", "Train mem (MB)"]
+    headers += ["Head (M)", "Train time (alone)", "Train mem (MB)"]
     body = []
     for row in table.rows:
-        usual = _usual_n(row)
-        line = [md_escape(row.method), md_escape(format_setup(row)), md_escape(row.data.label) if row.kind == "run" else MISSING,
-                format_seeds(row)]
-        line += [md_escape(_task_cell(row, t, usual, both)) for t in table.tasks]
-        avg = row.avg if (row.cells or both or row.kind == "run") else (row.best_avg or row.avg)
-        line += [format_average(avg.group_means.get(g), avg.group_partial.get(g, False)) for g in groups]
-        line += [format_average(avg.by_groups, avg.by_groups_partial), format_average(avg.by_tasks, avg.by_tasks_partial)]
-        if both:
-            best = row.best_avg
-            line += [format_average(best.by_groups, best.by_groups_partial) if best else MISSING,
-                     format_average(best.by_tasks, best.by_tasks_partial) if best else MISSING]
+        line = [_label(row), md_escape(row.data.label) if row.kind == "run" else MISSING,
+                format_predictions(row, len(table.tasks))]
         if reported:
             line.append(md_escape(format_reported(row, table.groups)))
         if table.has_references:
-            ref = row.reference
-            line.append(md_escape(ref.id) if ref else MISSING)
+            line.append(md_escape(row.reference.id) if row.reference else MISSING)
         memory = MISSING if row.peak_memory_mb is None else round_half_up(row.peak_memory_mb, 0)
         train_time = format_duration(row.train_time_s) + (f" (+{row.shared_runs} shared)" if row.shared_runs else "")
-        line += [format_params(row.params_m), format_params(row.head_m), train_time, memory]
+        line += [format_params(row.head_m), train_time, memory]
         body.append(line)
     return headers, body
+
+
+@dataclass
+class Section:
+    """One markdown table of a leaderboard table, with its heading (None: right under the title) and notes."""
+
+    heading: str | None
+    headers: list[str]
+    body: list[list[str]]
+    notes: list[str]
+
+
+def markdown_sections(table: Table) -> list[Section]:
+    """The main table, one per-task table per group, and the details, each with its notes."""
+    sections = [Section(None, *main_rows(table), main_notes(table))]
+    groups = list(table.groups)
+    for i, group in enumerate(groups):
+        notes = task_notes(table) if i == len(groups) - 1 else []
+        sections.append(Section(f"Per task: {md_escape(group)}", *task_rows(table, group), notes))
+    sections.append(Section("Details", *detail_rows(table), detail_notes(table)))
+    return sections
 
 
 def _reference_notes(table: Table) -> list[str]:
@@ -205,33 +306,71 @@ def _reference_notes(table: Table) -> list[str]:
     return notes
 
 
-def footnotes(table: Table) -> list[str]:
-    """What the marks and columns mean, and where each reported row comes from."""
+def main_notes(table: Table) -> list[str]:
+    """Under the main table: what ± and the mark mean, the averages, partial rows, the Setup column."""
     n_tasks = len(table.tasks)
+    both = table.metric == "both"
+    which = "final-epoch " if both else ""
     notes = [
-        f"Cells: mean ± sample std over seeds (± only with 2+ seeds); `(n=k)`: that task has k seeds. `{MISSING}`: no result."
-        + (" Each cell: final-epoch / test-selected (best evaluation)." if table.metric == "both" else ""),
-        f"`{PARTIAL_MARK}` partial: the row lacks some of the {n_tasks} tasks ({'/'.join(table.groups)}); that mean "
-        "covers only the tasks present and is not comparable with complete rows.",
+        f"`±`: half the width of the 95% interval (its exact ends are in the CSV: `_lo`, `_hi`). Per task it covers "
+        "the test examples (a Wilson interval on the count of correct ones) and, where a task has several seeds, the "
+        "seeds' spread too; an average propagates each task's uncertainty with the task set held fixed (these "
+        f"{n_tasks} tasks are the benchmark, not a sample of tasks). It does not cover the choice of "
+        "hyperparameters (it is not a hyperparameter-search interval), other tasks or other data copies. Counts "
+        "come from each run's `predictions.npz`, or from accuracy x test size for runs that did not keep one.",
+        f"{VS_BEST}: `best` is the complete row with the highest {which}{AVG_GROUPS}; `≈ best`: statistically "
+        "indistinguishable from it (the 95% interval of the best row's lead contains 0); `below`: the lead's interval "
+        "excludes 0. Paired on the same test images when both rows kept predictions on every task, else "
+        "`(unpaired)`: the two rows' intervals combined as if independent (conservative: fewer rows are told "
+        "apart). Each row is tested against the best alone. `not tested`: published (reported) rows, which carry "
+        "no counts, partial rows, and rows with a cell without an interval (see the warnings in index.md).",
         f"{AVG_GROUPS}: mean of the {len(table.groups)} group means (VPT/NOAH/Lily papers). "
-        f"{AVG_TASKS}: mean over the {n_tasks} tasks (official VTAB).",
+        f"{AVG_TASKS}: mean over the {n_tasks} tasks (official VTAB). `{PARTIAL_MARK}` partial: the row lacks some "
+        f"of the {n_tasks} tasks ({'/'.join(table.groups)}); that mean covers only the tasks present and is not "
+        "comparable with complete rows.",
         "Method: the run's label (adapter settings, then its differences from the official setup). Setup: those "
         "differences (result.json `deviations`); `official`: none; `?`: not recorded (older result); `peft config`: "
         "the adapter's settings are a PEFT config file (spelled out in the label), so it has no official setup and "
-        "only the recipe is compared.",
+        "only the recipe is compared. Seeds: how many seeds a row's tasks have (their ids are in the CSV, `seed_ids`). "
+        "Params (M, no head): trainable parameters without the classification head (as papers print them), mean "
+        "over the row's runs.",
+    ]
+    lacking = [row for row in table.rows if row.kind == "run" and not all(has_predictions(c) for c in row.cells.values())]
+    if lacking:
+        names = "; ".join(f"{md_escape(row.method)} ({format_predictions(row, len(table.tasks))})" for row in lacking)
+        notes.append(f"Rows without predictions on every task (runs made before they were kept): {names}. Their "
+                     "intervals come from accuracy x test size and they cannot be paired: their marks are unpaired.")
+    return notes
+
+
+def task_notes(table: Table) -> list[str]:
+    """Under the per-task tables: what a cell holds."""
+    return [
+        f"Cells: mean over seeds `±` the 95% interval's half-width (over test examples, and seeds when several); "
+        f"`(sd s)`: the seeds' sample std (2+ seeds; not an interval); `n=k`: that task has k seeds, unlike the "
+        f"rest of the row. `{MISSING}`: no result. `{DIFFERS_MARK}`: made on data other than most rows' (see Data)."
+        + (" Each cell: final-epoch / test-selected (best evaluation)." if table.metric == "both" else "")
+    ]
+
+
+def detail_notes(table: Table) -> list[str]:
+    """Under the details table: data, predictions, time and memory, rounding, published rows."""
+    notes = [
         f"Data: image encoding (png lossless / jpeg / mixed) and a digest of the per-task data fingerprints "
         f"(`?` not recorded, `mixed` recorded for some tasks only); `{DIFFERS_MARK}`: built on data other than what "
         "most rows of this table use for that task, or, when no one copy is the most used, made on a copy other "
         "rows disagree with (cell marked too): such numbers are not comparable. Select with `--data-fingerprint`.",
-        "Params (M, no head): trainable parameters without the classification head (as papers print them), mean over "
-        "the row's runs; Head (M) beside it. Train time (alone): summed over the row's runs that had their GPU to "
-        "themselves; `+N shared`: N runs made beside other trials on one GPU (`--trials-per-gpu`), left out. Train "
-        "mem: the largest over the row's runs of the memory the method itself needed to train.",
+        "Predictions: on how many tasks every seed kept its per-example predictions (`all`, `k/N tasks`, `none`): "
+        "only those can be compared on the same images (`python -m vtab_lily.leaderboard compare`).",
+        "Head (M): the classification head's parameters (not in Params). Train time (alone): summed over the row's "
+        "runs that had their GPU to themselves; `+N shared`: N runs made beside other trials on one GPU "
+        "(`--trials-per-gpu`), left out. Train mem: the largest over the row's runs of the memory the method itself "
+        "needed to train.",
         "Numbers are rounded half-up on their decimal value (71.25 -> 71.3); CSV/JSON keep them unrounded.",
     ]
     kinds = sorted({kind for row in table.rows if row.memory_kind for kind in row.memory_kind.split("/")})
     if kinds:
-        notes[5] += " Measured as " + "; ".join(MEMORY_KINDS.get(k, md_escape(k)) for k in kinds) + "."
+        notes[2] += " Measured as " + "; ".join(MEMORY_KINDS.get(k, md_escape(k)) for k in kinds) + "."
     paper_runs = sum(row.paper_runs for row in table.rows)
     if paper_runs and table.metric == "final":
         notes.append(f"{paper_runs} of these runs were made with `--paper` (they report the test-selected number): "
@@ -239,107 +378,18 @@ def footnotes(table: Table) -> list[str]:
     return notes + _reference_notes(table)
 
 
+def footnotes(table: Table) -> list[str]:
+    """Every note of the table's sections, in order."""
+    return [note for section in markdown_sections(table) for note in section.notes]
+
+
 def table_markdown(table: Table, heading_level: int = 2) -> str:
-    headers, body = markdown_rows(table)
-    parts = [
-        f"{'#' * heading_level} {md_escape(table.title)}",
-        "",
-        tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
-        "",
-    ]
-    parts += [f"- {one_line(note)}" for note in footnotes(table)]
-    return "\n".join(parts) + "\n"
-
-
-def csv_records(table: Table) -> list[dict[str, Any]]:
-    """One flat record per row, unrounded: numbers as numbers, missing as None."""
-    records = []
-    for row in table.rows:
-        ref = row.reference
-        record: dict[str, Any] = {
-            "kind": row.kind,
-            "backbone": table.backbone,
-            "suite": table.suite,
-            "protocol": table.protocol,
-            "metric": table.metric,
-            "method": row.method,
-            "method_hash": row.method_hash,
-            "adapter": row.adapter,
-            "deviations": None if row.deviations is None else ";".join(row.deviations),
-            "precision": row.precision,
-            "setting_differs_from_reference": row.setting_differs,
-            "reference_id": ref.id if ref else None,
-            "data_digest": row.data.digest if row.kind == "run" else None,
-            "data_encoding": row.data.encoding if row.kind == "run" else None,
-            "data_differs": ";".join(sorted(row.data.differs)),
-            "seeds": " ".join(map(str, row.seeds)),
-        }
-        for task in table.tasks:
-            cell = row.cells.get(task)
-            record[task] = cell.mean if cell else None
-            record[f"{task}_std"] = cell.std if cell else None
-            record[f"{task}_n"] = cell.n if cell else 0
-            if table.metric == "both":
-                best = row.best_cells.get(task)
-                record[f"{task}_test_selected"] = best.mean if best else None
-            record[f"{task}_data"] = row.data.fingerprints.get(task)
-        for group in table.groups:
-            record[group] = row.group_means.get(group)
-            record[f"{group}_partial"] = row.group_partial.get(group)
-        record.update(
-            avg_group_means=row.avg_groups,
-            avg_group_means_partial=row.avg_groups_partial,
-            avg_tasks=row.avg_tasks,
-            avg_tasks_partial=row.avg_tasks_partial,
-            tasks_done=row.tasks_done,
-            tasks_total=len(table.tasks),
-        )
-        if table.metric == "both":
-            best = row.best_avg
-            record.update(avg_group_means_test_selected=best.by_groups if best else None,
-                          avg_tasks_test_selected=best.by_tasks if best else None)
-        record.update(
-            reported_average=row.reported_average,
-            reported_average_kind=ref.average_kind if row.kind == "reported" else None,
-            reported_average_mismatch=row.average_mismatch if row.kind == "reported" else None,
-            params_no_head_m=row.params_m,
-            params_head_m=row.head_m,
-            train_time_s=row.train_time_s,
-            shared_gpu_runs=row.shared_runs,
-            peak_memory_mb=row.peak_memory_mb,
-            memory_kind=row.memory_kind,
-            source=row.source or None,
-        )
-        records.append(record)
-    return records
-
-
-def tables_csv(tables: list[Table]) -> str:
-    """CSV text; tables with different task columns are separated by a blank line and new header."""
-    out = io.StringIO()
-    for i, table in enumerate(tables):
-        records = csv_records(table)
-        if not records:
-            continue
-        if i:
-            out.write("\n")
-        writer = csv.DictWriter(out, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({key: csv_cell(value) for key, value in record.items()} for record in records)
-    return out.getvalue()
-
-
-def tables_json(tables: list[Table]) -> str:
-    payload = [
-        {
-            "backbone": t.backbone,
-            "suite": t.suite,
-            "protocol": t.protocol,
-            "metric": t.metric,
-            "title": t.title,
-            "groups": t.groups,
-            "rows": csv_records(t),
-        }
-        for t in tables
-    ]
-    return json.dumps(payload, indent=2) + "\n"
+    """The table's title, then its sections (main table, per-task tables, details), each with its notes."""
+    parts = [f"{'#' * heading_level} {md_escape(table.title)}", ""]
+    for section in markdown_sections(table):
+        if section.heading:
+            parts += [f"{'#' * (heading_level + 1)} {section.heading}", ""]
+        parts += [tabulate(section.body, headers=section.headers, tablefmt="github", disable_numparse=True), ""]
+        if section.notes:
+            parts += [f"- {one_line(note)}" for note in section.notes] + [""]
+    return "\n".join(parts).rstrip("\n") + "\n"

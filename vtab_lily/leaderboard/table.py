@@ -21,7 +21,9 @@ from ..results import (METRICS, RESULT_FILE, accuracy, adapter_config_of, data_o
                        group_results, params_without_head, precision_of, row_key)
 from ..tasks import GROUPS, PROTOCOLS
 from . import datamarks
+from .counts import LEVEL, best_marks, task_runs
 from .reference import ReferenceRow, matching_reference, reference_rows
+from .stats import Estimate, Mark, average_estimate
 from .text import setup_text
 
 TABLE_METRICS = METRICS + ("both",)  # both: final-epoch cells with the best (test-selected) beside them
@@ -29,11 +31,14 @@ TABLE_METRICS = METRICS + ("both",)  # both: final-epoch cells with the best (te
 
 @dataclass
 class Cell:
-    """One task's accuracy in a row: mean over ``n`` seeds (n=0 for reported numbers)."""
+    """One task's accuracy in a row: mean over ``n`` seeds (n=0 for reported numbers), with its
+    runs' counts and 95% interval (None for reported numbers, which carry no counts)."""
 
     mean: float
     std: float | None = None  # sample std over seeds; None for one seed or a reported number
     n: int = 0
+    runs: TaskRuns | None = field(default=None, repr=False)  # per seed: correct of n, predictions
+    interval: Estimate | None = None  # over the test examples, and the seeds when several
 
 
 @dataclass
@@ -47,6 +52,10 @@ class Averages:
     by_tasks: float | None = None
     by_tasks_partial: bool = False
     tasks_done: int = 0
+    # 95% intervals, the tasks' uncertainty propagated (task set fixed); None when a cell has none
+    group_intervals: dict[str, Estimate | None] = field(default_factory=dict)
+    by_groups_interval: Estimate | None = None
+    by_tasks_interval: Estimate | None = None
 
 
 @dataclass
@@ -80,6 +89,7 @@ class Row:
     run_dirs: list[str] = field(default_factory=list)
     paper_runs: int = 0  # runs made with --paper (accuracy.reported == "test-selected")
     adapter_config: dict = field(default_factory=dict, repr=False)
+    mark: Mark | None = None  # vs the best row's average (intervals.best_marks); None: not tested
 
     # The averages under the names the renderers, plots and older callers use.
     group_means = property(lambda self: self.avg.group_means)
@@ -113,11 +123,14 @@ class Table:
         return [t for members in self.groups.values() for t in members]
 
     @property
+    def qualifier(self) -> str:
+        """What a file name adds to the backbone's: nothing for the main VTAB test-protocol table."""
+        return "" if (self.suite, self.protocol) == ("vtab", "test") else f".{self.suite}-{self.protocol}"
+
+    @property
     def slug(self) -> str:
-        """File stem: the backbone for the main VTAB test-protocol table, qualified otherwise."""
-        if (self.suite, self.protocol) == ("vtab", "test"):
-            return self.backbone
-        return f"{self.backbone}.{self.suite}-{self.protocol}"
+        """The table's name: the backbone, qualified by suite and protocol unless VTAB test."""
+        return self.backbone + self.qualifier
 
     def metric_name(self, metric: str) -> str:
         split = PROTOCOLS.get(self.protocol, ("?", "the evaluation split"))[1]
@@ -168,6 +181,13 @@ def averages(cells: dict[str, Cell], groups: dict[str, list[str]]) -> Averages:
     out.by_groups_partial = any(out.group_partial.values())
     out.by_tasks = statistics.fmean(cells[t].mean for t in done) if done else None
     out.by_tasks_partial = len(done) < len(all_tasks)
+    if done and all(cells[t].interval is not None for t in done):
+        group_of = {t: g for g, members in groups.items() for t in members}
+        out.by_groups_interval = average_estimate({t: cells[t].interval for t in done}, group_of, LEVEL)
+        out.by_tasks_interval = average_estimate({t: cells[t].interval for t in done}, None, LEVEL)
+        for group, members in groups.items():
+            present = {t: cells[t].interval for t in members if t in cells}
+            out.group_intervals[group] = average_estimate(present, None, LEVEL) if present else None
     return out
 
 
@@ -181,17 +201,31 @@ def summarise(row: Row, groups: dict[str, list[str]]) -> Row:
 def _cells(by_task: dict[str, dict[int, dict]], metric: str, warnings: list[str]) -> tuple[dict[str, Cell], list[dict]]:
     cells, used = {}, []
     for task, by_seed in by_task.items():
-        values = []
+        values, counted = [], []
         for result in by_seed.values():
             value = accuracy(result, metric)
             if value is None:
                 warnings.append(f"{result['run_dir']}: no {metric!r} accuracy recorded; not counted")
                 continue
             values.append(value)
-            used.append(result)
+            counted.append(result)
+        used += counted
         if values:
-            cells[task] = Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+            runs = task_runs(counted, metric, warnings)
+            where = f"{counted[0]['method']} on {task} ({len(counted)} seeds, e.g. {counted[0].get('run_dir', '?')})"
+            cells[task] = Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
+                               len(values), runs, _estimate(runs, where, warnings))
     return cells, used
+
+
+def _estimate(runs: TaskRuns | None, where: str, warnings: list[str]) -> Estimate | None:
+    if runs is None:
+        return None
+    try:
+        return runs.estimate(LEVEL)
+    except UserError as err:  # counts the statistics refuse (e.g. more seeds than they take)
+        warnings.append(f"{where}: no interval, so its averages have none and the row is not tested ({err})")
+        return None
 
 
 def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], warnings: list[str]) -> Row:
@@ -353,6 +387,8 @@ def build_tables(results: list[dict], metric: str = "final", with_reference: boo
             row.reference = matching_reference(refs, row.adapter, row.adapter_config, row.params_m, row.deviations)
             row.setting_differs = row.reference is not None and (row.deviations is None or row.deviations != row.reference.deviations)
         table.rows = sorted(rows, key=_sort_key)
+        for index, mark in best_marks(table.rows, groups, warnings).items():
+            table.rows[index].mark = mark
         if with_reference:
             table.rows += [reference_row(ref, groups, metric) for ref in refs]
         tables.append(table)
