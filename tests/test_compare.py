@@ -199,10 +199,10 @@ def test_same_label_and_hash_apart_by_precision_and_result_json_as_a_name(demo_r
 
 
 def test_old_runs_count_on_the_protocols_evaluation_split() -> None:
-    from vtab_lily.leaderboard.compare import evaluated_size
+    from vtab_lily.leaderboard.counts import split_size  # compare and the leaderboard both count with it
 
     old = {"task": "dtd", "suite": "vtab", "protocol": "val", "config": {}}
-    assert evaluated_size(old, "final") == 200  # val200, not dtd's 1,880 test images
-    assert evaluated_size({**old, "protocol": "test"}, "final") == 1880
-    assert evaluated_size({**old, "protocol": "test", "config": {"eval_limit": 500}}, "best") == 500
-    assert evaluated_size({**old, "predictions": {"n": 77}}, "final") == 77
+    assert split_size(old, "final") == 200  # val200, not dtd's 1,880 test images
+    assert split_size({**old, "protocol": "test"}, "final") == 1880
+    assert split_size({**old, "protocol": "test", "config": {"eval_limit": 500}}, "best") == 500
+    assert split_size({**old, "predictions": {"n": 77}}, "final") == 77

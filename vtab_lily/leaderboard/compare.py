@@ -25,9 +25,9 @@ import numpy as np
 from tabulate import tabulate
 
 from ..errors import UserError, run_cli, suggest, unknown_name
-from ..results import (METRICS, RESULT_FILE, accuracy, finished_utc, read_predictions, row_key, run_status,
+from ..results import (METRICS, RESULT_FILE, finished_utc, row_key, run_status,
                        scan_runs)
-from ..tasks import PROTOCOLS, get_task
+from .counts import run_counts
 from .stats import MAX_SEEDS, Comparison, Difference, TaskRuns, compare
 from .table import known_results, suite_groups
 from .text import round_half_up, setup_text
@@ -109,36 +109,6 @@ def resolve(spec: str, methods: list[Method], which: str) -> Method:
                     f"{MIN_HASH_PREFIX} hex digits, or a run folder); methods: {listing or 'none'}")
 
 
-def evaluated_size(result: dict, metric: str) -> int:
-    """How many test images the accuracy was measured on, for a run without predictions: the
-    recorded count, else the size of the protocol's evaluation split (for the best evaluation of a run with
-    ``eval_limit``, the limit: intermediate evaluations score only the first images)."""
-    recorded = (result.get("predictions") or {}).get("n")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
-        return recorded
-    split = PROTOCOLS.get(result["protocol"], ("", "test"))[1]  # a protocol this version does not know: test
-    size = get_task(result["task"], result["suite"]).expected_size(split)
-    limit = (result.get("config") or {}).get("eval_limit")
-    if metric == "best" and isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        return min(size, limit)
-    return size
-
-
-def _correct_vector(result: dict, metric: str, warnings: list[str]) -> tuple[np.ndarray | None, str | None, str]:
-    """(per-image correctness, list hash, why not) of one run from its predictions."""
-    try:
-        preds = read_predictions(result["run_dir"])
-    except UserError as err:
-        warnings.append(f"predictions not used: {err}")
-        return None, None, "unreadable predictions"
-    if preds is None:
-        return None, None, "no predictions"
-    predicted = preds.final if metric == "final" else preds.selected
-    if predicted is None:
-        return None, None, f"no predictions of the selected evaluation ({preds.note})" if preds.note else "no predictions"
-    return np.asarray(predicted) == np.asarray(preds.labels), preds.list_sha256, ""
-
-
 def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[str, TaskRuns]:
     """One method's runs per task (the latest result per seed), with the correctness matrix when
     every seed kept predictions of one and the same test list; counts from the accuracy otherwise."""
@@ -156,20 +126,14 @@ def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[
         seeds, correct, sizes, vectors, lists, reasons = [], [], [], [], set(), set()
         for seed in sorted(by_seed)[:MAX_SEEDS]:
             r = by_seed[seed]
-            acc = accuracy(r, metric)
-            if acc is None:
-                warnings.append(f"{r['run_dir']}: no {metric!r} accuracy recorded; not counted")
+            counts = run_counts(r, metric, warnings)
+            if counts is None or counts.n < 1:
+                warnings.append(f"{r['run_dir']}: no {metric!r} accuracy or no test images recorded "
+                                f"for task {task!r}; not counted")
                 continue
-            vector, list_hash, why = _correct_vector(r, metric, warnings)
-            if vector is not None:
-                count, n = int(vector.sum()), len(vector)
-            else:
-                n = evaluated_size(r, metric)
-                if n < 1:
-                    warnings.append(f"{r['run_dir']}: no test images recorded for task {task!r}; not counted")
-                    continue
-                count = min(n, max(0, round(acc * n / 100)))
-                reasons.add(why)
+            count, n, vector, list_hash = counts.correct, counts.n, counts.hits, counts.list_sha256
+            if vector is None:
+                reasons.add(counts.why)
             seeds.append(seed)
             correct.append(count)
             sizes.append(n)

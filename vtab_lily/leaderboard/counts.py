@@ -32,6 +32,7 @@ class RunCounts:
     n: int
     hits: np.ndarray | None = None
     list_sha256: str | None = None
+    why: str = ""  # why ``hits`` is None: no predictions, unreadable ones, no selected evaluation's
 
 
 def split_size(result: dict, metric: str) -> int | None:
@@ -54,21 +55,23 @@ def split_size(result: dict, metric: str) -> int | None:
 
 def run_counts(result: dict, metric: str, warnings: list[str]) -> RunCounts | None:
     """The run's counts under ``metric`` (None when even its split size is unknown)."""
-    predictions = None
+    predictions, why = None, "no predictions"
     if result.get("run_dir") is not None:
         try:
             predictions = read_predictions(result["run_dir"])
         except UserError as err:
             warnings.append(f"{err}; its interval comes from the accuracy instead (never paired)")
+            why = "unreadable predictions"
     if predictions is not None:
         predicted = predictions.final if metric == "final" else predictions.selected
         if predicted is not None:
             hits = np.asarray(predicted) == np.asarray(predictions.labels)
             return RunCounts(int(hits.sum()), int(hits.size), hits, predictions.list_sha256)
+        why = f"no predictions of the selected evaluation ({predictions.note})" if predictions.note else why
     n, value = split_size(result, metric), accuracy(result, metric)
     if n is None or value is None or not math.isfinite(value):
         return None
-    return RunCounts(min(max(round(value * n / 100), 0), n), n)
+    return RunCounts(min(max(round(value * n / 100), 0), n), n, why=why)
 
 
 def task_runs(results: list[dict], metric: str, warnings: list[str]) -> TaskRuns | None:
