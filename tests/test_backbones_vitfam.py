@@ -325,3 +325,21 @@ def test_list_backbones_and_fetch_sources(capsys):
     assert (source.repo_id, source.remote_file, source.file) == ("timm/vit_base_patch16_224.mae", "model.safetensors",
                                                                   "vit_base_patch16_224.mae.safetensors")
     assert weights_source("vit-l").url == "https://storage.googleapis.com/vit_models/imagenet21k/ViT-L_16.npz"
+
+
+def test_sweep_reads_normalize_as_a_switch_or_a_name(tmp_path):
+    from vtab_lily.sweep.plan import grid_trials
+    from vtab_lily.sweep.spec import build_spec, load_toml
+
+    path = tmp_path / "s.toml"
+    path.write_text('backbone = "dinov2-b"\nadapter = "lily"\ntasks = "dtd"\n'
+                    '[grid]\nnormalize = [true, false, "clip"]\n[run]\nepochs = 2\n')
+    spec = build_spec(load_toml(path), str(path))
+    argvs = [t.run_argv(spec, "runs") for t in grid_trials(spec, "dtd")]
+    assert [a[a.index(flag):][:2] for a, flag in zip(argvs, ("--normalize", "--no-normalize", "--normalize"))] == [
+        ["--normalize", "--epochs"], ["--no-normalize", "--epochs"], ["--normalize", "clip"]]
+    path.write_text('backbone = "clip-b"\nadapter = "lily"\ntasks = "dtd"\n[grid]\nscale = [1]\n[run]\nnormalize = "inception"\n')
+    assert build_spec(load_toml(path), str(path)).run_args == ["--normalize", "inception"]
+    path.write_text('backbone = "clip-b"\nadapter = "lily"\ntasks = "dtd"\n[grid]\nscale = [1]\n[run]\nnormalize = 1\n')
+    with pytest.raises(UserError, match="run.normalize: expected true or false, or a name"):
+        build_spec(load_toml(path), str(path))
