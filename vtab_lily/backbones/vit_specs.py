@@ -28,6 +28,16 @@ HUB = "https://huggingface.co/"
 TINY = {"patch_size": 4, "embed_dim": 48, "depth": 4, "num_heads": 3}
 
 
+def _google(name: str, timm_name: str, path: str, description: str, params_m: float,
+            pre_logits: bool = False) -> BackboneSpec:
+    """A Google release: the Flax ``.npz`` at ``GOOGLE + path`` (landing under its own name), trained
+    on [-1, 1] inputs (``inception``); the official Lily recipe feeds it 0..1 inputs."""
+    return BackboneSpec(
+        name=name, family="vit", description=description, img_size=224, drop_path=0.1,
+        arch={"timm_name": timm_name}, checkpoint_file=path.rsplit("/", 1)[-1], source=GOOGLE + path,
+        norm="inception", pre_logits=pre_logits, params_m=params_m)
+
+
 def _timm_hub(name: str, timm_name: str, repo: str, description: str, norm: str, params_m: float,
               patch_size: int = 16, pretrained_size: int | None = None) -> BackboneSpec:
     """A backbone whose weights are timm's ``model.safetensors`` in the Hub repo ``timm/<repo>``;
@@ -52,45 +62,16 @@ def _tiny(name: str, timm_name: str, description: str, norm: str, recipe_norm: s
 # ``head``, so 85.8M without it. torchvision's vit_l_16 lists 304.3M with its 1000-class head
 # (1.03M): 303.3M without.
 VIT_SPECS = {
-    "vit-b16-in21k": BackboneSpec(
-        name="vit-b16-in21k",
-        family="vit",
-        description="ViT-B/16, Google's original ImageNet-21k release (ViT-B_16.npz), as in Lily/VPT/NOAH",
-        img_size=224,
-        drop_path=0.1,
-        arch={"timm_name": "vit_base_patch16_224.orig_in21k"},
-        checkpoint_file="ViT-B_16.npz",
-        source=f"{GOOGLE}imagenet21k/ViT-B_16.npz",
-        norm="inception",
-        pre_logits=True,
-        params_m=85.8,
-    ),
-    "vit-b16-in1k": BackboneSpec(
-        name="vit-b16-in1k",
-        family="vit",
-        description="ViT-B/16 trained on ImageNet-1k only (AugReg), for the paper's Vim comparison rows",
-        img_size=224,
-        drop_path=0.1,
-        arch={"timm_name": "vit_base_patch16_224.augreg_in1k"},
-        checkpoint_file="B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-        source=f"{GOOGLE}augreg/"
-        "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-        norm="inception",
-        params_m=85.8,
-    ),
-    "vit-l16-in21k": BackboneSpec(
-        name="vit-l16-in21k",
-        family="vit",
-        description="ViT-L/16, Google's original ImageNet-21k release (ViT-L_16.npz), as V-PETL Bench's ViT-L",
-        img_size=224,
-        drop_path=0.1,
-        arch={"timm_name": "vit_large_patch16_224.orig_in21k"},
-        checkpoint_file="ViT-L_16.npz",
-        source=f"{GOOGLE}imagenet21k/ViT-L_16.npz",
-        norm="inception",
-        pre_logits=True,  # like ViT-B_16.npz: a 1024->1024 Linear+tanh before the 21k head, kept frozen
-        params_m=303.3,
-    ),
+    "vit-b16-in21k": _google("vit-b16-in21k", "vit_base_patch16_224.orig_in21k", "imagenet21k/ViT-B_16.npz",
+                             "ViT-B/16, Google's original ImageNet-21k release (ViT-B_16.npz), as in Lily/VPT/NOAH",
+                             85.8, pre_logits=True),
+    "vit-b16-in1k": _google("vit-b16-in1k", "vit_base_patch16_224.augreg_in1k", "augreg/B_16-i1k-300ep-lr_0.001-"
+                            "aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
+                            "ViT-B/16 trained on ImageNet-1k only (AugReg), for the paper's Vim comparison rows", 85.8),
+    # like ViT-B_16.npz, a 1024->1024 Linear+tanh before the 21k head, kept frozen
+    "vit-l16-in21k": _google("vit-l16-in21k", "vit_large_patch16_224.orig_in21k", "imagenet21k/ViT-L_16.npz",
+                             "ViT-L/16, Google's original ImageNet-21k release (ViT-L_16.npz), as V-PETL Bench's "
+                             "ViT-L", 303.3, pre_logits=True),
     "dinov2-b14": _timm_hub("dinov2-b14", "vit_base_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m",
                             "DINOv2 ViT-B/14 (self-supervised, LVD-142M; LayerScale), as PETL_Vision's DINOv2",
                             "imagenet", 86.6, patch_size=14, pretrained_size=518),
