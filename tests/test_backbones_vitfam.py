@@ -241,7 +241,8 @@ def test_a_file_of_another_variant_or_patch_is_refused(tmp_path):
     other = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32,
                               **{**TINY_ARCH, "patch_size": 8})
     save_file(other.state_dict(), str(tmp_path / "p8.safetensors"))
-    with pytest.raises(UserError, match=r"p8\.safetensors: patch size \(8, 8\) in the file, mae-tiny-test has \(4, 4\)"):
+    with pytest.raises(UserError, match=r"p8\.safetensors: patch size \(8, 8\) in the file, mae-tiny-test has "
+                                        r"\(4, 4\)"):
         create_backbone("mae-tiny-test", 3, checkpoint=tmp_path / "p8.safetensors", img_size=None)
 
 
@@ -338,8 +339,30 @@ def test_sweep_reads_normalize_as_a_switch_or_a_name(tmp_path):
     argvs = [t.run_argv(spec, "runs") for t in grid_trials(spec, "dtd")]
     assert [a[a.index(flag):][:2] for a, flag in zip(argvs, ("--normalize", "--no-normalize", "--normalize"))] == [
         ["--normalize", "--epochs"], ["--no-normalize", "--epochs"], ["--normalize", "clip"]]
-    path.write_text('backbone = "clip-b"\nadapter = "lily"\ntasks = "dtd"\n[grid]\nscale = [1]\n[run]\nnormalize = "inception"\n')
+    path.write_text('backbone = "clip-b"\nadapter = "lily"\ntasks = "dtd"\n[grid]\nscale = [1]\n'
+                    '[run]\nnormalize = "inception"\n')
     assert build_spec(load_toml(path), str(path)).run_args == ["--normalize", "inception"]
     path.write_text('backbone = "clip-b"\nadapter = "lily"\ntasks = "dtd"\n[grid]\nscale = [1]\n[run]\nnormalize = 1\n')
     with pytest.raises(UserError, match="run.normalize: expected true or false, or a name"):
         build_spec(load_toml(path), str(path))
+
+
+def test_a_timm_hub_file_lands_under_the_backbone_file_name(monkeypatch, tmp_path):
+    import hashlib
+
+    from fetch_server import FetchServer  # tests/: a local server answering as the Hub does
+    from vtab_lily.fetch import fetch
+
+    server = FetchServer()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        data = os.urandom(50_000)
+        server.add("timm/vit_small_patch14_dinov2.lvd142m/model.safetensors", data)
+        record = fetch(weights_source("dinov2-s"), tmp_path, progress=False)
+    finally:
+        server.close()
+    assert (tmp_path / "vit_small_patch14_dinov2.lvd142m.safetensors").read_bytes() == data
+    assert record["sha256"] == hashlib.sha256(data).hexdigest() and record["verified"] == "hub-lfs-sha256"
+    assert not (tmp_path / "model.safetensors").exists()

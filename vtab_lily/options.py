@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         if switch == "both" and meta["read"] is not None:
             off = "--no-" + flag_of(f)[2:]
             groups[meta["group"]].add_argument(off, dest=f.name, action="store_const", const=False,
-                                               help=f"same as {flag_of(f)} {NO_NORM if f.name == 'normalize' else 'off'}")
+                                               help=f"{flag_of(f)} off (recorded as false)")
             action.off_flag = off  # the sweep writes a false value as this switch
     return p
 

@@ -93,7 +93,8 @@ def print_setup(spec: RunSpec) -> None:
                       "method": spec.label, "deviations": devs, "params": dict(params)}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
-    print(f"input to {spec['backbone']}: {describe_input(input_setup(spec['backbone'], spec['normalize'], spec['img_size']))}")
+    setup = input_setup(spec["backbone"], spec["normalize"], spec["img_size"])
+    print(f"input to {spec['backbone']}: {describe_input(setup)}")
     note = cuda_default_note(backbone_family(spec["backbone"]), spec["device"])
     print(f"precision: {spec['precision']}" + (f" ({note})" if note else ""))
     if spec["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared

@@ -98,7 +98,8 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     config["pretrained"] = weights.name if weights else None
     family = backbone_family(config["backbone"])
     devs = deviations(config, family, official_pre_logits(config),
-                      official_precision(family, device_has_tf32(config["device"])), official_normalize(config["backbone"]))
+                      official_precision(family, device_has_tf32(config["device"])),
+                      official_normalize(config["backbone"]))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 

@@ -64,7 +64,7 @@ class BackboneSpec:
     hub: str | None = None
     hub_file: str | None = None  # the file's path in the ``hub`` repo when it differs from checkpoint_file
     params_m: float | None = None
-    pretrained_size: int | None = None  # the resolution of the published weights' last training phase, when not img_size
+    pretrained_size: int | None = None  # the published weights' resolution (last training phase), when not img_size
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:

@@ -96,8 +96,8 @@ def download(source: Source, dest: Path, meta: HubFile, progress: bool = True) -
     if not progress:
         disable_progress_bars()
     try:
-        path = Path(hf_hub_download(source.repo_id, source.remote_file, repo_type=source.repo_type, revision=meta.commit,
-                                    local_dir=staging, endpoint=endpoint()))
+        path = Path(hf_hub_download(source.repo_id, source.remote_file, repo_type=source.repo_type,
+                                    revision=meta.commit, local_dir=staging, endpoint=endpoint()))
     except NETWORK_ERRORS as err:  # HTTP errors, cut connections past the client's retries, a full disk
         raise FetchError(f"{meta.url}: {err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
                          "nothing was kept as the file, rerun to try again") from None
