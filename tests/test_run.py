@@ -20,7 +20,7 @@ TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--ta
         "--img-size", "16", "--epochs", "2", "--eval-every", "1", "--batch-size", "100"]
 RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
                "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
-               "versions", "git_commit", "finished_at", "deviations", "data", "precision", "predictions"}
+               "versions", "git_commit", "finished_at", "deviations", "data", "precision", "predictions", "input"}
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +63,8 @@ def test_end_to_end_run_writes_every_file(finished):
     assert result["method"].endswith(" epochs=2 batch_size=100 img_size=16 eval_every=1")
     assert result["precision"] == "fp32"
     assert set(result["data"]) == {"fingerprint", "encoding", "source"}
+    assert result["input"] == {"normalize": "none", "mean": None, "std": None, "img_size": 16, "patch_size": 4,
+                               "grid": 4, "pretrained_norm": "inception", "pretrained_size": 32}  # the ViT recipe
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["finished_at"])  # UTC
     assert config["normalize"] is False and config["drop_last"] is True and config["eval_batch_size"] == 256
 

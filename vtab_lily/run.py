@@ -65,6 +65,7 @@ def pick_device(name: str) -> Any:
 
 
 def load_data(config: dict) -> tuple[Any, Any]:
+    from .backbones import input_stats
     from .data import ensure_demo, load_split
     from .tasks import suite
 
@@ -73,7 +74,7 @@ def load_data(config: dict) -> tuple[Any, Any]:
         check_creatable_dir(root, "--data-root")
         ensure_demo(root)  # generated on demand; an existing custom root is used as it is
     task = suite(config["suite"])[config["task"]]
-    kwargs = {"img_size": config["img_size"], "normalize": config["normalize"]}
+    kwargs = {"img_size": config["img_size"], "normalize": input_stats(config["normalize"])}
     train_set = load_split(config["data_root"], task, config["train_split"], **kwargs)
     eval_set = load_split(config["data_root"], task, config["eval_split"], **kwargs)
     if config["batch_size"] > len(train_set):
@@ -84,7 +85,7 @@ def load_data(config: dict) -> tuple[Any, Any]:
 
 def print_setup(spec: RunSpec) -> None:
     """The dry run's report: the resolved setup, its differences from the official one, counts."""
-    from .backbones import backbone_family
+    from .backbones import backbone_family, describe_input, input_setup
     from .precision import cuda_default_note
 
     params, devs = spec.params, list(spec.deviations)
@@ -92,6 +93,8 @@ def print_setup(spec: RunSpec) -> None:
                       "method": spec.label, "deviations": devs, "params": dict(params)}, indent=2))
     print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
+    setup = input_setup(spec["backbone"], spec["normalize"], spec["img_size"])
+    print(f"input to {spec['backbone']}: {describe_input(setup)}")
     note = cuda_default_note(backbone_family(spec["backbone"]), spec["device"])
     print(f"precision: {spec['precision']}" + (f" ({note})" if note else ""))
     if spec["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared
@@ -103,6 +106,30 @@ def print_setup(spec: RunSpec) -> None:
         from .adapters.pertask import describe
 
         print(f"per-task settings for {spec['task']}: {describe(spec['adapter_task_settings'])}")
+
+
+def list_backbones() -> str:
+    """``--list-backbones``: the registry as a table, then where each published file comes from."""
+    from tabulate import tabulate
+
+    from .backbones import backbone_rows
+    from .fetch import weights_source
+
+    table, sources = [], []
+    for row in backbone_rows():
+        size = f"{row['img_size']}" + (f" (pre-trained {row['pretrained_size']})" if row["pretrained_size"] else "")
+        norm = row["normalize"] + ("" if row["normalize"] == row["pretrained_norm"] else
+                                   f" (pre-trained {row['pretrained_norm']})")
+        weights = row["checkpoint_file"] or "none (test config: --checkpoint none)"
+        table.append([row["name"], ", ".join(row["aliases"]), row["family"], size, row["patch_size"], norm,
+                      f"{row['params'] / 1e6:.1f}M", weights])
+        if row["checkpoint_file"]:
+            sources.append(f"  {row['name']}: python -m vtab_lily.fetch weights {row['name']}  "
+                           f"(from {weights_source(row['name']).where()})")
+    head = ["backbone", "aliases", "family", "img size", "patch", "normalisation (default)", "params", "weights file"]
+    return "\n".join([tabulate(table, head), "", "parameters without the classification head, at the img size; "
+                      "normalisation: the recipe's default (--normalize NAME picks another)", "",
+                      "fetch (into backbones/):", *sources])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +150,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
     The arguments are read once into a frozen :class:`RunSpec` (``runspec.resolve``); everything
     below reads the spec."""
     opts = read_options(argv)
+    if opts.list_backbones:  # needs no task, weights or data
+        print(list_backbones())
+        return 0, "listed"
     config = checked_config(opts)
     if opts.list_tasks:
         print("\n".join(task_names(config["suite"])))

@@ -23,7 +23,7 @@ from .build import backbone_kwargs, resolve_checkpoint
 from .errors import UserError
 from .official import deviations, official_precision, run_label
 from .rundir import LOCAL_KEYS, RunDir, config_hash, json_normal, method_hash
-from .runconfig import checked_config, official_pre_logits, parse
+from .runconfig import checked_config, official_normalize, official_pre_logits, parse
 
 ACTIONS = ("run", "dry-run", "check", "list-tasks")
 
@@ -88,14 +88,18 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
                                 **backbone_kwargs(config))
-        model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
+        try:
+            model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
+        except UserError as err:  # say which pair: "affix on dinov2-b14: affix tuning is defined for ..."
+            raise UserError(f"--adapter {config['adapter']} on --backbone {config['backbone']}: {err}") from None
     config["adapter_config"] = json_normal(recorded_config(model.adapter_config))
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
     config["pretrained"] = weights.name if weights else None
     family = backbone_family(config["backbone"])
     devs = deviations(config, family, official_pre_logits(config),
-                      official_precision(family, device_has_tf32(config["device"])))
+                      official_precision(family, device_has_tf32(config["device"])),
+                      official_normalize(config["backbone"]))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 

@@ -4,6 +4,7 @@ Examples::
 
     python -m vtab_lily.fetch weights vit            # backbones/ViT-B_16.npz (Google's bucket)
     python -m vtab_lily.fetch weights vim-s vim-t    # the Vim checkpoints (Hugging Face Hub)
+    python -m vtab_lily.fetch weights dinov2-b clip-b   # timm's model.safetensors from the Hub
     python -m vtab_lily.fetch data vtab-1k           # data/vtab-1k.zip, prepared into data/vtab-1k
     python -m vtab_lily.fetch weights vit data --dry-run
 """
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="what", required=True)
     w = sub.add_parser("weights", help="backbone weights into backbones/", allow_abbrev=False)
     w.add_argument("names", nargs="+", metavar="BACKBONE",
-                   help=f"backbone names or aliases: {', '.join(fetchable_backbones())}, vit, vim")
+                   help=f"backbone names or aliases: {', '.join(fetchable_backbones())} "
+                   "(python -m vtab_lily.run --list-backbones lists them with their aliases)")
     w.add_argument("--dir", default=str(WEIGHTS_DIR), help="where they go (default: backbones, the runner's folder)")
     d = sub.add_parser("data", help="the VTAB-1K archive, then prepare it", allow_abbrev=False)
     d.add_argument("name", choices=["vtab-1k"])
