@@ -38,14 +38,16 @@ class BackboneSpec:
     values); ``recipe_norm``: what the official fine-tuning recipe feeds this backbone, ``"none"``
     (0..1 inputs: the official Lily code on Google's ViT and on Vim) or a key of ``NORMS`` (a
     backbone's own pre-training set: DINOv2, CLIP, MAE). ``params_m``: the published parameter
-    count in millions without a classification head (checked on a meta-device build).
+    count in millions (checked on a meta-device build), counted as its paper counts it:
+    ``params_classes`` is the size of the classification head the count includes (0: none, the
+    ViT convention; 1000: an ImageNet-1k head, as the Swin and Vim papers count).
     ``pre_logits``: keep the checkpoint's frozen pre-logits layer (Linear + tanh) before the new
     head when the file has one and ``create_backbone(pre_logits=None)`` (timm 0.4.12, which the
     official ViT code used, kept it; timm 1.x drops it).
     """
 
     name: str
-    family: str  # "vit" or "vim"
+    family: str  # "vit", "vim" or "swin"
     description: str
     img_size: int
     drop_path: float
@@ -59,6 +61,7 @@ class BackboneSpec:
     recipe_norm: str = NO_NORM
     hub: str | None = None
     params_m: float | None = None
+    params_classes: int = 0
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:

@@ -54,6 +54,7 @@ VIM_SPECS = {
         source="https://huggingface.co/hustvl/Vim-small-midclstok",
         hub="hustvl/Vim-small-midclstok",
         params_m=26.0,
+        params_classes=1000,  # the Vim paper's counts (Table 1: 7M, 26M, 98M) include the 1000-class head
     ),
     "vim-t": BackboneSpec(
         name="vim-t",
@@ -66,6 +67,25 @@ VIM_SPECS = {
         source="https://huggingface.co/hustvl/Vim-tiny-midclstok",
         hub="hustvl/Vim-tiny-midclstok",
         params_m=7.0,
+        params_classes=1000,
+    ),
+    # Vim-B: the official release lists it (github.com/hustvl/Vim README, "Vim-base 98M 81.9"; model
+    # vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2 in
+    # vim/models_mamba.py: embed_dim 768, depth 24, d_state 16, the Vim-S layout). Its registration
+    # spells the divide-out flag "if_devide_out", which the constructor swallows in **kwargs; the
+    # constructor's default (True) applies, so the two directions are averaged as in Vim-S.
+    "vim-b": BackboneSpec(
+        name="vim-b",
+        family="vim",
+        description="Vision Mamba base (Vim-B, 98M), middle cls token, ImageNet-1k (81.9% top-1)",
+        img_size=224,
+        drop_path=0.05,
+        arch=asdict(VimConfig(embed_dim=768)),
+        checkpoint_file="vim_b_midclstok_81p9acc.pth",
+        source="https://huggingface.co/hustvl/Vim-base-midclstok",
+        hub="hustvl/Vim-base-midclstok",
+        params_m=98.0,
+        params_classes=1000,
     ),
     "vim-tiny-test": BackboneSpec(
         name="vim-tiny-test",
@@ -327,7 +347,7 @@ def load_vim_checkpoint(model: VisionMamba, path: str | os.PathLike, target: str
         )
     state = read_state_dict(path)
     family = guess_family(state)
-    if family == "vit":
+    if family in ("vit", "swin"):
         raise wrong_family_error(path, family, target)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     pos = state.get("pos_embed")
