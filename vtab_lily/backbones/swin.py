@@ -35,7 +35,9 @@ SWIN_SPECS = {
         img_size=224,
         drop_path=0.1,  # the ViT recipe's rate: see official.RECIPES["swin"]
         arch={"timm_name": SWIN_B},
-        checkpoint_file="model.safetensors",
+        # The Hub file is timm's model.safetensors; it lands under this name, so that other timm
+        # backbones' model.safetensors files cannot overwrite it.
+        checkpoint_file="swin_base_patch4_window7_224.ms_in22k.safetensors",
         source="https://huggingface.co/timm/swin_base_patch4_window7_224.ms_in22k",
         hub="timm/swin_base_patch4_window7_224.ms_in22k",
         patch_size=4,
