@@ -35,11 +35,12 @@ SWIN_SPECS = {
         img_size=224,
         drop_path=0.1,  # the ViT recipe's rate: see official.RECIPES["swin"]
         arch={"timm_name": SWIN_B},
-        # The Hub file is timm's model.safetensors; it lands under this name, so that other timm
-        # backbones' model.safetensors files cannot overwrite it.
+        # The Hub file is timm's model.safetensors (hub_file); it lands under this name, as the other
+        # timm backbones' files do under theirs.
         checkpoint_file="swin_base_patch4_window7_224.ms_in22k.safetensors",
         source="https://huggingface.co/timm/swin_base_patch4_window7_224.ms_in22k",
         hub="timm/swin_base_patch4_window7_224.ms_in22k",
+        hub_file="model.safetensors",
         patch_size=4,
         norm="imagenet",  # timm's pretrained_cfg for ms_in22k: ImageNet mean/std
         recipe_norm="imagenet",
