@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from vtab_lily import backbones, run
-from vtab_lily.adapters import ADAPTERS, apply_adapter, count_parameters
+from vtab_lily.adapters import ADAPTERS, apply_adapter, count_parameters, export_peft, load_peft
 from vtab_lily.adapters.adaptformer import SwinBlockAdapter
 from vtab_lily.adapters.support import REFUSED
 from vtab_lily.adapters.targets import block_paths, resolve_sites
@@ -125,6 +125,20 @@ def test_a_training_step_through_the_runners_build(demo_root):
     assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, trainable))
 
 
+def test_lora_on_swin_round_trips_through_peft_files(tmp_path):
+    model = apply_adapter(tiny(), "lora", variant="custom", targets="q,v,fc1")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.1)
+    export_peft(model, tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["attn.qkv", "mlp.fc1"]  # names inside a block, any stage
+    (tmp_path / "lora" / "vtab_lily.json").unlink()  # read PEFT's own config, not our sidecar
+    with torch.no_grad():
+        torch.testing.assert_close(load_peft(tiny(), tmp_path / "lora")(X), model(X))
+
+
 # ------------------------------------------------------------------------------ checkpoints
 
 
@@ -172,11 +186,26 @@ def test_wrong_files_are_refused_naming_them(tmp_path):
     for other in ("vit-tiny-test", "vim-tiny-test"):
         with pytest.raises(UserError, match=rf"swin\.pth: this is a checkpoint for a Swin .* not for {other}"):
             create_backbone(other, 3, checkpoint=swin, img_size=None)
-    wide = tmp_path / "wide.pth"  # a Swin of other widths: shapes listed, nothing half-loaded
-    state = {k: v for k, v in tiny().state_dict().items() if not k.startswith("layers.3.")}
-    torch.save(state, wide)
-    with pytest.raises(UserError, match=r"wide\.pth: checkpoint does not fit swin-tiny-test: \d+ missing: layers\.3"):
-        create_backbone("swin-tiny-test", 3, checkpoint=wide, img_size=None)
+    heads = tmp_path / "heads.pth"  # other head counts: the bias tables' shapes listed, nothing half-loaded
+    state = {k: (v.repeat(1, 2) if k.endswith("relative_position_bias_table") else v)
+             for k, v in tiny().state_dict().items()}
+    torch.save(state, heads)
+    with pytest.raises(UserError, match=r"heads\.pth: checkpoint does not fit swin-tiny-test: 8 with other shapes: "
+                                        r"layers\.0\.blocks\.0\.attn\.relative_position_bias_table \[49, 2\] \(model: \[49, 1\]\)"):
+        create_backbone("swin-tiny-test", 3, checkpoint=heads, img_size=None)
+    deep = tmp_path / "deep.pth"  # a block more in the third stage (as Swin-S/B's 18 against Swin-T's 6)
+    state = {**tiny().state_dict(), **{k.replace("blocks.1.", "blocks.2."): v for k, v in tiny().state_dict().items()
+                                       if k.startswith("layers.2.blocks.1.")}}
+    torch.save(state, deep)
+    with pytest.raises(UserError, match=r"deep\.pth: checkpoint does not fit swin-tiny-test: the file has 1 more "
+                                        r"blocks \(layers\.2\.blocks\.2\); swin-tiny-test has 8 blocks in stages of \[2, 2, 2, 2\]"):
+        create_backbone("swin-tiny-test", 3, checkpoint=deep, img_size=None)
+    patch = tmp_path / "patch.pth"  # patch 4, not 2: another variant, never resampled into this one
+    state = tiny().state_dict()
+    state["patch_embed.proj.weight"] = torch.zeros(16, 3, 4, 4)
+    torch.save(state, patch)
+    with pytest.raises(UserError, match=r"patch\.pth: patch size \(4, 4\) in the file, swin-tiny-test has \(2, 2\)"):
+        create_backbone("swin-tiny-test", 3, checkpoint=patch, img_size=None)
     npz = tmp_path / "vit.npz"
     import numpy as np
 

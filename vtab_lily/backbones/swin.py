@@ -2,7 +2,7 @@
 
 timm builds the model (``pretrained=False``: nothing is downloaded here) and converts state dicts
 with its Swin ``checkpoint_filter_fn``, which resamples the relative-position bias tables when a
-stage's window differs from the file's, resamples the patch embedding, and renames the original
+stage's window differs from the file's (another ``img_size``), and renames the original
 Microsoft layout (patch merging at the end of a stage, ``head.*``) to timm's (merging at the
 start of the next stage, ``head.fc.*``). Both layouts load.
 
@@ -16,6 +16,7 @@ laid out (batch, H, W, C) around the windowed attention and (batch, H*W, C) arou
 from __future__ import annotations
 
 import os
+import re
 
 import timm
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
@@ -78,6 +79,33 @@ def swin_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             for s, stage in enumerate(model.layers) for j, block in enumerate(stage.blocks)]
 
 
+def _check_structure(model: SwinTransformer, state: dict, path: str | os.PathLike, target: str) -> None:
+    """Refuse, by name, a file of other blocks or another patch size before timm's filter sees it.
+
+    timm's filter would fail on a block the model lacks with a bare attribute error, and would
+    silently resample a patch embedding of another patch size (another architecture, not
+    another input size). Other windows are left to it: resampling the bias tables is how a
+    stage's window follows ``img_size``.
+    """
+    ours = {p for p, _ in swin_blocks(model)}
+    theirs = {m.group(0) for k in state if (m := re.match(r"layers\.\d+\.blocks\.\d+", k))}
+    extra, missing = sorted(theirs - ours), sorted(ours - theirs)
+    if extra or missing:
+        def listed(paths: list[str]) -> str:
+            return ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else "")
+
+        parts = [f"{len(extra)} more blocks ({listed(extra)})" if extra else "",
+                 f"{len(missing)} of its blocks missing ({listed(missing)})" if missing else ""]
+        raise UserError(f"{path}: checkpoint does not fit {target}: the file has "
+                        + " and ".join(p for p in parts if p) + f"; {target} has {len(ours)} blocks in stages of "
+                        f"{[len(stage.blocks) for stage in model.layers]}")
+    weight = state.get("patch_embed.proj.weight")
+    expected = tuple(model.patch_embed.proj.weight.shape)
+    if weight is not None and weight.dim() == 4 and tuple(weight.shape[-2:]) != expected[-2:]:
+        raise UserError(f"{path}: patch size {tuple(weight.shape[-2:])} in the file, {target} has {expected[-2:]}: "
+                        "a checkpoint of another Swin variant")
+
+
 def load_swin_checkpoint(model: SwinTransformer, path: str | os.PathLike, target: str) -> None:
     """Load a PyTorch or safetensors Swin state dict (timm's or Microsoft's key layout).
 
@@ -94,8 +122,9 @@ def load_swin_checkpoint(model: SwinTransformer, path: str | os.PathLike, target
             raise wrong_family_error(path, family, target)
         raise UserError(f"{path}: not a Swin state dict (no relative_position_bias_table, no layers.N.blocks.M "
                         f"keys); {target} needs one such as timm's {SWIN_SPECS['swin-b-in22k'].hub}")
+    _check_structure(model, state, path, target)
     try:
-        state = checkpoint_filter_fn(state, model)  # bias tables, patch embedding, Microsoft's layout
+        state = checkpoint_filter_fn(state, model)  # bias tables, Microsoft's layout
     except Exception as err:  # timm raises assorted errors on foreign shapes
         raise UserError(f"{path}: cannot convert this state dict for {target}: {err}") from None
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
