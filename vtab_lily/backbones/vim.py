@@ -42,51 +42,37 @@ class VimConfig:
     in_chans: int = 3
 
 
-VIM_SPECS = {
-    "vim-s": BackboneSpec(
-        name="vim-s",
+def _official(name: str, repo: str, size: str, short: str, width: int, params_m: float, top1: str,
+              file: str) -> BackboneSpec:
+    """A size of the official release: 24 layers, d_state 16, middle class token, ImageNet-1k, its
+    file on the Hub. The Vim paper's sizes (Table 1: 7M, 26M, 98M) count the 1000-class head."""
+    return BackboneSpec(
+        name=name,
         family="vim",
-        description="Vision Mamba small (Vim-S, 26M), middle cls token, ImageNet-1k (80.5% top-1)",
+        description=f"Vision Mamba {size} ({short}, {params_m:g}M), middle cls token, ImageNet-1k ({top1}% top-1)",
         img_size=224,
         drop_path=0.05,
-        arch=asdict(VimConfig(embed_dim=384)),
-        checkpoint_file="vim_s_midclstok_80p5acc.pth",
-        source="https://huggingface.co/hustvl/Vim-small-midclstok",
-        hub="hustvl/Vim-small-midclstok",
-        params_m=26.0,
-        params_classes=1000,  # the Vim paper's counts (Table 1: 7M, 26M, 98M) include the 1000-class head
-    ),
-    "vim-t": BackboneSpec(
-        name="vim-t",
-        family="vim",
-        description="Vision Mamba tiny (Vim-Ti, 7M), middle cls token, ImageNet-1k (76.1% top-1)",
-        img_size=224,
-        drop_path=0.05,
-        arch=asdict(VimConfig(embed_dim=192)),
-        checkpoint_file="vim_t_midclstok_76p1acc.pth",
-        source="https://huggingface.co/hustvl/Vim-tiny-midclstok",
-        hub="hustvl/Vim-tiny-midclstok",
-        params_m=7.0,
+        arch=asdict(VimConfig(embed_dim=width)),
+        checkpoint_file=file,
+        source=f"https://huggingface.co/hustvl/{repo}",
+        hub=f"hustvl/{repo}",
+        params_m=params_m,
         params_classes=1000,
-    ),
+    )
+
+
+VIM_SPECS = {
+    "vim-s": _official("vim-s", "Vim-small-midclstok", "small", "Vim-S", 384, 26.0, "80.5",
+                       "vim_s_midclstok_80p5acc.pth"),
+    "vim-t": _official("vim-t", "Vim-tiny-midclstok", "tiny", "Vim-Ti", 192, 7.0, "76.1",
+                       "vim_t_midclstok_76p1acc.pth"),
     # Vim-B: the official release lists it (github.com/hustvl/Vim README, "Vim-base 98M 81.9"; model
     # vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2 in
     # vim/models_mamba.py: embed_dim 768, depth 24, d_state 16, the Vim-S layout). Its registration
     # spells the divide-out flag "if_devide_out", which the constructor swallows in **kwargs; the
     # constructor's default (True) applies, so the two directions are averaged as in Vim-S.
-    "vim-b": BackboneSpec(
-        name="vim-b",
-        family="vim",
-        description="Vision Mamba base (Vim-B, 98M), middle cls token, ImageNet-1k (81.9% top-1)",
-        img_size=224,
-        drop_path=0.05,
-        arch=asdict(VimConfig(embed_dim=768)),
-        checkpoint_file="vim_b_midclstok_81p9acc.pth",
-        source="https://huggingface.co/hustvl/Vim-base-midclstok",
-        hub="hustvl/Vim-base-midclstok",
-        params_m=98.0,
-        params_classes=1000,
-    ),
+    "vim-b": _official("vim-b", "Vim-base-midclstok", "base", "Vim-B", 768, 98.0, "81.9",
+                       "vim_b_midclstok_81p9acc.pth"),
     "vim-tiny-test": BackboneSpec(
         name="vim-tiny-test",
         family="vim",
