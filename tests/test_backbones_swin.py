@@ -139,6 +139,15 @@ def test_lora_on_swin_round_trips_through_peft_files(tmp_path):
         torch.testing.assert_close(load_peft(tiny(), tmp_path / "lora")(X), model(X))
 
 
+def test_a_peft_config_on_swin_splits_the_fused_qkv_in_every_stage(tmp_path):
+    pytest.importorskip("peft")  # a test extra, as in test_peft_tuners.py
+    config = tmp_path / "peft.json"
+    config.write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q", "v"]}))
+    model = apply_adapter(tiny(), "peft", config=str(config))
+    assert torch.equal(model(X), tiny()(X))
+    assert count_parameters(model)["adapter"] == sum(2 * (2 * 4 * w) for w in WIDTHS)
+
+
 # ------------------------------------------------------------------------------ checkpoints
 
 
