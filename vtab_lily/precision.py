@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .errors import UserError, unknown_name
-from .official import PRECISIONS, TF32_PRECISIONS, official_precision
+from .official import BORROWED_RECIPE, PRECISIONS, TF32_PRECISIONS, official_precision
 
 TF32_CAPABILITY = (8, 0)  # Ampere: the first GPUs with TF32 tensor cores
 
@@ -54,7 +54,8 @@ def cuda_default_note(family: str, device: str | torch.device) -> str | None:
         return None
     return (f"this device has no TF32; on a CUDA GPU with TF32 (compute capability {TF32_CAPABILITY[0]}."
             f"{TF32_CAPABILITY[1]} or newer) the default is {official_precision(family, True)}, "
-            f"as the official {family} code ran there")
+            f"as the official {BORROWED_RECIPE.get(family, family)} code ran there"
+            + (f" ({family} reuses its recipe)" if family in BORROWED_RECIPE else ""))
 
 
 def check_device(precision: str, device: torch.device) -> None:

@@ -11,9 +11,11 @@ Two placements (``AdaptFormerConfig.placement``):
       out = x + drop_path(mlp(norm2(x))) + s * up(dropout(relu(down(x))))
 
   On Vim, whose layers are ``r + drop_path(mixer(norm(r)))``, the same rule gives
-  ``r + drop_path(mixer(norm(r))) + bottleneck(r)`` (no official Vim AdaptFormer exists).
+  ``r + drop_path(mixer(norm(r))) + bottleneck(r)`` (no official Vim AdaptFormer exists). A Swin
+  block is a ViT block with windowed attention: the same two steps, the bottleneck at the block's
+  own width (it doubles from stage to stage).
 - ``paper``: the paper's Eq. 4, ``y = MLP(LN(x)) + s * bottleneck(LN(x))``: it wraps
-  ``blocks[i].mlp`` (Vim: ``layers[i].mixer``), so it reads the normalised input and sits
+  ``blocks[i].mlp`` (Vim: ``layers[i].mixer``; Swin: each block's ``mlp``), so it reads the normalised input and sits
   inside drop_path.
 
 ``down`` is Kaiming-uniform with a zero bias, ``up`` is zero (weight and bias): a fresh model
@@ -27,14 +29,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from vtab_lily.adapters.targets import BLOCKS_ATTR, model_blocks, model_family, set_submodule
+from vtab_lily.adapters.targets import block_paths, model_blocks, model_family, set_submodule
 from vtab_lily.adapters.wrappers import AdapterModule, ParallelAdapter
 from vtab_lily.errors import UserError, unknown_name
 from vtab_lily.options import SIZE, setting
 
 PLACEMENTS = ("official", "paper")
 # The sub-module of each block that the "paper" placement runs beside.
-PAPER_SITE = {"vit": "mlp", "vim": "mixer"}
+PAPER_SITE = {"vit": "mlp", "vim": "mixer", "swin": "mlp"}
 
 
 @dataclass
@@ -87,6 +89,26 @@ class ViTBlockAdapter(nn.Module):
         return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x)))) + self.delta(x)
 
 
+class SwinBlockAdapter(nn.Module):
+    """A timm ``SwinTransformerBlock`` (``base_layer``) with the bottleneck on the pre-norm stream
+    after windowed attention, outside drop_path: the block's two residual steps as timm's
+    ``SwinTransformerBlock.forward`` takes them ((b, H, W, C) around attention, (b, H*W, C) around
+    the MLP)."""
+
+    def __init__(self, base_layer: nn.Module, delta: Bottleneck) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.delta = delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.base_layer
+        b, h, w, c = x.shape
+        x = x + block.drop_path1(block._attn(block.norm1(x)))
+        x = x.reshape(b, -1, c)
+        x = x + block.drop_path2(block.mlp(block.norm2(x))) + self.delta(x)
+        return x.reshape(b, h, w, c)
+
+
 class VimBlockAdapter(nn.Module):
     """A Vim layer ``r + drop_path(mixer(norm(r)))`` plus the bottleneck of the residual r."""
 
@@ -117,6 +139,13 @@ def _official_wrapper(family: str, block: nn.Module) -> type[nn.Module]:
             raise UserError(f"adaptformer placement 'official' needs timm's ViT Block, got {type(block).__name__}; "
                             "use placement=paper")
         return ViTBlockAdapter
+    if family == "swin":
+        from timm.models.swin_transformer import SwinTransformerBlock
+
+        if type(block) is not SwinTransformerBlock:  # the two-step forward above is timm's
+            raise UserError(f"adaptformer placement 'official' needs timm's SwinTransformerBlock, got "
+                            f"{type(block).__name__}; use placement=paper")
+        return SwinBlockAdapter
     from vtab_lily.backbones.vim import VimBlock
 
     if type(block) is not VimBlock:
@@ -126,14 +155,13 @@ def _official_wrapper(family: str, block: nn.Module) -> type[nn.Module]:
 
 def inject_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> None:
     family = model_family(model)
-    prefix = BLOCKS_ATTR[family]
-    for i, block in enumerate(model_blocks(model)):
+    for block_path, block in zip(block_paths(model), model_blocks(model)):
         if config.placement == "official":
             wrapper = _official_wrapper(family, block)
             delta = Bottleneck(block_width(block), config.rank, config.scale, config.dropout)
-            set_submodule(model, f"{prefix}.{i}", wrapper(block, delta))
+            set_submodule(model, block_path, wrapper(block, delta))
             continue
-        path = f"{prefix}.{i}.{PAPER_SITE[family]}"
+        path = f"{block_path}.{PAPER_SITE[family]}"
         inner = model.get_submodule(path)
         delta = Bottleneck(block_width(inner), config.rank, config.scale, config.dropout)
         set_submodule(model, path, ParallelAdapter(inner, delta))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vtab_lily.adapters.lora import LoraConfig, LoraDelta
-from vtab_lily.adapters.targets import check_targets, model_family, resolve_sites
+from vtab_lily.adapters.targets import VIT_LIKE, check_targets, model_family, resolve_sites
 from vtab_lily.adapters.wrappers import adapted_linear_at
 
 
@@ -28,7 +28,7 @@ class DoraConfig(LoraConfig):
     def resolve(self, model: nn.Module) -> "DoraConfig":
         targets = self.targets
         if targets is None:
-            targets = ("q", "v") if model_family(model) == "vit" else ("in_proj",)
+            targets = ("q", "v") if model_family(model) in VIT_LIKE else ("in_proj",)
         else:  # checked under DoRA's name; an empty tuple is refused, never read as "unset"
             targets = check_targets(model_family(model), targets, "dora", allowed_styles=("linear",))
         return super(DoraConfig, replace(self, targets=targets, variant=self.variant or "custom")).resolve(model)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtab_lily.adapters.targets import check_targets, model_family, nested_per_target, resolve_sites
+from vtab_lily.adapters.targets import VIT_LIKE, check_targets, model_family, nested_per_target, resolve_sites
 from vtab_lily.adapters.wrappers import AdaptedLinear, AdapterModule, adapted_linear_at
 from vtab_lily.errors import UserError, unknown_name
 
@@ -36,7 +36,7 @@ CUSTOM = {"rank": 8, "dropout": 0.0, "dropout_position": "input"}
 class LoraConfig:
     """LoRA settings; ``None`` fields take the variant's value.
 
-    - ``variant`` (ViT): ``noah`` (default: fused ``qkv``, r=8, scale 1, no dropout; 294,912
+    - ``variant`` (ViT and Swin): ``noah`` (default: fused ``qkv``, r=8, scale 1, no dropout; 294,912
       parameters on ViT-B/16), ``lily`` (``q, v``, r=8, dropout 0.1 after A), ``custom``
       (r=8, alpha=r, no dropout; targets ViT ``q, v``, Vim ``in_proj``). Without a variant,
       targets other than ``qkv`` or a ``per_target`` mean ``custom``; a named variant keeps its
@@ -62,13 +62,13 @@ class LoraConfig:
         variant = self.variant
         if variant is None:  # no variant: NOAH's unless the targets say otherwise
             given = check_targets(family, self.targets, "lora", ("linear",)) if self.targets is not None else None
-            noah = family == "vit" and given in (None, VIT_VARIANTS["noah"]["targets"]) and self.per_target is None
+            noah = family in VIT_LIKE and given in (None, VIT_VARIANTS["noah"]["targets"]) and self.per_target is None
             variant = "noah" if noah else "custom"
-        choices = (*VIT_VARIANTS, "custom") if family == "vit" else ("custom",)
+        choices = (*VIT_VARIANTS, "custom") if family in VIT_LIKE else ("custom",)
         if variant not in choices:
             raise unknown_name(f"lora variant for a {family} backbone", variant, choices)
         preset = VIT_VARIANTS.get(variant, CUSTOM)
-        default = preset.get("targets") or (("q", "v") if family == "vit" else ("in_proj",))
+        default = preset.get("targets") or (("q", "v") if family in VIT_LIKE else ("in_proj",))
         targets = check_targets(family, default if self.targets is None else self.targets, "lora", allowed_styles=("linear",))
         if variant in VIT_VARIANTS and tuple(targets) != preset["targets"]:
             raise UserError(f"lora: variant {variant!r} adapts {','.join(preset['targets'])}, not "

@@ -21,11 +21,12 @@ from vtab_lily.adapters.registry import ADAPTERS, make_config
 from vtab_lily.errors import UserError, unknown_name
 from vtab_lily.methods import NO_OFFICIAL_SETUP
 
-PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s"}
+# Swin has no paper setup of its own: its adapters default to their ViT settings, resolved on Swin-B.
+PAPER_BACKBONE = {"vit": "vit-b16-in21k", "vim": "vim-s", "swin": "swin-b-in22k"}
 
 
 def official_adapter_settings(family: str, adapter: str, model: nn.Module | None = None) -> dict[str, Any]:
-    """The resolved official settings of ``adapter`` on ``family`` ("vit" or "vim").
+    """The resolved official settings of ``adapter`` on ``family`` ("vit", "vim" or "swin").
 
     With ``model``, the defaults are resolved against that model instead of the paper backbone
     (settings that follow the depth, such as Vim's ne_a, then match a smaller test backbone).

@@ -42,10 +42,11 @@ PREFIX = "base_model.model."
 
 
 def _suffix(path: str, family: str) -> str:
-    """``blocks.3.attn.qkv`` -> ``attn.qkv`` (the PEFT target name, unique per kind)."""
-    prefix, _, rest = path.partition(".")
-    assert prefix == BLOCKS_ATTR[family]
-    return rest.partition(".")[2]
+    """``blocks.3.attn.qkv`` (Swin: ``layers.1.blocks.0.attn.qkv``) -> ``attn.qkv`` (the PEFT target
+    name, unique per kind)."""
+    parts = path.split(".")
+    assert parts[0] == ("layers" if family == "swin" else BLOCKS_ATTR[family])
+    return ".".join(parts[4 if family == "swin" else 2:])
 
 
 def _head_name(model: nn.Module) -> str:

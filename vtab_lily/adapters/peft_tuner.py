@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from vtab_lily.adapters.checks import ADAPTER_INT_LIMIT
-from vtab_lily.adapters.targets import model_blocks, model_family, set_submodule
+from vtab_lily.adapters.targets import VIT_LIKE, block_paths, model_blocks, model_family, set_submodule
 from vtab_lily.errors import UserError
 
 # Tuners that do not inject into a backbone's layers: virtual tokens for a language model's input
@@ -179,9 +179,9 @@ def inject_peft(model: nn.Module, config: PeftTunerConfig) -> None:
     peft_config = build_peft_config(config.settings)
     targets = peft_config.target_modules
     names = set(targets) if isinstance(targets, (list, set, tuple)) else set()
-    if model_family(model) == "vit" and (names & {"q", "k", "v"} or isinstance(targets, str)):
-        for i, block in enumerate(model_blocks(model)):
-            set_submodule(model, f"blocks.{i}.attn.qkv", SplitQKV(block.attn.qkv))
+    if model_family(model) in VIT_LIKE and (names & {"q", "k", "v"} or isinstance(targets, str)):
+        for path, block in zip(block_paths(model), model_blocks(model)):
+            set_submodule(model, f"{path}.attn.qkv", SplitQKV(block.attn.qkv))
     model.requires_grad_(False)
     try:
         try:

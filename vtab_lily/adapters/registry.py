@@ -40,6 +40,7 @@ from vtab_lily.adapters.pertask import for_task
 from vtab_lily.adapters.peft_tuner import PeftTunerConfig, inject_peft, unfreeze_peft
 from vtab_lily.adapters.repadapter import RepAdapterConfig, inject_repadapter
 from vtab_lily.adapters.ssf import SSFConfig, inject_ssf
+from vtab_lily.adapters.support import check_supported
 from vtab_lily.adapters.vpt import VPTConfig, VPTShallowConfig, inject_vpt
 from vtab_lily.adapters.wrappers import AdapterModule
 from vtab_lily import options
@@ -158,6 +159,8 @@ def apply_adapter(model: nn.Module, name: str, task: str | None = None, **config
     """
     if getattr(model, "adapter_name", None) is not None:
         raise UserError(f"model already has adapter {model.adapter_name!r}; build a fresh backbone")
+    if name in ADAPTERS:  # an unknown name is make_config's error (with a did-you-mean)
+        check_supported(model, name, list(ADAPTERS))
     cfg = make_config(name, **config).resolve(model)
     concrete, task_settings = for_task(cfg, task)
     if name in _INJECT:

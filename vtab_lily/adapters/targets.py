@@ -64,6 +64,13 @@ TARGETS: dict[str, dict[str, tuple[TargetPart, ...]]] = {
     },
 }
 
+# Families whose blocks are timm attention + MLP blocks, with the same target names and defaults.
+VIT_LIKE = ("vit", "swin")
+# Swin blocks have the ViT block's sites (timm's WindowAttention has the fused qkv and proj, the Mlp
+# fc1/fc2), at a width that doubles from stage to stage.
+TARGETS["swin"] = TARGETS["vit"]
+
+# Where a family keeps its blocks: one ModuleList (ViT, Vim), or Swin's stages of blocks.
 BLOCKS_ATTR = {"vit": "blocks", "vim": "layers"}
 
 
@@ -87,27 +94,44 @@ class Site:
 
 
 def model_family(model: nn.Module) -> str:
-    """``"vit"`` or ``"vim"``: ``model.family`` when set, else recognise timm's ViT."""
+    """``"vit"``, ``"vim"`` or ``"swin"``: ``model.family`` when set, else recognise timm's ViT and Swin."""
     family = getattr(model, "family", None)
     if family is None:
+        from timm.models.swin_transformer import SwinTransformer
         from timm.models.vision_transformer import VisionTransformer
 
         if isinstance(model, VisionTransformer):
             family = "vit"
+        elif isinstance(model, SwinTransformer):
+            family = "swin"
     if family not in TARGETS:
         raise UserError(
-            f"cannot adapt a {type(model).__name__}: expected a timm VisionTransformer or a model "
-            f"with .family in {sorted(TARGETS)} (got family={family!r})"
+            f"cannot adapt a {type(model).__name__}: expected a timm VisionTransformer or SwinTransformer, or a "
+            f"model with .family in {sorted(TARGETS)} (got family={family!r})"
         )
     return family
 
 
-def model_blocks(model: nn.Module) -> nn.ModuleList:
-    return getattr(model, BLOCKS_ATTR[model_family(model)])
+def block_paths(model: nn.Module) -> list[str]:
+    """Module paths of the blocks in order: ``blocks.3`` (ViT), ``layers.3`` (Vim), and over Swin's
+    stages ``layers.0.blocks.0``, ``layers.0.blocks.1``, ``layers.1.blocks.0``, ..."""
+    family = model_family(model)
+    if family == "swin":
+        return [f"layers.{s}.blocks.{j}" for s, stage in enumerate(model.layers) for j in range(len(stage.blocks))]
+    prefix = BLOCKS_ATTR[family]
+    return [f"{prefix}.{i}" for i in range(len(getattr(model, prefix)))]
+
+
+def model_blocks(model: nn.Module) -> nn.ModuleList | list[nn.Module]:
+    """The blocks in order (Swin: a list over its stages)."""
+    family = model_family(model)
+    if family == "swin":
+        return [model.get_submodule(path) for path in block_paths(model)]
+    return getattr(model, BLOCKS_ATTR[family])
 
 
 def model_depth(model: nn.Module) -> int:
-    return len(model_blocks(model))
+    return len(block_paths(model))
 
 
 def check_targets(family: str, targets: tuple[str, ...] | list[str], method: str,
@@ -138,14 +162,14 @@ def check_targets(family: str, targets: tuple[str, ...] | list[str], method: str
 def resolve_sites(model: nn.Module, targets: tuple[str, ...]) -> list[Site]:
     """All sites for ``targets`` (already checked), ordered by target, kind, then block."""
     family = model_family(model)
-    prefix = BLOCKS_ATTR[family]
+    blocks = block_paths(model)
     sites: list[Site] = []
     for target in targets:
         for part in TARGETS[family][target]:
-            for layer in range(model_depth(model)):
-                path = f"{prefix}.{layer}.{part.path}"
+            for layer, block_path in enumerate(blocks):
+                path = f"{block_path}.{part.path}"
                 module = original_module(model.get_submodule(path))
-                block = model.get_submodule(f"{prefix}.{layer}")
+                block = original_module(model.get_submodule(block_path))
                 sites.append(_site(layer, target, part, path, module, block))
     return sites
 

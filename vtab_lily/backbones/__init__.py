@@ -1,8 +1,9 @@
 """Backbones: ``create_backbone(name, num_classes, ...)`` over a registry of named configs.
 
 ``vit-*``: timm's VisionTransformer (``vit.py``); ``vim-*``: our Vision Mamba (``vim.py``),
-whose selective scan lives in ``scan.py``. Every model returned has ``model.family``
-("vit" / "vim"), ``model.depth`` (number of blocks) and ``model.get_classifier()``.
+whose selective scan lives in ``scan.py``; ``swin-*``: timm's SwinTransformer (``swin.py``).
+Every model returned has ``model.family`` ("vit" / "vim" / "swin"), ``model.depth`` (number of
+blocks, over all stages for Swin) and ``model.get_classifier()``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..options import NO_NORM as NONE_NAME
 from ..options import norm_name
 from .kernels import kernel_notes, scan_paths
 from .registry import NO_NORM, NORMS, BackboneSpec
+from .swin import SWIN_SPECS, build_swin, load_swin_checkpoint, swin_blocks
 from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
 from .vit import VIT_SPECS, attach_pre_logits, build_vit, load_vit_checkpoint
 
@@ -38,9 +40,10 @@ __all__ = [
     "kernel_notes",
     "resolve_backbone_name",
     "scan_paths",
+    "swin_blocks",
 ]
 
-BACKBONES: dict[str, BackboneSpec] = {**VIT_SPECS, **VIM_SPECS}
+BACKBONES: dict[str, BackboneSpec] = {**VIT_SPECS, **VIM_SPECS, **SWIN_SPECS}
 
 # Short names the runner accepts: alias -> (full-size backbone, demo backbone).
 ALIASES: dict[str, tuple[str, str]] = {
@@ -51,6 +54,9 @@ ALIASES: dict[str, tuple[str, str]] = {
     "dinov2-s": ("dinov2-s14", "dinov2-tiny-test"),
     "clip-b": ("clip-b16", "clip-tiny-test"),
     "mae-b": ("mae-b16", "mae-tiny-test"),
+    "vim-t": ("vim-t", "vim-tiny-test"),
+    "vim-b": ("vim-b", "vim-tiny-test"),
+    "swin-b": ("swin-b-in22k", "swin-tiny-test"),
 }
 
 
@@ -122,7 +128,7 @@ def backbone_rows() -> list[dict]:
 
 
 def backbone_family(name: str) -> str:
-    """'vit' or 'vim'."""
+    """'vit', 'vim' or 'swin'."""
     return get_spec(name).family
 
 
@@ -145,11 +151,12 @@ def create_backbone(
     """Build backbone ``name`` with a fresh ``num_classes`` head, optionally from weights.
 
     ``checkpoint``: a local file (Google .npz for ViT; PyTorch .pth or .safetensors for
-    either family; the official Vim ``{'model': ..., 'args': Namespace}`` file); its head is
+    any family, Swin in timm's or Microsoft's key layout; the official Vim ``{'model': ...,
+    'args': Namespace}`` file); its head is
     never used, and position embeddings are interpolated when ``img_size`` differs from the
     checkpoint's. ``img_size=None`` means the config's native size (224, or 32 for the test
-    configs). ``drop_path=None`` means the recipe's rate for the family (ViT 0.1, Vim 0.05,
-    test configs 0). ``pre_logits`` (ViT): keep the checkpoint's frozen pre-logits layer
+    configs). ``drop_path=None`` means the recipe's rate for the family (ViT and Swin 0.1,
+    Vim 0.05, test configs 0). ``pre_logits`` (ViT): keep the checkpoint's frozen pre-logits layer
     (Linear + tanh) before the new head, as timm 0.4.12 and the official code did: None = the
     backbone's default (vit-b16-in21k: keep when the file has it), True = required, False =
     drop; True without a checkpoint builds the layer (zeros) for a state dict to be loaded into.
@@ -186,19 +193,24 @@ def create_backbone(
             kept = True
     else:
         if pre_logits:
-            raise UserError(f"pre_logits=True: {spec.name} (Vim) has no pre-logits layer")
-        model = build_vim(spec, num_classes, size, rate)
+            raise UserError(f"pre_logits=True: {spec.name} ({spec.family}) has no pre-logits layer")
+        build, load = (build_swin, load_swin_checkpoint) if spec.family == "swin" else (build_vim, load_vim_checkpoint)
+        model = build(spec, num_classes, size, rate)
         if checkpoint is not None:
-            load_vim_checkpoint(model, checkpoint, spec.name)
+            load(model, checkpoint, spec.name)
     if checkpoint is not None:
         _check_finite(model, checkpoint)
     # The head is drawn last, with or without weights, as each family's official code makes it:
     # ViT a fresh nn.Linear (timm's reset_classifier: PyTorch's default init, +-1/sqrt(fan_in),
-    # bias too), Vim trunc_normal(0.02) with a zero bias. A build that copies cached weights in
-    # afterwards (the runner) then draws the same numbers as one that reads the file.
+    # bias too; Swin the same, in timm's ClassifierHead), Vim trunc_normal(0.02) with a zero bias.
+    # A build that copies cached weights in afterwards (the runner) then draws the same numbers as
+    # one that reads the file.
     model.reset_classifier(num_classes)
     model.family = spec.family
-    model.depth = len(model.blocks) if spec.family == "vit" else len(model.layers)
+    if spec.family == "swin":
+        model.depth = len(swin_blocks(model))  # blocks over all four stages
+    else:
+        model.depth = len(model.blocks) if spec.family == "vit" else len(model.layers)
     model.backbone_name = spec.name
     model.pre_logits_kept = kept
     return model

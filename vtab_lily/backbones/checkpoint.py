@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -120,10 +121,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def guess_family(keys: Iterable[str]) -> str | None:
-    """'vit' or 'vim' from characteristic parameter names, None when neither."""
+    """'vit', 'vim' or 'swin' from characteristic parameter names, None when none fits. Swin is
+    told from ViT (both have ``attn.qkv``) by its relative-position tables and staged blocks."""
     keys = list(keys)
     if any(".mixer.in_proj" in k or ".mixer.A_log" in k for k in keys):
         return "vim"
+    if any(k.endswith("relative_position_bias_table") or re.match(r"layers\.\d+\.blocks\.\d+\.", k) for k in keys):
+        return "swin"
     if any(".attn.qkv." in k for k in keys) or any(k.startswith("Transformer/") for k in keys):
         return "vit"
     return None
@@ -167,5 +171,5 @@ def check_keys(
 
 
 def wrong_family_error(path: str | os.PathLike, found_family: str, target: str) -> UserError:
-    other = {"vit": "a ViT (vit-*)", "vim": "a Vision Mamba (vim-*)"}[found_family]
+    other = {"vit": "a ViT (vit-*)", "vim": "a Vision Mamba (vim-*)", "swin": "a Swin (swin-*)"}[found_family]
     return UserError(f"{path}: this is a checkpoint for {other} backbone, not for {target}")

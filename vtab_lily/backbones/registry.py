@@ -40,16 +40,18 @@ class BackboneSpec:
     values); ``recipe_norm``: what the official fine-tuning recipe feeds this backbone, ``"none"``
     (0..1 inputs: the official Lily code on Google's ViT and on Vim) or a key of ``NORMS`` (a
     backbone's own pre-training set: DINOv2, CLIP, MAE). ``params_m``: the published parameter
-    count in millions without a classification head, at ``pretrained_size`` when set (the
-    resolution of the published weights: DINOv2's 518, whose position table runs resample to
-    ``img_size``), checked on a meta-device build.
+    count in millions at ``pretrained_size`` when set (the resolution of the published weights:
+    DINOv2's 518, whose position table runs resample to ``img_size``), checked on a meta-device
+    build, counted as its paper counts it: ``params_classes`` is the size of the classification
+    head the count includes (0: none, the ViT papers' convention; 1000: an ImageNet-1k head, as
+    the Swin and Vim papers count).
     ``pre_logits``: keep the checkpoint's frozen pre-logits layer (Linear + tanh) before the new
     head when the file has one and ``create_backbone(pre_logits=None)`` (timm 0.4.12, which the
     official ViT code used, kept it; timm 1.x drops it).
     """
 
     name: str
-    family: str  # "vit" or "vim"
+    family: str  # "vit", "vim" or "swin"
     description: str
     img_size: int
     drop_path: float
@@ -64,7 +66,8 @@ class BackboneSpec:
     hub: str | None = None
     hub_file: str | None = None  # the file's path in the ``hub`` repo when it differs from checkpoint_file
     params_m: float | None = None
-    pretrained_size: int | None = None  # the published weights' resolution (last training phase), when not img_size
+    params_classes: int = 0
+    pretrained_size: int | None = None  # the resolution of the published weights' last training phase, when not img_size
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:

@@ -42,29 +42,37 @@ class VimConfig:
     in_chans: int = 3
 
 
+def _official(name: str, repo: str, size: str, short: str, width: int, params_m: float, top1: str,
+              file: str) -> BackboneSpec:
+    """A size of the official release: 24 layers, d_state 16, middle class token, ImageNet-1k, its
+    file on the Hub. The Vim paper's sizes (Table 1: 7M, 26M, 98M) count the 1000-class head."""
+    return BackboneSpec(
+        name=name,
+        family="vim",
+        description=f"Vision Mamba {size} ({short}, {params_m:g}M), middle cls token, ImageNet-1k ({top1}% top-1)",
+        img_size=224,
+        drop_path=0.05,
+        arch=asdict(VimConfig(embed_dim=width)),
+        checkpoint_file=file,
+        source=f"https://huggingface.co/hustvl/{repo}",
+        hub=f"hustvl/{repo}",
+        params_m=params_m,
+        params_classes=1000,
+    )
+
+
 VIM_SPECS = {
-    "vim-s": BackboneSpec(
-        name="vim-s",
-        family="vim",
-        description="Vision Mamba small (Vim-S, 26M), middle cls token, ImageNet-1k (80.5% top-1)",
-        img_size=224,
-        drop_path=0.05,
-        arch=asdict(VimConfig(embed_dim=384)),
-        checkpoint_file="vim_s_midclstok_80p5acc.pth",
-        source="https://huggingface.co/hustvl/Vim-small-midclstok",
-        hub="hustvl/Vim-small-midclstok",
-    ),
-    "vim-t": BackboneSpec(
-        name="vim-t",
-        family="vim",
-        description="Vision Mamba tiny (Vim-Ti, 7M), middle cls token, ImageNet-1k (76.1% top-1)",
-        img_size=224,
-        drop_path=0.05,
-        arch=asdict(VimConfig(embed_dim=192)),
-        checkpoint_file="vim_t_midclstok_76p1acc.pth",
-        source="https://huggingface.co/hustvl/Vim-tiny-midclstok",
-        hub="hustvl/Vim-tiny-midclstok",
-    ),
+    "vim-s": _official("vim-s", "Vim-small-midclstok", "small", "Vim-S", 384, 26.0, "80.5",
+                       "vim_s_midclstok_80p5acc.pth"),
+    "vim-t": _official("vim-t", "Vim-tiny-midclstok", "tiny", "Vim-Ti", 192, 7.0, "76.1",
+                       "vim_t_midclstok_76p1acc.pth"),
+    # Vim-B: the official release lists it (github.com/hustvl/Vim README, "Vim-base 98M 81.9"; model
+    # vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2 in
+    # vim/models_mamba.py: embed_dim 768, depth 24, d_state 16, the Vim-S layout). Its registration
+    # spells the divide-out flag "if_devide_out", which the constructor swallows in **kwargs; the
+    # constructor's default (True) applies, so the two directions are averaged as in Vim-S.
+    "vim-b": _official("vim-b", "Vim-base-midclstok", "base", "Vim-B", 768, 98.0, "81.9",
+                       "vim_b_midclstok_81p9acc.pth"),
     "vim-tiny-test": BackboneSpec(
         name="vim-tiny-test",
         family="vim",
@@ -325,7 +333,7 @@ def load_vim_checkpoint(model: VisionMamba, path: str | os.PathLike, target: str
         )
     state = read_state_dict(path)
     family = guess_family(state)
-    if family == "vit":
+    if family in ("vit", "swin"):
         raise wrong_family_error(path, family, target)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     pos = state.get("pos_embed")

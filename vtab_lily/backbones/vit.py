@@ -58,7 +58,7 @@ def load_vit_checkpoint(model: nn.Module, path: str | os.PathLike,
         return read_pre_logits(path)
     state = read_state_dict(path)
     family = guess_family(state)
-    if family == "vim":
+    if family in ("vim", "swin"):
         raise wrong_family_error(path, family, target)
     _check_patch(path, target, model, state)
     layer = _torch_pre_logits(state, path)

@@ -55,7 +55,10 @@ VTAB_1K = Source("vtab-1k", "vtab-1k.zip", 4_660_000_000, repo_id="XiN0919/VTAB-
 _APPROX = {"vit-b16-in21k": 412_000_000, "vit-b16-in1k": 346_000_000, "vim-s": 413_000_000, "vim-t": 115_000_000,
            # ViT-L_16.npz: float32 backbone, pre_logits and the 21,843-class head (~326M values)
            "vit-l16-in21k": 1_310_000_000, "dinov2-b14": 346_000_000, "dinov2-s14": 88_000_000,
-           "clip-b16": 345_000_000, "mae-b16": 343_000_000}
+           "clip-b16": 345_000_000, "mae-b16": 343_000_000,
+           # timm's Swin-B in22k: float32 backbone and the 21,841-class head (~109M values). The Vim
+           # files hold about four times their parameters' bytes (training state too): Vim-B ~98M.
+           "swin-b-in22k": 437_000_000, "vim-b": 1_560_000_000}
 
 
 def weights_source(backbone: str) -> Source:
