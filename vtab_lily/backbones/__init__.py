@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import UserError, unknown_name
 from .kernels import kernel_notes, scan_paths
-from .registry import BackboneSpec
+from .registry import NO_NORM, NORMS, BackboneSpec
 from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
 from .vit import VIT_SPECS, attach_pre_logits, build_vit, load_vit_checkpoint
 
@@ -22,6 +22,8 @@ __all__ = [
     "ALIASES",
     "BACKBONES",
     "BackboneSpec",
+    "NORMS",
+    "NO_NORM",
     "VimConfig",
     "VisionMamba",
     "backbone_family",
@@ -86,7 +88,7 @@ def create_backbone(
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1, got {num_classes}")
     size = spec.img_size if img_size is None else int(img_size)
-    patch = spec.arch.get("patch_size") or spec.arch.get("overrides", {}).get("patch_size", 16)
+    patch = spec.patch_size
     if size < patch or size % patch:
         raise UserError(f"img_size {size} must be a positive multiple of {spec.name}'s patch size {patch}")
     rate = spec.drop_path if drop_path is None else float(drop_path)

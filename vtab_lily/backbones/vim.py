@@ -52,6 +52,8 @@ VIM_SPECS = {
         arch=asdict(VimConfig(embed_dim=384)),
         checkpoint_file="vim_s_midclstok_80p5acc.pth",
         source="https://huggingface.co/hustvl/Vim-small-midclstok",
+        hub="hustvl/Vim-small-midclstok",
+        params_m=26.0,
     ),
     "vim-t": BackboneSpec(
         name="vim-t",
@@ -62,6 +64,8 @@ VIM_SPECS = {
         arch=asdict(VimConfig(embed_dim=192)),
         checkpoint_file="vim_t_midclstok_76p1acc.pth",
         source="https://huggingface.co/hustvl/Vim-tiny-midclstok",
+        hub="hustvl/Vim-tiny-midclstok",
+        params_m=7.0,
     ),
     "vim-tiny-test": BackboneSpec(
         name="vim-tiny-test",
@@ -71,6 +75,7 @@ VIM_SPECS = {
         drop_path=0.0,
         arch=asdict(VimConfig(img_size=32, patch_size=4, embed_dim=32, depth=4, d_state=8)),
         test_only=True,
+        patch_size=4,
     ),
 }
 

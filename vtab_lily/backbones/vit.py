@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import UserError
 from .checkpoint import check_keys, guess_family, read_state_dict, sniff_format, wrong_family_error
-from .registry import INCEPTION_MEAN, INCEPTION_STD, BackboneSpec
+from .registry import BackboneSpec
 
 VIT_SPECS = {
     "vit-b16-in21k": BackboneSpec(
@@ -36,9 +36,9 @@ VIT_SPECS = {
         arch={"timm_name": "vit_base_patch16_224.orig_in21k"},
         checkpoint_file="ViT-B_16.npz",
         source="https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz",
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
+        norm="inception",
         pre_logits=True,
+        params_m=85.8,
     ),
     "vit-b16-in1k": BackboneSpec(
         name="vit-b16-in1k",
@@ -50,8 +50,8 @@ VIT_SPECS = {
         checkpoint_file="B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
         source="https://storage.googleapis.com/vit_models/augreg/"
         "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
+        norm="inception",
+        params_m=85.8,
     ),
     "vit-tiny-test": BackboneSpec(
         name="vit-tiny-test",
@@ -64,6 +64,8 @@ VIT_SPECS = {
             "overrides": {"patch_size": 4, "embed_dim": 48, "depth": 4, "num_heads": 3},
         },
         test_only=True,
+        patch_size=4,
+        norm="inception",
     ),
 }
 
