@@ -56,7 +56,7 @@ DEMO_ADAPTER = {
 }
 # Whether the published checkpoint of a backbone carries the frozen pre_logits Linear+tanh
 # (timm 0.4.12 keeps it): used when the file cannot be inspected (a dry run without weights).
-PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True}
+PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True, "vit-l16-in21k": True}
 
 # What each family's official code ran in on a GPU with TF32, without autocast in either: the ViT
 # code pins torch 1.10.0 (visual-adaptation-benchmark/vit/requirements.txt), whose CUDA matmuls
@@ -108,11 +108,15 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def recipe_deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
+def recipe_deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32",
+                      official_normalize: bool | str = False) -> list[str]:
     """``key=value`` for every recipe setting of ``config`` that differs from the official one
-    (``official_prec``: :func:`official_precision` for the run's device)."""
+    (``official_prec``: :func:`official_precision` for the run's device; ``official_normalize``:
+    the backbone's recipe normalisation, ``runconfig.official_normalize``: none for Google's ViT
+    and Vim, as the official code; a backbone's pre-training mean/std for DINOv2, CLIP, MAE)."""
     official = official_recipe(family, demo=config.get("suite") == "demo", adapter=config.get("adapter"))
     official["pre_logits"], official["precision"] = official_pre_logits, official_prec
+    official["normalize"] = official_normalize
     out = []
     for key in RECIPE_KEYS:
         if key not in config:
@@ -122,8 +126,8 @@ def recipe_deviations(config: dict, family: str, official_pre_logits: bool, offi
             continue
         if value == ref:
             continue
-        if key == "normalize":
-            out.append("normalize=imagenet" if value else "normalize=none")
+        if key == "normalize":  # by name: normalize=none / imagenet / clip
+            out.append(f"normalize={options.norm_name(value)}")
         else:
             out.append(f"{key}={_show(value)}")
     return out
@@ -163,7 +167,8 @@ def _flat(settings: dict, prefix: str = "") -> dict:
     return out
 
 
-def deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32") -> list[str]:
+def deviations(config: dict, family: str, official_pre_logits: bool, official_prec: str = "fp32",
+               official_normalize: bool | str = False) -> list[str]:
     """Adapter deviations first, then the recipe's (see the module docstring)."""
     adapter_config = dict(config.get("adapter_config") or {})
     if config.get("suite") == "demo":  # the demo's own adapter settings are its reference, as its recipe
@@ -171,7 +176,7 @@ def deviations(config: dict, family: str, official_pre_logits: bool, official_pr
             if key in adapter_config and _show(adapter_config[key]) == _show(value):
                 del adapter_config[key]  # keys left out are not compared
     return (adapter_deviations(family, config["adapter"], adapter_config)
-            + recipe_deviations(config, family, official_pre_logits, official_prec))
+            + recipe_deviations(config, family, official_pre_logits, official_prec, official_normalize))
 
 
 # Adapter settings the core label shows, with their short names; the rest appear only as deviations.

@@ -100,6 +100,35 @@ def _compile_mode(text: str) -> bool | str:
     return True if mode == "default" else mode
 
 
+# Input normalisation (``--normalize [NAME]`` / ``--no-normalize``). Recorded as ``false`` (none: 0..1
+# inputs) and ``true`` (ImageNet's mean/std), as before names existed, so older runs keep their
+# names; any other set by its name (``clip``, ``inception``: ``backbones.NORMS``, checked there).
+NO_NORM, IMAGENET_NORM = "none", "imagenet"
+
+
+def read_normalize(text: str) -> bool | str:
+    """``--normalize NAME``: ``none`` -> False, ``imagenet`` -> True, another name as itself."""
+    name = text.strip().lower()
+    if not name:
+        raise argparse.ArgumentTypeError("names no normalisation (none, imagenet, clip, inception)")
+    return False if name == NO_NORM else True if name == IMAGENET_NORM else name
+
+
+read_normalize.__name__ = "normalisation name"  # argparse: "invalid normalisation name value"
+
+
+def norm_name(value: bool | str) -> str:
+    """The name of a recorded ``normalize`` value (False: none, True: imagenet)."""
+    if isinstance(value, bool):
+        return IMAGENET_NORM if value else NO_NORM
+    return str(value)
+
+
+def norm_value(name: str) -> bool | str:
+    """The recorded value of a normalisation name (the inverse of :func:`norm_name`)."""
+    return read_normalize(name)
+
+
 # Compute precisions (``--precision``), by what a float32 matmul and a cuDNN convolution run in:
 #   fp32       both in full fp32 (the only float32 a CPU has)
 #   tf32       both in TF32 on GPUs with TF32 tensor cores (torch < 1.12's default on CUDA)
@@ -175,8 +204,11 @@ class RunOptions:
                                    "ran in on this device (CPU: fp32; a CUDA GPU with TF32: tf32 for ViT, tf32-conv "
                                    "for Vim); fp32: full fp32 matmuls and convolutions; bf16: autocast (see "
                                    "docs/gpu.md)")
-    normalize: bool = option(False, role="setup", switch="both", help="ImageNet mean/std normalisation of the "
-                             "inputs (official: none, inputs in [0, 1])")
+    normalize: bool | str | None = option(None, role="setup", switch="both", read=read_normalize, optional_value=True,
+                                          metavar="NAME", help="input normalisation: none (inputs in [0, 1]), "
+                                          "imagenet (--normalize alone), clip or inception mean/std; default: the "
+                                          "backbone's recipe (none for Google's ViT and Vim, as the official code; "
+                                          "DINOv2/MAE imagenet, CLIP clip: their pre-training's)")
     pre_logits: bool | None = option(None, role="setup", switch="both", help="keep the checkpoint's frozen "
                                      "pre_logits Linear+tanh (default: when it has one)")
     compile: bool | str = option(False, role="setup", read=_compile_mode, optional_value=True, metavar="MODE",
@@ -253,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = "store_true"
         elif switch == "off":
             kwargs["action"] = "store_false"
+        elif switch == "both" and meta["read"] is not None:  # --x, --x VALUE, and --no-x (below)
+            kwargs.update(default=f.default, type=meta["read"], nargs="?", const=meta["optional_value"],
+                          metavar=meta["metavar"])
         elif switch == "both":
             kwargs.update(action=argparse.BooleanOptionalAction, default=f.default)
         else:
@@ -267,8 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
                 kwargs["metavar"] = meta["metavar"]
             if meta["optional_value"] is not None:
                 kwargs.update(nargs="?", const=meta["optional_value"])
-        groups[meta["group"]].add_argument(flag_of(f), **{k: v for k, v in kwargs.items() if v is not None
-                                                           or k == "default"})
+        action = groups[meta["group"]].add_argument(flag_of(f), **{k: v for k, v in kwargs.items() if v is not None
+                                                                    or k == "default"})
+        if switch == "both" and meta["read"] is not None:
+            off = "--no-" + flag_of(f)[2:]
+            groups[meta["group"]].add_argument(off, dest=f.name, action="store_const", const=False,
+                                               help=f"same as {flag_of(f)} {NO_NORM if f.name == 'normalize' else 'off'}")
+            action.off_flag = off  # the sweep writes a false value as this switch
     return p
 
 

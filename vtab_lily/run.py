@@ -65,6 +65,7 @@ def pick_device(name: str) -> Any:
 
 
 def load_data(config: dict) -> tuple[Any, Any]:
+    from .backbones import input_stats
     from .data import ensure_demo, load_split
     from .tasks import suite
 
@@ -73,7 +74,7 @@ def load_data(config: dict) -> tuple[Any, Any]:
         check_creatable_dir(root, "--data-root")
         ensure_demo(root)  # generated on demand; an existing custom root is used as it is
     task = suite(config["suite"])[config["task"]]
-    kwargs = {"img_size": config["img_size"], "normalize": config["normalize"]}
+    kwargs = {"img_size": config["img_size"], "normalize": input_stats(config["normalize"])}
     train_set = load_split(config["data_root"], task, config["train_split"], **kwargs)
     eval_set = load_split(config["data_root"], task, config["eval_split"], **kwargs)
     if config["batch_size"] > len(train_set):
@@ -84,14 +85,15 @@ def load_data(config: dict) -> tuple[Any, Any]:
 
 def print_setup(spec: RunSpec) -> None:
     """The dry run's report: the resolved setup, its differences from the official one, counts."""
-    from .backbones import backbone_family
+    from .backbones import backbone_family, describe_input, input_setup
     from .precision import cuda_default_note
 
     params, devs = spec.params, list(spec.deviations)
     print(json.dumps({"config": spec.config_dict(), "config_hash": spec.config_hash, "run_dir": str(spec.run_dir),
                       "method": spec.label, "deviations": devs, "params": dict(params)}, indent=2))
-    print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
+    print(f"parameters ({spec['backbone']}): adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
+    print(f"input: {describe_input(input_setup(spec['backbone'], spec['normalize'], spec['img_size']))}")
     note = cuda_default_note(backbone_family(spec["backbone"]), spec["device"])
     print(f"precision: {spec['precision']}" + (f" ({note})" if note else ""))
     if spec["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared

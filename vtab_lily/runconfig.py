@@ -18,7 +18,7 @@ from typing import Any
 
 from . import options
 from .build import checkpoint_has_pre_logits, resolve_checkpoint
-from .errors import UserError, unknown_name
+from .errors import UserError, suggest, unknown_name
 from .official import DEMO, RECIPES, demo_adapter_options, official_recipe
 from .tasks import PROTOCOLS, get_task
 
@@ -246,6 +246,28 @@ def resolve_pre_logits(config: dict, asked: bool | None) -> bool:
     return official if asked is None else bool(asked)
 
 
+def official_normalize(backbone: str) -> bool | str:
+    """The recorded ``normalize`` of ``backbone``'s recipe (False: none; True: ImageNet's; a name)."""
+    from .backbones import get_spec
+
+    return options.norm_value(get_spec(backbone).recipe_norm)
+
+
+def check_input(config: dict, spec: Any) -> None:
+    """``--normalize`` names a known mean/std set, and ``--img-size`` is a whole number of patches."""
+    from .backbones import NORMS
+
+    name = options.norm_name(config["normalize"])
+    if name != options.NO_NORM and name not in NORMS:
+        raise UserError(f"--normalize {name!r}: unknown normalisation{suggest(name, [options.NO_NORM, *NORMS])}; "
+                        f"choose from: {', '.join([options.NO_NORM, *NORMS])}")
+    size, patch = config["img_size"], spec.patch_size
+    if size % patch:
+        below, above = size - size % patch, size - size % patch + patch
+        raise UserError(f"--img-size {size} is not a multiple of {spec.name}'s patch size {patch} (e.g. "
+                        f"{' or '.join(str(n) for n in (below, above) if n > 0)})")
+
+
 VTAB_ROOT = "data/vtab-1k"  # the suite root when --data-root is not given (demo: DEMO["data_root"])
 
 
@@ -255,7 +277,7 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     The recipe and setup options (``options`` roles) take the family's official value when unset,
     the local ones the demo's or their own default; the rest are named here one by one because
     each becomes something else (``--demo``: the suite, ``--paper``: the reported number)."""
-    from .backbones import backbone_family, resolve_backbone_name
+    from .backbones import backbone_family, get_spec, resolve_backbone_name
     from .precision import resolve_precision
 
     opts = args if isinstance(args, options.RunOptions) else options.RunOptions(**vars(args))
@@ -268,6 +290,7 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     task = get_task(opts.task, suite_name) if opts.task else None
     family = backbone_family(backbone)
     recipe = official_recipe(family, demo=opts.demo, adapter=opts.adapter)
+    recipe["normalize"] = official_normalize(backbone)  # per backbone: its recipe's input normalisation
     local = {"data_root": VTAB_ROOT, **(DEMO if opts.demo else {})}
     train_split, eval_split = PROTOCOLS[opts.protocol]
     if opts.method_name is not None and (not opts.method_name.strip()
@@ -298,6 +321,7 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     }
     config = unsigned_zero(config)  # -0.0 is 0: one run folder, one label (never "s=-0")
     check_numbers(config, warmup_given=opts.warmup is not None)
+    check_input(config, get_spec(backbone))
     config["pre_logits"] = resolve_pre_logits(config, opts.pre_logits)  # against the weights, before hashing
     return config
 

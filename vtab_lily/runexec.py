@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import __version__, provenance
+from .backbones import input_setup
 from .memory import MemoryMeter
 from .precision import use_precision
 from .rundir import CHECKPOINT, FAILED, RESULT, TB, RunDir, trials_per_gpu
@@ -219,6 +220,7 @@ def build_result(spec: RunSpec, outcome: Any, device: Any, kernels: dict | None,
                      "eval_split": config["eval_split"], "best_is_test_selected": config["eval_split"] == "test",
                      "reported": config["report"]},
         "params": dict(spec.params), "precision": config["precision"], "data": data,
+        "input": input_setup(config["backbone"], config["normalize"], config["img_size"]),  # normalisation by name
         "time": {"train_s": round(outcome.train_s, 3), "eval_s": round(outcome.eval_s, 3),
                  "train_images_per_s": round(outcome.train_images_per_s, 2),
                  "eval_images_per_s": round(outcome.eval_images_per_s, 2), "eval_batch_size": outcome.eval_batch_size},

@@ -23,7 +23,7 @@ from .build import backbone_kwargs, resolve_checkpoint
 from .errors import UserError
 from .official import deviations, official_precision, run_label
 from .rundir import LOCAL_KEYS, RunDir, config_hash, json_normal, method_hash
-from .runconfig import checked_config, official_pre_logits, parse
+from .runconfig import checked_config, official_normalize, official_pre_logits, parse
 
 ACTIONS = ("run", "dry-run", "check", "list-tasks")
 
@@ -95,7 +95,7 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     config["pretrained"] = weights.name if weights else None
     family = backbone_family(config["backbone"])
     devs = deviations(config, family, official_pre_logits(config),
-                      official_precision(family, device_has_tf32(config["device"])))
+                      official_precision(family, device_has_tf32(config["device"])), official_normalize(config["backbone"]))
     return config, RunDir.for_config(config["out"], config), count_parameters(model), devs
 
 

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError, unknown_name
+from ..options import NO_NORM as NONE_NAME
+from ..options import norm_name
 from .kernels import kernel_notes, scan_paths
 from .registry import NO_NORM, NORMS, BackboneSpec
 from .vim import VIM_SPECS, VimConfig, VisionMamba, build_vim, load_vim_checkpoint
@@ -28,6 +30,9 @@ __all__ = [
     "VisionMamba",
     "backbone_family",
     "create_backbone",
+    "describe_input",
+    "input_setup",
+    "input_stats",
     "get_spec",
     "kernel_notes",
     "resolve_backbone_name",
@@ -40,12 +45,18 @@ BACKBONES: dict[str, BackboneSpec] = {**VIT_SPECS, **VIM_SPECS}
 ALIASES: dict[str, tuple[str, str]] = {
     "vit": ("vit-b16-in21k", "vit-tiny-test"),
     "vim": ("vim-s", "vim-tiny-test"),
+    "vit-l": ("vit-l16-in21k", "vit-tiny-test"),
+    "dinov2-b": ("dinov2-b14", "dinov2-tiny-test"),
+    "dinov2-s": ("dinov2-s14", "dinov2-tiny-test"),
+    "clip-b": ("clip-b16", "clip-tiny-test"),
+    "mae-b": ("mae-b16", "mae-tiny-test"),
 }
 
 
 def resolve_backbone_name(name: str, demo: bool = False) -> str:
-    """Full registry name for ``name``: aliases ``vit``/``vim`` map to the paper's backbones
-    (``vit-b16-in21k``, ``vim-s``) or, with ``demo``, to the tiny test configs."""
+    """Full registry name for ``name``: an alias (``vit``, ``vim``, ``dinov2-b``...) maps to its
+    full-size backbone (``vit-b16-in21k``, ``vim-s``, ``dinov2-b14``...) or, with ``demo``, to the
+    tiny test config of the same family."""
     if name in ALIASES:
         return ALIASES[name][1 if demo else 0]
     if name not in BACKBONES:
@@ -58,9 +69,50 @@ def get_spec(name: str) -> BackboneSpec:
     return BACKBONES[resolve_backbone_name(name)]
 
 
+def input_stats(normalize: bool | str) -> bool | tuple:
+    """A recorded ``normalize`` value as ``data.load_split`` takes it: False, or (mean, std)."""
+    name = norm_name(normalize)
+    if name == NONE_NAME:
+        return False
+    if name not in NORMS:
+        raise unknown_name("normalisation", name, [NONE_NAME, *NORMS])
+    return NORMS[name]
+
+
+def input_setup(name: str, normalize: bool | str, img_size: int) -> dict:
+    """What a run feeds backbone ``name`` (for result.json's ``input`` and the dry run): the
+    normalisation's name and values, the size, patch and token grid, and what the weights were
+    pre-trained with."""
+    spec = get_spec(name)
+    stats = input_stats(normalize)
+    return {"normalize": norm_name(normalize), "mean": list(stats[0]) if stats else None,
+            "std": list(stats[1]) if stats else None, "img_size": img_size, "patch_size": spec.patch_size,
+            "grid": img_size // spec.patch_size, "pretrained_norm": spec.norm,
+            "pretrained_size": spec.pretrained_size or spec.img_size}
+
+
+def describe_input(setup: dict) -> str:
+    """One line: ``normalisation clip (mean ..., std ...; pre-trained with clip), 224 px, patch 16 (14x14 tokens)``."""
+    norm = setup["normalize"]
+    values = (f" (mean {', '.join(f'{v:g}' for v in setup['mean'])}; std {', '.join(f'{v:g}' for v in setup['std'])})"
+              if setup["mean"] else " (inputs in [0, 1])")
+    size = f"{setup['img_size']} px" + (f" (weights pre-trained at {setup['pretrained_size']})"
+                                        if setup["pretrained_size"] != setup["img_size"] else "")
+    return (f"normalisation {norm}{values}, pre-training's {setup['pretrained_norm']}; {size}, patch "
+            f"{setup['patch_size']} ({setup['grid']}x{setup['grid']} tokens)")
+
+
 def backbone_family(name: str) -> str:
     """'vit' or 'vim'."""
     return get_spec(name).family
+
+
+def _check_finite(model: nn.Module, path: str | os.PathLike) -> None:
+    """UserError naming the first tensor loaded from ``path`` that holds NaN or inf (a damaged or
+    diverged file would otherwise fail much later, as a NaN loss)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: {name} holds non-finite values (NaN or inf): the checkpoint is damaged")
 
 
 def create_backbone(
@@ -119,6 +171,8 @@ def create_backbone(
         model = build_vim(spec, num_classes, size, rate)
         if checkpoint is not None:
             load_vim_checkpoint(model, checkpoint, spec.name)
+    if checkpoint is not None:
+        _check_finite(model, checkpoint)
     # The head is drawn last, with or without weights, as each family's official code makes it:
     # ViT a fresh nn.Linear (timm's reset_classifier: PyTorch's default init, +-1/sqrt(fan_in),
     # bias too), Vim trunc_normal(0.02) with a zero bias. A build that copies cached weights in

@@ -32,13 +32,17 @@ class BackboneSpec:
     weights as the user downloads them into ``backbones/`` (documented in
     ``backbones/README.md``); ``None`` for test configs. ``source``: where the file comes from (a
     URL); ``hub``: the Hugging Face Hub repo the fetch command reads it from, when it is there.
+    ``hub_file``: the file's path in that repo when it differs from ``checkpoint_file``
+    (timm's repos all name it ``model.safetensors``; it lands under ``checkpoint_file``).
     ``drop_path`` is the recipe's stochastic-depth rate, used when ``create_backbone(drop_path=None)``.
     ``patch_size``: the patch (token) size in pixels; ``img_size`` the size runs use by default.
     ``norm``: the key of ``NORMS`` the weights were pre-trained with (``mean``/``std`` are its
     values); ``recipe_norm``: what the official fine-tuning recipe feeds this backbone, ``"none"``
     (0..1 inputs: the official Lily code on Google's ViT and on Vim) or a key of ``NORMS`` (a
     backbone's own pre-training set: DINOv2, CLIP, MAE). ``params_m``: the published parameter
-    count in millions without a classification head (checked on a meta-device build).
+    count in millions without a classification head, at ``pretrained_size`` when set (the
+    resolution of the published weights: DINOv2's 518, whose position table runs resample to
+    ``img_size``), checked on a meta-device build.
     ``pre_logits``: keep the checkpoint's frozen pre-logits layer (Linear + tanh) before the new
     head when the file has one and ``create_backbone(pre_logits=None)`` (timm 0.4.12, which the
     official ViT code used, kept it; timm 1.x drops it).
@@ -58,7 +62,9 @@ class BackboneSpec:
     norm: str = "imagenet"
     recipe_norm: str = NO_NORM
     hub: str | None = None
+    hub_file: str | None = None  # the file's path in the ``hub`` repo when it differs from checkpoint_file
     params_m: float | None = None
+    pretrained_size: int | None = None  # the resolution of the published weights' last training phase, when not img_size
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:

@@ -25,49 +25,8 @@ from torch import nn
 from ..errors import UserError
 from .checkpoint import check_keys, guess_family, read_state_dict, sniff_format, wrong_family_error
 from .registry import BackboneSpec
+from .vit_specs import VIT_SPECS  # noqa: F401 - the registry entries (data), re-exported
 
-VIT_SPECS = {
-    "vit-b16-in21k": BackboneSpec(
-        name="vit-b16-in21k",
-        family="vit",
-        description="ViT-B/16, Google's original ImageNet-21k release (ViT-B_16.npz), as in Lily/VPT/NOAH",
-        img_size=224,
-        drop_path=0.1,
-        arch={"timm_name": "vit_base_patch16_224.orig_in21k"},
-        checkpoint_file="ViT-B_16.npz",
-        source="https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz",
-        norm="inception",
-        pre_logits=True,
-        params_m=85.8,
-    ),
-    "vit-b16-in1k": BackboneSpec(
-        name="vit-b16-in1k",
-        family="vit",
-        description="ViT-B/16 trained on ImageNet-1k only (AugReg), for the paper's Vim comparison rows",
-        img_size=224,
-        drop_path=0.1,
-        arch={"timm_name": "vit_base_patch16_224.augreg_in1k"},
-        checkpoint_file="B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-        source="https://storage.googleapis.com/vit_models/augreg/"
-        "B_16-i1k-300ep-lr_0.001-aug_strong2-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-        norm="inception",
-        params_m=85.8,
-    ),
-    "vit-tiny-test": BackboneSpec(
-        name="vit-tiny-test",
-        family="vit",
-        description="tiny random ViT for tests and the demo (32px, patch 4, 4 blocks)",
-        img_size=32,
-        drop_path=0.0,
-        arch={
-            "timm_name": "vit_base_patch16_224",
-            "overrides": {"patch_size": 4, "embed_dim": 48, "depth": 4, "num_heads": 3},
-        },
-        test_only=True,
-        patch_size=4,
-        norm="inception",
-    ),
-}
 
 
 def build_vit(spec: BackboneSpec, num_classes: int, img_size: int, drop_path: float) -> nn.Module:
@@ -86,26 +45,65 @@ def load_vit_checkpoint(model: nn.Module, path: str | os.PathLike,
                         target: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Load a Google .npz (timm's reader) or a PyTorch / safetensors ViT state dict.
 
-    The head is not loaded (callers reset it). Position embeddings are resampled to the
-    model's grid by timm. Problems become a UserError naming the file. Returns the file's
-    pre-logits layer (weight (out, in), bias) or None; loading it is the caller's choice.
+    PyTorch layouts: timm's (its Hub files), and what timm's checkpoint filter converts (the
+    original DINOv2 ``.pth``, OpenAI/OpenCLIP ``visual.*`` keys). The head is not loaded (callers
+    reset it). Position embeddings are resampled to the model's grid by timm; a file of another
+    patch size or variant (LayerScale, CLIP's ``norm_pre``) is refused rather than resampled or
+    half-loaded. Problems become a UserError naming the file. Returns the file's pre-logits layer
+    (weight (out, in), bias) or None; loading it is the caller's choice.
     """
     if sniff_format(path) == "npz":
+        _check_variant(path, target, model, "a Google ViT .npz", set())
         _load_npz(model, path, target)
         return read_pre_logits(path)
     state = read_state_dict(path)
     family = guess_family(state)
     if family == "vim":
         raise wrong_family_error(path, family, target)
+    _check_patch(path, target, model, state)
     layer = _torch_pre_logits(state, path)
     try:
         state = checkpoint_filter_fn(state, model)  # resamples pos_embed, drops pre_logits
     except Exception as err:  # timm raises assorted errors on foreign layouts
         raise UserError(f"{path}: cannot convert this state dict for {target}: {err}") from None
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
+    _check_variant(path, target, model, "this checkpoint", set(state))
     check_keys(path, target, model.state_dict(), state)
     model.load_state_dict(state, strict=False)
     return layer
+
+
+# Parameters that tell the timm ViT variants apart, and what a message calls them.
+_VARIANT_MARKS = {".ls1.gamma": "LayerScale gains ls1/ls2 (DINOv2)", "norm_pre.weight": "a pre-block norm_pre (CLIP)"}
+
+
+def _marks(keys: set[str]) -> set[str]:
+    return {mark for mark in _VARIANT_MARKS if any(k.endswith(mark) or k == mark for k in keys)}
+
+
+def _check_variant(path: str | os.PathLike, target: str, model: nn.Module, what: str, keys: set[str]) -> None:
+    """UserError when the file and the model differ in a variant's own parameters (a DINOv2
+    file for CLIP, a Google npz for DINOv2), naming what each has."""
+    want, have = _marks(set(model.state_dict())), _marks(keys)
+    if want == have:
+        return
+
+    def said(marks: set[str]) -> str:
+        return " and ".join(_VARIANT_MARKS[m] for m in sorted(marks)) or "neither LayerScale nor norm_pre (a plain ViT)"
+
+    raise UserError(f"{path}: {what} has {said(have)}, but {target} has {said(want)}: it is a checkpoint of another "
+                    f"ViT variant (python -m vtab_lily.run --list-backbones names each backbone's file)")
+
+
+def _check_patch(path: str | os.PathLike, target: str, model: nn.Module, state: dict) -> None:
+    """A file of another patch size is refused (timm would resample its patch embedding)."""
+    weight = state.get("patch_embed.proj.weight", state.get("visual.conv1.weight"))
+    if weight is None or weight.dim() != 4:
+        return  # check_keys names what is missing
+    ours = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if tuple(weight.shape[-2:]) != ours:
+        raise UserError(f"{path}: patch size {tuple(weight.shape[-2:])} in the file, {target} has {ours}: a "
+                        "checkpoint of another model")
 
 
 def _load_npz(model: nn.Module, path: str | os.PathLike, target: str) -> None:

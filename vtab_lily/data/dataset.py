@@ -18,6 +18,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def mean_std(normalize: bool | tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The per-channel (mean, std) of a ``normalize`` argument as (1, 3, 1, 1) tensors; None for none."""
+    if isinstance(normalize, bool) or normalize is None:
+        if not normalize:
+            return None
+        normalize = (IMAGENET_MEAN, IMAGENET_STD)
+    try:
+        mean, std = (torch.tensor([float(v) for v in values]) for values in normalize)
+    except (TypeError, ValueError):
+        mean = std = torch.zeros(0)
+    if mean.numel() != 3 or std.numel() != 3 or not (torch.isfinite(mean).all() and torch.isfinite(std).all()
+                                                     and (std > 0).all()):
+        raise ValueError(f"normalize must be False, True or (mean, std) of 3 finite values, std > 0; got {normalize!r}")
+    return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+
+
 @dataclass(frozen=True)
 class DataOrigin:
     """What a loaded split was read from, for checking it against the task's manifest: the
@@ -33,12 +49,13 @@ class SplitData(Dataset):
     """One split as uint8 (in memory, or memory-mapped from the cache); items and batches come out as float32.
 
     ``images`` is ``(n, 3, H, W)`` uint8 and ``labels`` ``(n,)`` int64. Items are scaled to
-    0..1 and, when ``normalize``, standardised with the ImageNet mean/std.
+    0..1 and, when ``normalize`` is True, standardised with the ImageNet mean/std, or with the
+    (mean, std) pair it is (a backbone's pre-training set, ``backbones.NORMS``).
     For training loops, :meth:`batch` gathers a whole batch by index in one tensor op, and
     :meth:`to` moves the uint8 data to a device once (4x smaller than float).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: bool = True,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: bool | tuple = True,
                  task: Task | None = None, split: str | None = None, origin: DataOrigin | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -46,22 +63,25 @@ class SplitData(Dataset):
             raise ValueError(f"labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.to(torch.int64)
-        self._normalize = normalize
+        stats = mean_std(normalize)
+        self._normalize, self._standardise = normalize, stats is not None
         self.task = task
         self.split = split
         self.origin = origin  # set by load_split: the list file and images these pixels came from
         # (x / 255 - mean) / std folded into one multiply and one subtract
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self._scale = (1.0 / (255.0 * std)) if normalize else torch.full((1, 3, 1, 1), 1.0 / 255.0)
-        self._shift = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / std) if normalize else torch.zeros(1, 3, 1, 1)
+        if stats is None:
+            self._scale, self._shift = torch.full((1, 3, 1, 1), 1.0 / 255.0), torch.zeros(1, 3, 1, 1)
+        else:
+            mean, std = stats
+            self._scale, self._shift = 1.0 / (255.0 * std), mean / std
         self._scale, self._shift = self._scale.to(images.device), self._shift.to(images.device)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
-    def normalize(self) -> bool:
-        """Whether items are ImageNet-standardised (fixed at construction)."""
+    def normalize(self) -> bool | tuple:
+        """The ``normalize`` given at construction: False, True (ImageNet) or (mean, std)."""
         return self._normalize
 
     @property
@@ -73,9 +93,9 @@ class SplitData(Dataset):
         return self.task.num_classes if self.task else None
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(b, 3, H, W)`` -> float32 0..1, normalised when ``self.normalize``."""
+        """uint8 ``(b, 3, H, W)`` -> float32 0..1, normalised unless ``self.normalize`` is False."""
         out = images.to(torch.float32).mul_(self._scale.to(images.device))
-        if self._normalize:
+        if self._standardise:
             out.sub_(self._shift.to(images.device))
         return out
 
@@ -181,13 +201,14 @@ def cached_split(split_list: SplitList, task_name: str, split: str, img_size: in
     return data
 
 
-def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 224, normalize: bool = True,
+def load_split(root: str | Path, task: Task | str, split: str, img_size: int = 224, normalize: bool | tuple = True,
                cache_dir: str | Path | None = None, *, use_cache: bool = True, workers: int | None = None,
                progress: bool = True) -> SplitData:
     """Load one split of one task as a :class:`SplitData` (memory-mapped from the cache).
 
     ``root`` is the suite root (``<root>/<task>/<split>.txt``), ``task`` a registry
-    :class:`~vtab_lily.tasks.Task` (or its name). Images are decoded once, resized to
+    :class:`~vtab_lily.tasks.Task` (or its name); ``normalize``: False, True (ImageNet's mean/std) or
+    a (mean, std) pair. Images are decoded once, resized to
     ``img_size`` (bicubic) and kept as uint8 in ``cache_dir`` (default ``$VTAB_LILY_CACHE_DIR``
     or ``<root>/.cache``), keyed by the list file's bytes, every image's size and mtime and the
     size; later calls only map that file. ``SplitData.origin`` says what was read

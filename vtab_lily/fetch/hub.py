@@ -63,7 +63,7 @@ def metadata(source: Source, timeout: float = 10) -> HubFile:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
-    url = hf_hub_url(source.repo_id, source.file, repo_type=source.repo_type, revision=source.revision,
+    url = hf_hub_url(source.repo_id, source.remote_file, repo_type=source.repo_type, revision=source.revision,
                      endpoint=endpoint())
     try:
         meta = get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint())
@@ -96,7 +96,7 @@ def download(source: Source, dest: Path, meta: HubFile, progress: bool = True) -
     if not progress:
         disable_progress_bars()
     try:
-        path = Path(hf_hub_download(source.repo_id, source.file, repo_type=source.repo_type, revision=meta.commit,
+        path = Path(hf_hub_download(source.repo_id, source.remote_file, repo_type=source.repo_type, revision=meta.commit,
                                     local_dir=staging, endpoint=endpoint()))
     except NETWORK_ERRORS as err:  # HTTP errors, cut connections past the client's retries, a full disk
         raise FetchError(f"{meta.url}: {err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}; "

@@ -30,10 +30,15 @@ class Source:
     repo_id: str = ""  # Hugging Face Hub (its LFS metadata carries sha256 and size)
     repo_type: str = "model"
     revision: str = "main"
+    remote: str = ""  # the file's path in the Hub repo when it is not ``file`` (timm's model.safetensors)
 
     @property
     def on_hub(self) -> bool:
         return bool(self.repo_id)
+
+    @property
+    def remote_file(self) -> str:
+        return self.remote or self.file
 
     def where(self, endpoint: str | None = None) -> str:
         """The URL it is downloaded from (and a user could download by hand)."""
@@ -42,12 +47,15 @@ class Source:
             return mirror + self.url[len(STORAGE):] if mirror and self.url.startswith(STORAGE) else self.url
         base = (endpoint or os.environ.get("HF_ENDPOINT") or HUB).rstrip("/") + "/"  # a mirror, read now
         kind = "datasets/" if self.repo_type == "dataset" else ""
-        return f"{base}{kind}{self.repo_id}/resolve/{self.revision}/{self.file}"
+        return f"{base}{kind}{self.repo_id}/resolve/{self.revision}/{self.remote_file}"
 
 
 # Sizes as the Hub and Google's bucket list them (Dec 2026); the download checks the exact ones.
 VTAB_1K = Source("vtab-1k", "vtab-1k.zip", 4_660_000_000, repo_id="XiN0919/VTAB-1k", repo_type="dataset")
-_APPROX = {"vit-b16-in21k": 412_000_000, "vit-b16-in1k": 346_000_000, "vim-s": 413_000_000, "vim-t": 115_000_000}
+_APPROX = {"vit-b16-in21k": 412_000_000, "vit-b16-in1k": 346_000_000, "vim-s": 413_000_000, "vim-t": 115_000_000,
+           # ViT-L_16.npz: float32 backbone, pre_logits and the 21,843-class head (~326M values)
+           "vit-l16-in21k": 1_310_000_000, "dinov2-b14": 346_000_000, "dinov2-s14": 88_000_000,
+           "clip-b16": 345_000_000, "mae-b16": 343_000_000}
 
 
 def weights_source(backbone: str) -> Source:
@@ -59,9 +67,8 @@ def weights_source(backbone: str) -> Source:
         raise UserError(f"backbone {spec.name} has no published weights (a test config: it runs from random "
                         "init, --checkpoint none)")
     approx = _APPROX.get(spec.name, 0)
-    if spec.source.startswith(HUB):
-        repo = spec.source[len(HUB):].strip("/")
-        return Source(spec.name, spec.checkpoint_file, approx, repo_id=repo)
+    if spec.hub:
+        return Source(spec.name, spec.checkpoint_file, approx, repo_id=spec.hub, remote=spec.hub_file or "")
     if not spec.source.startswith("https://"):
         fetchable = [n for n, s in BACKBONES.items() if s.checkpoint_file]
         raise UserError(f"backbone {spec.name}: no download source is known; fetchable: {', '.join(fetchable)}")

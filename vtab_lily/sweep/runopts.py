@@ -61,6 +61,17 @@ def is_flag(action: argparse.Action) -> bool:
     return action.nargs == 0
 
 
+def off_flag(action: argparse.Action | None) -> str | None:
+    """``--no-x`` of an option that is a switch or takes a value (``--normalize [NAME]``); else None."""
+    return getattr(action, "off_flag", None)
+
+
+def _switch_word(action: argparse.Action | None, text: str) -> bool:
+    """Whether ``text`` is read as on/off: always for a flag, for ``--normalize`` when true/false."""
+    return action is not None and (is_flag(action) or (off_flag(action) is not None
+                                                       and text.lower() in _TRUE + _FALSE))
+
+
 def run_option_hint(name: str) -> str:
     """`` (did you mean 'seed'?) (the sweep sets --seed itself: ...)`` for a near-miss of a run option."""
     hint = suggest(name, sorted(run_actions()))
@@ -99,7 +110,7 @@ def check_grid_key(key: str, where: str) -> argparse.Action | None:
 
 def normal_value(key: str, action: argparse.Action | None, text: str, where: str) -> Any:
     """The value ``text`` as the run would parse it (so "1" and "1.0" compare equal), checked finite."""
-    if action is not None and is_flag(action):
+    if _switch_word(action, text):
         low = text.lower()
         if low not in _TRUE + _FALSE:
             raise UserError(f"{where}: {key} = {text!r}: expected true or false")
@@ -134,10 +145,12 @@ def option_args(key: str, value: str) -> list[str]:
     action = run_actions().get(name)
     if action is None:
         return ["--" + ADAPTER_OPT, f"{key}={value}"]
-    if is_flag(action):
+    if _switch_word(action, value):
         on = value.lower() in _TRUE
         if isinstance(action, argparse.BooleanOptionalAction):
             return [f"--{name}" if on else f"--no-{name}"]
+        if off_flag(action):
+            return [f"--{name}" if on else off_flag(action)]
         return [f"--{name}"] if on else []
     return [f"--{name}", value]
 
@@ -162,6 +175,8 @@ def parse_fixed(run_args: list[str], where: str = "run options") -> list[tuple[s
         elif i + 1 < len(run_args) and not run_args[i + 1].startswith("--"):
             pairs.append((name, run_args[i + 1]))
             i += 1
+        elif action.nargs == "?":  # a value-optional option given alone (--normalize)
+            pairs.append((name, None))
         else:
             raise UserError(f"{where}: --{name} needs a value")
         i += 1

@@ -139,7 +139,10 @@ def run_args_from_table(table: dict[str, Any], where: str) -> list[str]:
         here = f"{where}: run.{key}"
         name = runopts.flag_name(key)
         action = runopts.check_fixed_name(name, here)
-        if runopts.is_flag(action) != isinstance(value, bool):
+        if runopts.off_flag(action) is not None:  # --normalize: true / false, or a name
+            if not isinstance(value, (bool, str)):
+                raise UserError(f"{here}: expected true or false, or a name, got {value!r}")
+        elif runopts.is_flag(action) != isinstance(value, bool):
             want = "true or false" if runopts.is_flag(action) else "a value (--" + name + " is not an on/off switch)"
             raise UserError(f"{here}: expected {want}, got {value!r}")
         if isinstance(value, bool):
