@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ALIAS, FULL = "vit", "vit-b16-in21k"
+ALIAS, FULL = "dinov2-b", "dinov2-b14"
 
 
 def test_run_all_dry_run_resolves_an_alias_and_writes_nothing(tmp_path: Path) -> None:
