@@ -90,10 +90,13 @@ write_batch "$work/batch.jsonl" "${run[@]:3}" || exit 1
 # --dry-run: every task's run resolved and printed by the batch (no weights needed), then the
 # pre-flight of the real runs says what they would still need; nothing is fetched or exported.
 if [[ ${#dry[@]} -gt 0 ]]; then
+    [[ ${#fetch[@]} -gt 0 ]] && echo "note: --dry-run fetches nothing; --fetch applies to the real run"
     write_batch "$work/dry.jsonl" "${run[@]:3}" --dry-run || exit 1
     "$python" -m vtab_lily.run --batch "$work/dry.jsonl" || exit $?
-    "$python" -m vtab_lily.run --batch "$work/batch.jsonl" --preflight ||
-        echo "dry run: a real run would stop there until those pieces are in place (--fetch fetches them)"
+    "$python" -m vtab_lily.run --batch "$work/batch.jsonl" --preflight
+    rc=$?
+    [[ $rc -eq 130 ]] && exit 130
+    [[ $rc -ne 0 ]] && echo "dry run: a real run would stop there until those pieces are in place (--fetch fetches them)"
     echo "=== dry run: ${#selected[@]} task(s) resolved; nothing was trained, fetched or exported"
     exit 0
 fi
