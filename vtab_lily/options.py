@@ -251,6 +251,9 @@ class RunOptions:
                              "piece")
     list_tasks: bool = option(False, role="action", switch="on",
                               help="check the other arguments, print the task names")
+    list_backbones: bool = option(False, role="action", switch="on", help="print the backbones: names, aliases, "
+                                  "family, input size, patch, normalisation, parameters, weights file and the "
+                                  "command that fetches it")
     batch: str | None = option(role="action", metavar="FILE",
                                help="run many: FILE has one JSON list of arguments per line")
     debug: bool = option(False, role="action", switch="on", help="full tracebacks")

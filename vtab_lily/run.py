@@ -91,9 +91,9 @@ def print_setup(spec: RunSpec) -> None:
     params, devs = spec.params, list(spec.deviations)
     print(json.dumps({"config": spec.config_dict(), "config_hash": spec.config_hash, "run_dir": str(spec.run_dir),
                       "method": spec.label, "deviations": devs, "params": dict(params)}, indent=2))
-    print(f"parameters ({spec['backbone']}): adapter {params['adapter']:,}, head {params['head']:,}, "
+    print(f"parameters: adapter {params['adapter']:,}, head {params['head']:,}, "
           f"trainable total {params['total']:,}, backbone {params['backbone']:,}")
-    print(f"input: {describe_input(input_setup(spec['backbone'], spec['normalize'], spec['img_size']))}")
+    print(f"input to {spec['backbone']}: {describe_input(input_setup(spec['backbone'], spec['normalize'], spec['img_size']))}")
     note = cuda_default_note(backbone_family(spec["backbone"]), spec["device"])
     print(f"precision: {spec['precision']}" + (f" ({note})" if note else ""))
     if spec["adapter"] in NO_OFFICIAL_SETUP:  # the adapter's settings are the user's file: only the recipe is compared
@@ -105,6 +105,30 @@ def print_setup(spec: RunSpec) -> None:
         from .adapters.pertask import describe
 
         print(f"per-task settings for {spec['task']}: {describe(spec['adapter_task_settings'])}")
+
+
+def list_backbones() -> str:
+    """``--list-backbones``: the registry as a table, then where each published file comes from."""
+    from tabulate import tabulate
+
+    from .backbones import backbone_rows
+    from .fetch import weights_source
+
+    table, sources = [], []
+    for row in backbone_rows():
+        size = f"{row['img_size']}" + (f" (pre-trained {row['pretrained_size']})" if row["pretrained_size"] else "")
+        norm = row["normalize"] + ("" if row["normalize"] == row["pretrained_norm"] else
+                                   f" (pre-trained {row['pretrained_norm']})")
+        weights = row["checkpoint_file"] or "none (test config: --checkpoint none)"
+        table.append([row["name"], ", ".join(row["aliases"]), row["family"], size, row["patch_size"], norm,
+                      f"{row['params'] / 1e6:.1f}M", weights])
+        if row["checkpoint_file"]:
+            sources.append(f"  {row['name']}: python -m vtab_lily.fetch weights {row['name']}  "
+                           f"(from {weights_source(row['name']).where()})")
+    head = ["backbone", "aliases", "family", "img size", "patch", "normalisation (default)", "params", "weights file"]
+    return "\n".join([tabulate(table, head), "", "parameters without the classification head, at the img size; "
+                      "normalisation: the recipe's default (--normalize NAME picks another)", "",
+                      "fetch (into backbones/):", *sources])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +149,9 @@ def execute(argv: list[str]) -> tuple[int, str]:
     The arguments are read once into a frozen :class:`RunSpec` (``runspec.resolve``); everything
     below reads the spec."""
     opts = read_options(argv)
+    if opts.list_backbones:  # needs no task, weights or data
+        print(list_backbones())
+        return 0, "listed"
     config = checked_config(opts)
     if opts.list_tasks:
         print("\n".join(task_names(config["suite"])))

@@ -88,7 +88,10 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
     with torch.device("meta"):  # pre_logits=True builds the layer's structure: the counts match the real build
         model = create_backbone(config["backbone"], num_classes=config["num_classes"] or 2, checkpoint=None,
                                 **backbone_kwargs(config))
-        model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
+        try:
+            model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
+        except UserError as err:  # say which pair: "affix on dinov2-b14: affix tuning is defined for ..."
+            raise UserError(f"--adapter {config['adapter']} on --backbone {config['backbone']}: {err}") from None
     config["adapter_config"] = json_normal(recorded_config(model.adapter_config))
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)

@@ -29,6 +29,7 @@ __all__ = [
     "VimConfig",
     "VisionMamba",
     "backbone_family",
+    "backbone_rows",
     "create_backbone",
     "describe_input",
     "input_setup",
@@ -100,6 +101,24 @@ def describe_input(setup: dict) -> str:
                                         if setup["pretrained_size"] != setup["img_size"] else "")
     return (f"normalisation {norm}{values}, pre-training's {setup['pretrained_norm']}; {size}, patch "
             f"{setup['patch_size']} ({setup['grid']}x{setup['grid']} tokens)")
+
+
+def backbone_rows() -> list[dict]:
+    """One row per registered backbone for ``--list-backbones``: its aliases, family, sizes, patch,
+    the recipe's and the pre-training's normalisation, the parameter count without the head (a
+    meta-device build at the run size) and the weights file (None for test configs)."""
+    rows = []
+    for name, spec in BACKBONES.items():
+        with torch.device("meta"):
+            model = create_backbone(name, num_classes=2, img_size=None, pre_logits=False)
+        head = model.get_classifier()
+        params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in head.parameters())
+        rows.append({"name": name, "aliases": [a for a, pair in ALIASES.items() if name in pair],
+                     "family": spec.family, "img_size": spec.img_size, "pretrained_size": spec.pretrained_size,
+                     "patch_size": spec.patch_size, "normalize": spec.recipe_norm, "pretrained_norm": spec.norm,
+                     "params": params, "checkpoint_file": spec.checkpoint_file, "test_only": spec.test_only,
+                     "description": spec.description})
+    return rows
 
 
 def backbone_family(name: str) -> str:

@@ -53,7 +53,6 @@ VIM_SPECS = {
         checkpoint_file="vim_s_midclstok_80p5acc.pth",
         source="https://huggingface.co/hustvl/Vim-small-midclstok",
         hub="hustvl/Vim-small-midclstok",
-        params_m=26.0,
     ),
     "vim-t": BackboneSpec(
         name="vim-t",
@@ -65,7 +64,6 @@ VIM_SPECS = {
         checkpoint_file="vim_t_midclstok_76p1acc.pth",
         source="https://huggingface.co/hustvl/Vim-tiny-midclstok",
         hub="hustvl/Vim-tiny-midclstok",
-        params_m=7.0,
     ),
     "vim-tiny-test": BackboneSpec(
         name="vim-tiny-test",
