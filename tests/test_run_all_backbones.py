@@ -30,12 +30,16 @@ def test_run_all_dry_run_resolves_an_alias_and_writes_nothing(tmp_path: Path) ->
 
 
 def _table_rows(page: Path) -> dict[str, list[str]]:
-    """The backbone table of ``page``: cells of each row by the row's first cell (unquoted)."""
+    """The overview table of ``page`` (the one headed ``| backbone | alias |``): each row's cells
+    by its first cell, unquoted."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| backbone | alias |"))
     rows = {}
-    for line in page.read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
-        if cells:
-            rows[cells[0].strip("`")] = cells
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells
     return rows
 
 
