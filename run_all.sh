@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Run one method on every task of the suite, then export the leaderboard.
 #
-#   ./run_all.sh <backbone> <adapter> [--demo] [--tasks a,b] [extra python -m vtab_lily.run args]
+#   ./run_all.sh <backbone> <adapter> [--demo] [--tasks a,b] [--dry-run] [extra python -m vtab_lily.run args]
 #   ./run_all.sh vit lily --demo                 # the demo suite, a few minutes on CPU
+#   ./run_all.sh dinov2-b lily --dry-run         # every task's resolved run (label, settings); nothing runs
 #   ./run_all.sh vit lily --paper                # all 19 VTAB-1K tasks, the official setup;
 #                                                # leaderboards with final and test-selected numbers
 #   ./run_all.sh vit lora --rank 8 --out runs     # any other run option applies to every task
 #   ./run_all.sh vit lily --fetch                # download missing weights and VTAB-1K first
 #
+# <backbone>: any name or alias that `python -m vtab_lily.run --list-backbones` lists (vit, vim,
+# dinov2-b, clip-b, ...); an alias names the full-size backbone, with --demo the tiny config of its
+# family. --dry-run prints each task's resolved run and what a real run would still need, then
+# stops: nothing is trained, fetched or exported.
 # Weights and data are checked once, before any work: a missing piece stops it with one message
 # naming every piece and the command that fetches it (--fetch fetches them first).
 # All tasks run in one process (python -m vtab_lily.run --batch), so the backbone weights are
@@ -31,7 +36,7 @@ backbone=$1 adapter=$2
 shift 2
 
 python=${PYTHON:-python3}
-tasks="" out="runs" demo=() paper=() fetch=()
+tasks="" out="runs" demo=() paper=() fetch=() dry=()
 extra=()
 need() { [[ -n "${2:-}" ]] || { echo "error: $1 needs $3" >&2; exit 2; }; }  # bad input: exit 2
 while [[ $# -gt 0 ]]; do
@@ -41,6 +46,7 @@ while [[ $# -gt 0 ]]; do
         --demo) demo=(--demo); shift ;;
         --paper) paper=(--paper); shift ;;
         --fetch) fetch=(--fetch); shift ;;
+        --dry-run) dry=(--dry-run); shift ;;
         --out) need "$1" "${2:-}" "a folder"; out=$2; extra+=("$1" "$2"); shift 2 ;;
         --out=*) out=${1#--out=}; extra+=("$1"); shift ;;
         -h|--help) usage; exit 0 ;;
@@ -70,13 +76,30 @@ fi
 # the batch file is one run's arguments. The batch reports each run as "code<TAB>label<TAB>status".
 work=$(mktemp -d "${TMPDIR:-/tmp}/run_all.XXXXXX") || exit 1
 trap 'rm -rf "$work"' EXIT
-"$python" -c '
+write_batch() {  # write_batch FILE ARGS...: one line per selected task
+    "$python" -c '
 import json, sys
 path, tasks, args = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 with open(path, "w", encoding="utf-8") as f:
     for task in tasks:
         f.write(json.dumps([*args, "--task", task]) + "\n")
-' "$work/batch.jsonl" "$(IFS=,; echo "${selected[*]}")" "${run[@]:3}" || exit 1
+' "$1" "$(IFS=,; echo "${selected[*]}")" "${@:2}"
+}
+write_batch "$work/batch.jsonl" "${run[@]:3}" || exit 1
+
+# --dry-run: every task's run resolved and printed by the batch (no weights needed), then the
+# pre-flight of the real runs says what they would still need; nothing is fetched or exported.
+if [[ ${#dry[@]} -gt 0 ]]; then
+    [[ ${#fetch[@]} -gt 0 ]] && echo "note: --dry-run fetches nothing; --fetch applies to the real run"
+    write_batch "$work/dry.jsonl" "${run[@]:3}" --dry-run || exit 1
+    "$python" -m vtab_lily.run --batch "$work/dry.jsonl" || exit $?
+    "$python" -m vtab_lily.run --batch "$work/batch.jsonl" --preflight
+    rc=$?
+    [[ $rc -eq 130 ]] && exit 130
+    [[ $rc -ne 0 ]] && echo "dry run: a real run would stop there until those pieces are in place (--fetch fetches them)"
+    echo "=== dry run: ${#selected[@]} task(s) resolved; nothing was trained, fetched or exported"
+    exit 0
+fi
 
 # Every checkpoint and data task the runs need, checked (or with --fetch, fetched) before any
 # work; finished runs need nothing. A missing piece ends here: no runs, no leaderboard.

@@ -160,10 +160,18 @@ def load_reference(path: str | None = None) -> tuple[ReferenceRow, ...]:
 
 
 def reference_rows(backbone: str, suite: str = "vtab") -> list[ReferenceRow]:
-    """The published rows for ``backbone``; only VTAB-1K tables get any."""
+    """The published rows for ``backbone`` (its full registry name, as result.json records it:
+    rows are never shared across backbones, not even between a backbone and its alias or tiny
+    test config); only VTAB-1K tables get any."""
     if suite != "vtab":
         return []
     return [row for row in load_reference() if row.backbone == backbone]
+
+
+def reference_backbones() -> tuple[str, ...]:
+    """The backbones that have published rows, sorted. A backbone without runs gets no table, so
+    its rows stay out of the leaderboard until it has runs; this lists them for an index."""
+    return tuple(sorted({row.backbone for row in load_reference()}))
 
 
 def matching_reference(refs: list[ReferenceRow], adapter: str, adapter_config: dict,
