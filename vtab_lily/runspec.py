@@ -90,8 +90,11 @@ def identify(config: dict, must_exist: bool = True) -> tuple[dict, RunDir, dict,
                                 **backbone_kwargs(config))
         try:
             model = apply_adapter(model, config["adapter"], task=config["task"], **config["adapter_options"])
-        except UserError as err:  # say which pair: "affix on dinov2-b14: affix tuning is defined for ..."
-            raise UserError(f"--adapter {config['adapter']} on --backbone {config['backbone']}: {err}") from None
+        except UserError as err:  # say which pair ("affix on dinov2-b14: ..."), unless the message already does
+            said = str(err)
+            if config["backbone"] not in said:
+                said = f"--adapter {config['adapter']} on --backbone {config['backbone']}: {said}"
+            raise UserError(said) from None
     config["adapter_config"] = json_normal(recorded_config(model.adapter_config))
     if model.adapter_task_settings:  # only where a method has per-task settings: other run hashes stay
         config["adapter_task_settings"] = json_normal(model.adapter_task_settings)
