@@ -19,7 +19,6 @@ import pytest
 
 from fetch_server import FetchServer
 from vtab_lily import run
-from vtab_lily.data import ensure_demo
 from vtab_lily.data.testing import write_task
 from vtab_lily.errors import UserError
 from vtab_lily.rundir import config_hash
@@ -117,17 +116,15 @@ def test_single_run_names_the_fetch_command(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_checkpoint_sha256_is_recorded_and_not_hashed(tmp_path):
+def test_checkpoint_sha256_is_recorded_and_not_hashed(demo_root, tmp_path):
     import torch
 
     from vtab_lily.backbones import create_backbone
 
-    root = tmp_path / "demo"
-    ensure_demo(root)
     weights = tmp_path / "tiny.pth"
     torch.save(create_backbone("vit-tiny-test", num_classes=2).state_dict(), weights)
     argv = ["--demo", "--backbone", "vit", "--adapter", "linear", "--task", "colours", "--img-size", "16",
-            "--epochs", "1", "--batch-size", "200", "--no-tensorboard", "--data-root", str(root),
+            "--epochs", "1", "--batch-size", "200", "--no-tensorboard", "--data-root", str(demo_root),
             "--out", str(tmp_path / "runs"), "--checkpoint", str(weights)]
     assert run.main(argv) == 0
     (result,) = (tmp_path / "runs").rglob("result.json")

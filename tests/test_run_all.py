@@ -11,21 +11,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from vtab_lily import run
-from vtab_lily.data import ensure_demo
 from vtab_lily.fsutil import dir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--img-size", "16", "--epochs", "1", "--batch-size", "100", "--rank", "4", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)
-    return root
 
 
 def run_all(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
