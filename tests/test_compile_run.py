@@ -14,19 +14,11 @@ from pathlib import Path
 import pytest
 
 from vtab_lily import run
-from vtab_lily.data import ensure_demo
 from vtab_lily.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--demo", "--adapter", "lily", "--rank", "4", "--task", "colours", "--img-size", "16",
         "--eval-every", "1", "--batch-size", "100", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)
-    return root
 
 
 def argv(demo_root: Path, out: Path, backbone: str, epochs: int, *extra: str) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vtab_lily import run
-from vtab_lily.data import ensure_demo, load_split, read_manifest
+from vtab_lily.data import load_split, read_manifest
 from vtab_lily.data import readcheck
 from vtab_lily.data.parallel import bounded_map
 from vtab_lily.data.readcheck import StaleData, check_read_data
@@ -21,13 +21,6 @@ from vtab_lily.tasks import suite
 
 TINY = ["--demo", "--backbone", "vit", "--adapter", "linear", "--task", "colours", "--img-size", "16",
         "--epochs", "1", "--eval-every", "1", "--batch-size", "100", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)  # idempotent and lock-protected: shared by the test modules
-    return root
 
 
 @pytest.fixture

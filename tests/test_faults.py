@@ -22,18 +22,10 @@ import pytest
 import torch
 
 from vtab_lily import rundir, run
-from vtab_lily.data import ensure_demo
 
 TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--task", "colours",
         "--img-size", "16", "--epochs", "3", "--eval-every", "1", "--batch-size", "100", "--no-tensorboard"]
 STEPS = 30  # 3 epochs x 10 steps
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)
-    return root
 
 
 # --- child processes -----------------------------------------------------------------------

@@ -19,9 +19,8 @@ import pytest
 
 from fetch_server import FetchServer
 from vtab_lily import run
-from vtab_lily.data import ensure_demo
 from vtab_lily.data.testing import write_task
-from vtab_lily.errors import UserError
+from vtab_lily.errors import UserError, run_cli
 from vtab_lily.rundir import config_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,19 @@ def test_run_all_without_weights_or_data_stops_once_before_any_work(tmp_path):
     assert not (tmp_path / "leaderboards").exists() and not (tmp_path / "runs").exists()
 
 
-def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_path):
+def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A command in this process as its ``python -m`` entry point runs it (``run_cli``: one line
+    per error, the exit code): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, argv)
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_path, monkeypatch, capsys):
+    from vtab_lily.fetch.__main__ import main as fetch_main
+
     server = FetchServer()
     try:
         buf = io.BytesIO()  # an npz with a pre_logits entry, as the published file has
@@ -62,39 +73,42 @@ def test_batch_preflight_fetch_gets_weights_and_data_then_reports_the_gaps(tmp_p
         weights = buf.getvalue()
         server.add("vit_models/imagenet21k/ViT-B_16.npz", weights)
         server.add("XiN0919/VTAB-1k/vtab-1k.zip", fake_archive(tmp_path / "make", {"dtd": 47}))
-        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_ENDPOINT": server.url,
-               "VTAB_LILY_STORAGE_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
-        env.pop("HF_HUB_OFFLINE", None)
+        env = {"HF_ENDPOINT": server.url, "VTAB_LILY_STORAGE_ENDPOINT": server.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         work = tmp_path / "work"
         work.mkdir()
+        monkeypatch.chdir(work)
         (work / "b.jsonl").write_text(json.dumps(["--backbone", "vit", "--task", "dtd"]) + "\n")
-        cmd = [sys.executable, "-m", "vtab_lily.run", "--batch", "b.jsonl", "--preflight"]
-        before = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert before.returncode == 2 and "missing before any run can start (2)" in before.stderr
-        fetched = subprocess.run([*cmd, "--fetch"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        args = ["--batch", "b.jsonl", "--preflight"]
+        code, _, err = cli(run.main, args, capsys)
+        assert code == 2 and "missing before any run can start (2)" in err
+        # the fetch through the command a user types; the other steps run the same entry point in-process
+        fetched = subprocess.run([sys.executable, "-m", "vtab_lily.run", *args, "--fetch"], cwd=work,
+                                 env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                                 timeout=600)
         assert fetched.returncode == 0, fetched.stderr
         assert (work / "backbones" / "ViT-B_16.npz").read_bytes() == weights
         assert hashlib.sha256(weights).hexdigest() in fetched.stdout
         assert (work / "data" / "vtab-1k" / "dtd" / "manifest.json").is_file()
         assert "JPEG copies (lossy" in fetched.stdout  # the archive's known gap, said
-        again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0 and "ready" in again.stdout
+        code, out, _ = cli(run.main, args, capsys)
+        assert code == 0 and "ready" in out
         # the whole archive: the tasks it lacks are named (it is there already: nothing is downloaded)
-        whole = subprocess.run([sys.executable, "-m", "vtab_lily.fetch", "data", "vtab-1k", "--no-progress"],
-                               cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert whole.returncode == 0, whole.stderr
-        assert "lacks 18 of the 19 tasks:" in whole.stdout and "cifar" in whole.stdout.split("lacks 18")[1]
+        code, out, err = cli(fetch_main, ["data", "vtab-1k", "--no-progress"], capsys)
+        assert code == 0, err
+        assert "lacks 18 of the 19 tasks:" in out and "cifar" in out.split("lacks 18")[1]
         assert [m for m, _ in server.files["XiN0919/VTAB-1k/vtab-1k.zip"].requests].count("GET") == 1
         # a task the archive lacks stays missing, named as such
         (work / "b.jsonl").write_text(json.dumps(["--backbone", "vit", "--task", "cifar"]) + "\n")
-        partial = subprocess.run([*cmd, "--fetch"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert partial.returncode == 2
-        assert "task cifar is in none of" in partial.stdout + partial.stderr
+        code, out, err = cli(run.main, [*args, "--fetch"], capsys)
+        assert code == 2
+        assert "task cifar is in none of" in out + err
         # a line that cannot run is not "ready" (here: unreadable weights)
         (work / "backbones" / "ViT-B_16.npz").write_bytes(b"not an npz")
-        broken = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert broken.returncode == 2 and "b.jsonl:1: backbone checkpoint backbones/ViT-B_16.npz is unreadable" \
-            in broken.stderr
+        code, _, err = cli(run.main, args, capsys)
+        assert code == 2 and "b.jsonl:1: backbone checkpoint backbones/ViT-B_16.npz is unreadable" in err
     finally:
         server.close()
 
@@ -117,17 +131,15 @@ def test_single_run_names_the_fetch_command(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_checkpoint_sha256_is_recorded_and_not_hashed(tmp_path):
+def test_checkpoint_sha256_is_recorded_and_not_hashed(demo_root, tmp_path):
     import torch
 
     from vtab_lily.backbones import create_backbone
 
-    root = tmp_path / "demo"
-    ensure_demo(root)
     weights = tmp_path / "tiny.pth"
     torch.save(create_backbone("vit-tiny-test", num_classes=2).state_dict(), weights)
     argv = ["--demo", "--backbone", "vit", "--adapter", "linear", "--task", "colours", "--img-size", "16",
-            "--epochs", "1", "--batch-size", "200", "--no-tensorboard", "--data-root", str(root),
+            "--epochs", "1", "--batch-size", "200", "--no-tensorboard", "--data-root", str(demo_root),
             "--out", str(tmp_path / "runs"), "--checkpoint", str(weights)]
     assert run.main(argv) == 0
     (result,) = (tmp_path / "runs").rglob("result.json")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from vtab_lily import run
-from vtab_lily.data import ensure_demo
 from vtab_lily.errors import UserError, run_cli
 from vtab_lily.rundir import config_hash
 
@@ -21,13 +20,6 @@ TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--ta
 RESULT_KEYS = {"schema", "status", "backbone", "adapter", "task", "suite", "protocol", "seed", "method",
                "method_hash", "config", "config_hash", "accuracy", "params", "time", "memory", "device",
                "versions", "git_commit", "finished_at", "deviations", "data", "precision", "predictions", "input"}
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)  # idempotent and lock-protected: shared by the test modules
-    return root
 
 
 def args(demo_root: Path, out: Path, *extra: str) -> list[str]:

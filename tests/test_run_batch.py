@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from vtab_lily import backbones, build, run
-from vtab_lily.data import ensure_demo
 
 TINY = ["--demo", "--backbone", "vit", "--adapter", "lily", "--rank", "4", "--img-size", "16", "--epochs", "1",
         "--batch-size", "100", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "vtab-demo"
-    ensure_demo(root)
-    return root
 
 
 @pytest.fixture

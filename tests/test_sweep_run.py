@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vtab_lily.data import ensure_demo
 from vtab_lily.results import iter_results
 from vtab_lily.sweep.api import run_sweep
 from vtab_lily.sweep.spec import build_spec
@@ -37,11 +36,6 @@ def one_thread():
         yield
     for backend, seconds in WALL.items():
         print(f"\ndemo sweep wall time ({backend}): {seconds:.1f} s")
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    return ensure_demo(tmp_path_factory.mktemp("data") / "vtab-demo")
 
 
 @pytest.fixture(scope="module")
