@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from .data.pretext import WEIGHTS_FILE
 from .errors import UserError
 from .fetch.preflight import checkpoint_path, missing_message, missing_pieces
 
@@ -22,8 +23,13 @@ def backbone_kwargs(config: dict) -> dict:
 
 def resolve_checkpoint(config: dict, must_exist: bool = True) -> Path | None:
     """The backbone weights file (None: random init); UserError when it is missing and needed,
-    naming the command that fetches it (``vtab_lily.fetch``) and the way by hand."""
+    naming the command that fetches it (``vtab_lily.fetch``) and the way by hand. The demo's
+    pre-trained tiny ViT is made here when needed and not there (or not valid)."""
     path, _ = checkpoint_path(config["backbone"], config["checkpoint"])
+    if must_exist and path is not None and path.name == WEIGHTS_FILE:
+        from .backbones.demo_weights import ensure_demo_weights
+
+        return ensure_demo_weights(path)
     if must_exist and path is not None and not path.is_file():
         raise UserError(missing_message(missing_pieces([{**config, "task": None}])))
     return path

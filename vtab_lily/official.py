@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 from . import options
+from .data import pretext
 from .options import COMPILE_MODES, PRECISIONS, TF32_PRECISIONS  # noqa: F401 - declared with the options
 from .methods import NO_OFFICIAL_SETUP  # noqa: F401 - re-exported (the runner reads it here)
 
@@ -47,6 +48,11 @@ COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "e
 # so the adapters need a higher lr, and no warmup epoch.
 DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
         "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
+# --demo: the backbone weights per demo backbone, where not random ("none"). The tiny ViT starts from its
+# pre-trained on generated textures (made on first use, vtab_lily/backbones/demo_weights.py): on a
+# frozen random backbone the linear probe and AdaptFormer stayed at chance on ``orientation``.
+# Only vit-tiny-test: the other tiny configs (DINOv2, CLIP, MAE, Swin, Vim) are other architectures.
+DEMO_CHECKPOINT = {"vit-tiny-test": f"backbones/{pretext.WEIGHTS_FILE}"}
 # --demo: the demo's own settings of some methods, per (family, adapter), used where the user sets
 # none (measured in docs/demo.md). Keys in RECIPE_KEYS replace DEMO's recipe for that method and,
 # like DEMO's, are the demo's reference (no deviation, not in the label); the other keys are
@@ -87,6 +93,11 @@ def official_recipe(family: str, demo: bool = False, adapter: str | None = None)
         recipe.update({k: v for k, v in DEMO.items() if k in recipe})
         recipe.update(demo_recipe(family, adapter))
     return recipe
+
+
+def demo_local(backbone: str) -> dict:
+    """The demo's machine-local defaults for a demo backbone (``DEMO`` with its weights file)."""
+    return {**DEMO, "checkpoint": DEMO_CHECKPOINT.get(backbone, DEMO["checkpoint"])}
 
 
 def demo_recipe(family: str, adapter: str | None) -> dict:

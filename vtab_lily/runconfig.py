@@ -18,8 +18,9 @@ from typing import Any
 
 from . import options
 from .build import checkpoint_has_pre_logits, resolve_checkpoint
+from .data.pretext import WEIGHTS_FILE
 from .errors import UserError, suggest, unknown_name
-from .official import DEMO, RECIPES, demo_adapter_options, official_recipe
+from .official import DEMO, RECIPES, demo_adapter_options, demo_local, official_recipe
 from .tasks import PROTOCOLS, get_task
 
 # Adapter settings with a flag of their own (declared in ``options``); any other field: --adapter-opt.
@@ -230,8 +231,8 @@ def official_pre_logits(config: dict) -> bool:
     from .official import PRE_LOGITS_PUBLISHED
 
     weights = resolve_checkpoint(config, must_exist=False)
-    if backbone_family(config["backbone"]) != "vit" or weights is None:
-        return False
+    if backbone_family(config["backbone"]) != "vit" or weights is None or weights.name == WEIGHTS_FILE:
+        return False  # the demo's pre-trained tiny ViT has none (and may not be made yet, or be made again)
     has = checkpoint_has_pre_logits(weights)
     return PRE_LOGITS_PUBLISHED.get(config["backbone"], False) if has is None else has
 
@@ -291,7 +292,7 @@ def resolve_config(args: argparse.Namespace | options.RunOptions) -> dict:
     family = backbone_family(backbone)
     recipe = official_recipe(family, demo=opts.demo, adapter=opts.adapter)
     recipe["normalize"] = official_normalize(backbone)  # per backbone: its recipe's input normalisation
-    local = {"data_root": VTAB_ROOT, **(DEMO if opts.demo else {})}
+    local = {"data_root": VTAB_ROOT, **(demo_local(backbone) if opts.demo else {})}
     train_split, eval_split = PROTOCOLS[opts.protocol]
     if opts.method_name is not None and (not opts.method_name.strip()
                                          or any(ord(c) < 32 or ord(c) == 127 for c in opts.method_name)):

@@ -3,7 +3,8 @@
 ``run_all.sh`` (through ``python -m vtab_lily.fetch check``), ``python -m vtab_lily.run`` (one run
 or ``--batch``) and the sweep call :func:`ensure_ready` once with the resolved configs of all
 their runs: one message lists every missing piece with the one command that fetches it, or
-(``fetch=True``) fetches them first. The demo suite is generated on demand and never missing.
+(``fetch=True``) fetches them first. The demo suite and the demo's pre-trained tiny ViT are made on
+demand and never missing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..data.pretext import WEIGHTS_FILE
 from ..errors import UserError
 from ..tasks import VTAB_TASKS, get_task
 from .core import fetch
@@ -50,7 +52,7 @@ class Piece:
 
 def _weights_piece(config: dict) -> Piece | None:
     path, how = checkpoint_path(config["backbone"], config.get("checkpoint"))
-    if path is None or path.is_file():
+    if path is None or path.is_file() or path.name == WEIGHTS_FILE:  # the demo backbone is made on first use
         return None
     if config.get("checkpoint"):  # the user's own file: nothing to fetch
         return Piece("weights", f"{config['backbone']} weights {path} ({how})", path, None,
