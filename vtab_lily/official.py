@@ -48,7 +48,7 @@ COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "e
 # so the adapters need a higher lr, and no warmup epoch.
 DEMO = {"data_root": "data/vtab-demo", "img_size": 32, "epochs": 10, "warmup": 0, "eval_every": 5,
         "batch_size": 64, "checkpoint": "none", "lr": 1e-2, "drop_path": 0.0, "threads": 1}
-# --demo: the backbone weights per demo backbone, where not random ("none"). The tiny ViT starts from its
+# --demo: the backbone weights per demo backbone, where not random ("none"). The tiny ViT starts from weights
 # pre-trained on generated textures (made on first use, vtab_lily/backbones/demo_weights.py): on a
 # frozen random backbone the linear probe and AdaptFormer stayed at chance on ``orientation``.
 # Only vit-tiny-test: the other tiny configs (DINOv2, CLIP, MAE, Swin, Vim) are other architectures.
