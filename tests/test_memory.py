@@ -141,7 +141,8 @@ def test_the_sweep_tells_runs_on_a_shared_gpu_and_the_result_records_it(monkeypa
 
     assert shared_gpu_env(1) == {} and shared_gpu_env(3) == {SHARED_GPU_ENV: "3"}
     outcome = loop.TrainOutcome(1.0, 1.0, 1, [], 1.0, 1.0, 1.0, 1)
-    config = {"backbone": "b", "adapter": "lily", "task": "t", "suite": "demo", "protocol": "test", "seed": 0,
+    config = {"backbone": "vit-tiny-test", "normalize": False, "img_size": 32, "adapter": "lily", "task": "t",
+              "suite": "demo", "protocol": "test", "seed": 0,
               "method_name": "m", "adapter_config": {}, "eval_split": "test", "report": "final", "precision": "fp32"}
     from types import MappingProxyType
 

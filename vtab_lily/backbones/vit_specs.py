@@ -49,10 +49,11 @@ def _timm_hub(name: str, timm_name: str, repo: str, description: str, norm: str,
         patch_size=patch_size, pretrained_size=pretrained_size)
 
 
-def _tiny(name: str, timm_name: str, description: str, norm: str, recipe_norm: str) -> BackboneSpec:
+def _tiny(name: str, timm_name: str, description: str, norm: str, recipe_norm: str,
+          weights: str = "random") -> BackboneSpec:
     return BackboneSpec(
-        name=name, family="vit", description=f"tiny random {description} for tests and the demo (32px, patch 4, "
-        "4 blocks)", img_size=32, drop_path=0.0, arch={"timm_name": timm_name, "overrides": dict(TINY)},
+        name=name, family="vit", description=f"tiny {description} for tests and the demo (32px, patch 4, "
+        f"4 blocks; {weights})", img_size=32, drop_path=0.0, arch={"timm_name": timm_name, "overrides": dict(TINY)},
         test_only=True, patch_size=4, norm=norm, recipe_norm=recipe_norm)
 
 
@@ -83,8 +84,9 @@ VIT_SPECS = {
                           "clip", 85.8),
     "mae-b16": _timm_hub("mae-b16", "vit_base_patch16_224.mae", "vit_base_patch16_224.mae",
                          "MAE ViT-B/16 encoder (self-supervised masked autoencoder, ImageNet-1k)", "imagenet", 85.8),
+    # random in tests; --demo loads weights pre-trained on generated textures (backbones/demo_weights.py)
     "vit-tiny-test": _tiny("vit-tiny-test", "vit_base_patch16_224", "ViT (Google's ViT-B/L family)", "inception",
-                           "none"),
+                           "none", weights="random, or with --demo pre-trained on generated textures"),
     "dinov2-tiny-test": _tiny("dinov2-tiny-test", "vit_small_patch14_dinov2", "DINOv2 ViT (LayerScale)", "imagenet",
                               "imagenet"),
     "clip-tiny-test": _tiny("clip-tiny-test", "vit_base_patch16_clip_quickgelu_224", "CLIP ViT (ln_pre, QuickGELU)",
