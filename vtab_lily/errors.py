@@ -25,7 +25,7 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UserError:
-    choices = sorted(choices)
+    choices = sorted(set(choices))  # a name can be listed twice (an alias equal to a registry name)
     return UserError(f"unknown {kind} {name!r}{suggest(name, choices)}; choose from: {', '.join(choices)}")
 
 
