@@ -40,6 +40,21 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_demo(shared_tmp(tmp_path_factory) / "vtab-demo")
 
 
+@pytest.fixture
+def dry_run_json(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """``dry_run_json(*argv)``: ``python -m vtab_lily.run ARGV --dry-run`` in-process; the JSON it prints."""
+    import json
+
+    from vtab_lily import run  # imported here: torch only after the worker's thread count is set
+
+    def dry_run(*argv: str) -> dict:
+        assert run.main([*argv, "--dry-run", "--out", str(tmp_path / "runs")]) == 0
+        out = capsys.readouterr().out
+        return json.loads(out[:out.rindex("}") + 1])
+
+    return dry_run
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)

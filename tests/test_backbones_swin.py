@@ -281,11 +281,8 @@ def test_swin_b_has_the_published_size_on_the_meta_device():
     assert model.depth == 24 and [s.blocks[0].attn.qkv.in_features for s in model.layers] == [128, 256, 512, 1024]
 
 
-def test_dry_run_of_the_full_size_backbone_shows_its_setup(tmp_path, capsys):
-    assert run.main(["--backbone", "swin-b", "--adapter", "lora", "--task", "dtd", "--dry-run",
-                     "--out", str(tmp_path / "runs")]) == 0
-    out = capsys.readouterr().out
-    printed = json.loads(out[:out.rindex("}") + 1])
+def test_dry_run_of_the_full_size_backbone_shows_its_setup(dry_run_json):
+    printed = dry_run_json("--backbone", "swin-b", "--adapter", "lora", "--task", "dtd")
     config = printed["config"]
     assert (config["backbone"], config["img_size"], config["lr"], config["drop_path"]) == ("swin-b-in22k", 224, 1e-3, 0.1)
     assert config["pretrained"] == backbones.get_spec("swin-b").checkpoint_file

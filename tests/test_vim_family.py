@@ -3,12 +3,10 @@ meta device (the Vim paper's 7M, 26M, 98M), Vim-B's key layout and its weights s
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from vtab_lily import backbones, run
+from vtab_lily import backbones
 from vtab_lily.backbones import create_backbone
 from vtab_lily.fetch.sources import weights_source
 
@@ -50,11 +48,8 @@ def test_vim_b_weights_come_from_the_official_hub_repo():
     assert source.where().endswith("hustvl/Vim-base-midclstok/resolve/main/vim_b_midclstok_81p9acc.pth")
 
 
-def test_dry_run_with_vim_b_uses_the_vim_recipe(tmp_path, capsys):
-    assert run.main(["--backbone", "vim-b", "--adapter", "lily", "--task", "dtd", "--dry-run",
-                     "--out", str(tmp_path / "runs")]) == 0
-    out = capsys.readouterr().out
-    printed = json.loads(out[:out.rindex("}") + 1])
+def test_dry_run_with_vim_b_uses_the_vim_recipe(dry_run_json):
+    printed = dry_run_json("--backbone", "vim-b", "--adapter", "lily", "--task", "dtd")
     config = printed["config"]
     assert (config["backbone"], config["lr"], config["drop_path"]) == ("vim-b", 1.25e-3, 0.05)
     assert config["pretrained"] == "vim_b_midclstok_81p9acc.pth" and printed["deviations"] == []
