@@ -41,6 +41,13 @@ def test_a_demo_run_on_vit_starts_from_the_pretrained_file_and_records_it(capsys
     assert vim["checkpoint"] == "none" and vim["pretrained"] is None  # the tiny Vim stays random
 
 
+@pytest.mark.parametrize("backbone", ["dinov2-b", "clip-b", "mae-b", "swin-b"])
+def test_other_demo_backbones_of_the_vit_family_or_not_stay_random(dry_run_json, backbone):
+    # The textures file holds vit-tiny-test's weights: another tiny architecture must not read it.
+    config = dry_run_json("--demo", "--backbone", backbone, "--adapter", "lora", "--task", "colours")["config"]
+    assert config["checkpoint"] == "none" and config["pretrained"] is None
+
+
 @pytest.mark.slow
 def test_the_linear_probe_learns_orientation_on_the_pretrained_demo_backbone(tmp_path, monkeypatch):
     """Fails on the frozen random backbone (the linear probe ended at 11.7%, chance 16.7%). The
