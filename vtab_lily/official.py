@@ -35,9 +35,10 @@ RECIPES = {
 # choice is the ViT recipe above, unchanged (lr, weight decay, warmup, drop_path, and the COMMON
 # settings below); only the input normalisation follows the backbone's pre-training (its spec's
 # recipe_norm). A documented choice, not a reproduction: docs/backbones.md says so.
-RECIPES["swin"] = RECIPES["vit"]
-# Families whose recipe is another family's (for messages that say where a default comes from).
+# Families whose recipe is another family's: the one declaration of that choice (RECIPES and
+# OFFICIAL_TF32 below take the lender's entries; messages say where a default comes from).
 BORROWED_RECIPE = {"swin": "vit"}
+RECIPES.update({family: RECIPES[lender] for family, lender in BORROWED_RECIPE.items()})
 WARMUP_LR, MIN_LR = 1e-6, 1e-5
 # Settings shared by both families' official code.
 COMMON = {"epochs": 100, "batch_size": 64, "accum_steps": 1, "img_size": 224, "eval_every": 10,
@@ -78,7 +79,7 @@ PRE_LOGITS_PUBLISHED = {"vit-b16-in21k": True, "vit-l16-in21k": True}
 # fp32 while cuDNN convolutions (Vim's patch embedding) stay TF32. (PRECISIONS, the names, are
 # declared with --precision in ``options``.)
 OFFICIAL_TF32 = {"vit": "tf32", "vim": "tf32-conv"}
-OFFICIAL_TF32["swin"] = OFFICIAL_TF32["vit"]  # the ViT recipe, as RECIPES["swin"]
+OFFICIAL_TF32.update({family: OFFICIAL_TF32[lender] for family, lender in BORROWED_RECIPE.items()})
 
 # The recipe deviations, in label order (the adapter's come first, then these): the options
 # declared with the recipe and setup roles, in their declaration order.
