@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__, predictions, provenance
 from .backbones import input_setup
+from .data.manifest import list_sha256
 from .memory import MemoryMeter
 from .precision import use_precision
 from .rundir import CHECKPOINT, FAILED, PREDICTIONS, RESULT, RunDir, trials_per_gpu
@@ -206,8 +207,6 @@ def write_predictions(run: RunDir, spec: RunSpec, outcome: Any, eval_set: Any) -
     """Write ``predictions.npz`` (:mod:`vtab_lily.predictions`) and return result.json's entry for it;
     None, with no file left behind, when the final evaluation's classes are unknown (a run resumed
     from a checkpoint written before they were kept, after its last evaluation)."""
-    from .data.manifest import list_sha256
-
     final, best, n = outcome.final_predictions, outcome.best_predictions, len(eval_set)
     why = ""
     if final is None or len(final) != n:
