@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD  # the data layer's `normalize=True`: one copy
+
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 # OpenAI's CLIP preprocessing (openai/CLIP clip.py _transform; timm's OPENAI_CLIP_MEAN/STD)
