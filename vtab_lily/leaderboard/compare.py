@@ -25,11 +25,10 @@ import numpy as np
 from tabulate import tabulate
 
 from ..errors import UserError, run_cli, suggest, unknown_name
-from ..results import (METRICS, RESULT_FILE, finished_utc, row_key, run_status,
-                       scan_runs)
+from ..results import METRICS, RESULT_FILE, row_key, run_status, scan_runs
 from .counts import run_counts
 from .stats import MAX_SEEDS, Comparison, Difference, TaskRuns, compare
-from .table import known_results, suite_groups
+from .table import known_results, latest_per_seed, suite_groups
 from .text import round_half_up, setup_text
 
 MIN_HASH_PREFIX = 4
@@ -114,15 +113,8 @@ def runs_by_task(results: list[dict], metric: str, warnings: list[str]) -> dict[
     every seed kept predictions of one and the same test list; counts from the accuracy otherwise."""
     if metric not in METRICS:
         raise unknown_name("--metric", metric, METRICS)
-    latest: dict[str, dict[int, dict]] = {}
-    for r in sorted(results, key=finished_utc):  # UTC order: the latest of one seed's results wins
-        by_seed = latest.setdefault(r["task"], {})
-        if r["seed"] in by_seed:
-            warnings.append(f"{r['method']} {r['task']} seed {r['seed']}: several results "
-                            f"({by_seed[r['seed']]['run_dir']}, {r['run_dir']}); using the latest")
-        by_seed[r["seed"]] = r
     out = {}
-    for task, by_seed in latest.items():
+    for task, by_seed in latest_per_seed(results, warnings).items():
         seeds, correct, sizes, vectors, lists, reasons = [], [], [], [], set(), set()
         for seed in sorted(by_seed)[:MAX_SEEDS]:
             r = by_seed[seed]

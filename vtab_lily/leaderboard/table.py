@@ -23,7 +23,7 @@ from ..tasks import GROUPS, PROTOCOLS
 from . import datamarks
 from .counts import LEVEL, best_marks, task_runs
 from .reference import ReferenceRow, matching_reference, reference_rows
-from .stats import Estimate, Mark, average_estimate
+from .stats import Estimate, Mark, TaskRuns, average_estimate
 from .text import setup_text
 
 TABLE_METRICS = METRICS + ("both",)  # both: final-epoch cells with the best (test-selected) beside them
@@ -228,18 +228,25 @@ def _estimate(runs: TaskRuns | None, where: str, warnings: list[str]) -> Estimat
         return None
 
 
+def latest_per_seed(results: list[dict], warnings: list[str]) -> dict[str, dict[int, dict]]:
+    """One method's results by task, then seed; the same run stored twice keeps its latest result
+    (by UTC finish time, so runs from other time zones order right), with a warning naming both."""
+    per_task: dict[str, dict[int, dict]] = {}
+    for result in sorted(results, key=finished_utc):
+        seeds = per_task.setdefault(result["task"], {})
+        if result["seed"] in seeds:
+            warnings.append(f"{result['method']} {result['task']} seed {result['seed']}: several results "
+                            f"({seeds[result['seed']]['run_dir']}, {result['run_dir']}); using the latest")
+        seeds[result["seed"]] = result
+    return per_task
+
+
 def _method_row(results: list[dict], metric: str, groups: dict[str, list[str]], warnings: list[str]) -> Row:
     """Aggregate one method's results (all tasks, all seeds, one data variant) into a row."""
     first = results[0]
     row = Row(kind="run", method=first["method"], adapter=first["adapter"], method_hash=first["method_hash"],
               deviations=deviations_of(first), precision=precision_of(first), adapter_config=adapter_config_of(first))
-    per_task: dict[str, dict[int, dict]] = {}
-    for result in sorted(results, key=finished_utc):  # UTC, so runs from other time zones order right
-        seeds = per_task.setdefault(result["task"], {})
-        if result["seed"] in seeds:  # the same run stored twice: keep the most recent
-            warnings.append(f"{row.method} {result['task']} seed {result['seed']}: several results "
-                            f"({seeds[result['seed']]['run_dir']}, {result['run_dir']}); using the latest")
-        seeds[result["seed"]] = result
+    per_task = latest_per_seed(results, warnings)
     row.cells, used = _cells(per_task, "final" if metric == "both" else metric, warnings)
     if metric == "both":
         row.best_cells, _ = _cells(per_task, "best", [])
