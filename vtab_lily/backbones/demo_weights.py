@@ -24,11 +24,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from ..data.parallel import folder_lock
 from ..data.pretext import FAMILIES, VERSION, WEIGHTS_FILE, pretext_set
 from ..errors import UserError
 from ..fsutil import atomic_write_bytes
+from . import create_backbone
 
 BACKBONE = "vit-tiny-test"
 # The pre-training recipe: AdamW with a linear warmup then a constant lr, random batches of the
@@ -49,8 +52,6 @@ def is_demo_weights(path: Path) -> bool:
 def pretrain() -> dict[str, torch.Tensor]:
     """The pre-trained backbone's state dict (no head). One thread and fixed seeds, with the
     caller's RNG state and thread count restored afterwards."""
-    from . import create_backbone
-
     images, labels = pretext_set(RECIPE["images"], RECIPE["seed"])
     x, y = torch.from_numpy(images).float().div_(255.0), torch.from_numpy(labels)
     threads = torch.get_num_threads()
@@ -80,8 +81,6 @@ def pretrain() -> dict[str, torch.Tensor]:
 
 def _valid(path: Path) -> bool:
     """A readable safetensors file of this recipe (its metadata and its tensors' shapes)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             if f.metadata() != METADATA:
@@ -96,8 +95,6 @@ def _valid(path: Path) -> bool:
 
 def ensure_demo_weights(path: str | os.PathLike) -> Path:
     """Make the demo backbone's file at ``path`` unless a valid one is there; return ``path``."""
-    from safetensors.torch import save
-
     path = Path(path)
     if path.is_file() and _valid(path):
         return path
